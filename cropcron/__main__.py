@@ -1,0 +1,5 @@
+import sys
+
+from cropcron.cli import main
+
+sys.exit(main())

@@ -1,0 +1,343 @@
+"""`cropcron`: run the system, and operate it.
+
+Exit codes: 0 ok; 1 the operation failed (e.g. cropcron is not reachable); 2 bad input (arguments,
+config file, unknown job). User errors print one clear message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from cropcron import commands
+from cropcron.commands import CommandError, UserError
+from cropcron.embedded import EmbeddedError, default_data_dir, read_runtime, runtime_file, write_runtime
+from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
+from cropcron.tables import print_json, print_table
+from shared.bus import Bus
+from shared.config import ConfigError, load_config
+from shared.durations import parse_duration
+from shared.events import RunState
+from shared.queries import RunsQuery
+from shared.settings import ServiceSettings
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("nats").setLevel(logging.WARNING)
+
+
+def _nats_url(args: argparse.Namespace) -> str:
+    if os.environ.get("NATS_URL"):
+        return os.environ["NATS_URL"]
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    runtime = read_runtime(data_dir)
+    if runtime and runtime.get("nats_url"):
+        return str(runtime["nats_url"])
+    raise CommandError(f"cropcron does not seem to be running (no {runtime_file(data_dir)}); start it with "
+                       "`cropcron up --config FILE`, or set NATS_URL")
+
+
+def _with_bus(args: argparse.Namespace, fn: Callable[[Bus], Awaitable[int]]) -> int:
+    async def main() -> int:
+        bus = await commands.open_bus(_nats_url(args))
+        try:
+            return await fn(bus)
+        finally:
+            await bus.close()
+
+    return asyncio.run(main())
+
+
+def _since(text: str) -> datetime:
+    """'2h' (ago), or an ISO date/time."""
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration like 2h or an ISO time, got {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def _limit(text: str) -> int:
+    value = _positive(text)
+    if value != int(value) or value > 10000:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 10000, got {text!r}")
+    return int(value)
+
+
+# -- commands --------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    if args.json:
+        print_json({"ok": True, "jobs": [j.name for j in config.jobs]})
+    else:
+        print(f"{args.file}: ok, {len(config.jobs)} jobs")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    config = load_config(args.file)  # a bad file is refused before anything is touched
+
+    async def go(bus: Bus) -> int:
+        added, changed, removed = await commands.apply(bus, config, Path(args.file).resolve().parent)
+        if args.json:
+            print_json({"added": added, "changed": changed, "removed": removed})
+        else:
+            print(f"applied {args.file}: {len(added)} added, {len(changed)} changed, {len(removed)} removed")
+            for label, names in (("added", added), ("changed", changed), ("removed", removed)):
+                for name in names:
+                    print(f"  {label}: {name}")
+        return 0
+
+    return _with_bus(args, go)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    async def go(bus: Bus) -> int:
+        rows = await commands.job_rows(bus)
+        if args.json:
+            print_json(rows)
+        else:
+            print_table(["name", "type", "schedule", "timezone", "next run", "last state", "paused"],
+                        [[r["name"], r["type"], r["schedule"], r["timezone"], r["next_run"], r["last_state"],
+                          "yes" if r["paused"] else "no"] for r in rows])
+        return 0
+
+    return _with_bus(args, go)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    async def go(bus: Bus) -> int:
+        result = await commands.run_now(bus, args.job, args.wait)
+        if args.json:
+            print_json(result)
+        else:
+            print(f"run {result['run_id']} of {args.job}: {result['state']}"
+                  + (f" ({result.get('error')})" if result.get("error") else ""))
+        return 0 if result["state"] in ("queued", "succeeded", "still running") else 1
+
+    return _with_bus(args, go)
+
+
+def cmd_pause(args: argparse.Namespace, paused: bool) -> int:
+    async def go(bus: Bus) -> int:
+        await commands.pause(bus, args.job, paused)
+        if args.json:
+            print_json({"job": args.job, "paused": paused})
+        else:
+            print(f"{args.job}: {'paused' if paused else 'resumed'}")
+        return 0
+
+    return _with_bus(args, go)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    query = RunsQuery(job=args.job, state=args.state, since=args.since, limit=args.limit, run_id=args.run_id,
+                      with_attempts=bool(args.run_id))
+
+    async def go(bus: Bus) -> int:
+        rows = await commands.history(bus, query)
+        if args.json:
+            print_json(rows)
+        else:
+            print_table(["run id", "job", "state", "attempt", "scheduled", "started", "duration s", "exit",
+                         "error / reason"],
+                        [[r["run_id"], r["job"], r["state"], r["attempt"], r["scheduled_at"], r["started_at"],
+                          r["duration_s"], r["exit_code"], r["error"] or r["reason"]] for r in rows])
+        return 0
+
+    return _with_bus(args, go)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    async def go(bus: Bus) -> int:
+        data = await commands.stats(bus, args.days)
+        if args.json:
+            print_json(data)
+            return 0
+        print(f"last {args.days:g} days (since {data['since']})")
+        cols = ["total", "succeeded", "failed", "missed", "skipped", "mean_duration_s", "p95_duration_s"]
+        rows = [["ALL", *(data["total"].get(c) for c in cols)]]
+        rows += [[f"job {r['job']}", *(r.get(c) for c in cols)] for r in data["jobs"]]
+        rows += [[f"type {r['job_type']}", *(r.get(c) for c in cols)] for r in data["types"]]
+        print_table(["", *cols], rows)
+        return 0
+
+    return _with_bus(args, go)
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    async def go(bus: Bus) -> int:
+        data = await commands.cleanup(bus, args.older_than_days)
+        print_json(data) if args.json else print(f"removed {data['runs']} runs, {data['rejections']} rejections")
+        return 0
+
+    return _with_bus(args, go)
+
+
+def _serve(names: list[str], settings: ServiceSettings, before: Callable[[], Awaitable[None]] | None = None) -> int:
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if before is not None:
+            await before()
+        await run_services(names, settings, stop)
+        return 0
+
+    return asyncio.run(main())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+    return _serve(args.services, ServiceSettings())
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from cropcron import embedded
+
+    config = load_config(args.config)
+    _setup_logging(args.verbose)
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    nats_server = postgres = None
+    try:
+        nats_url = os.environ.get("NATS_URL")
+        if not nats_url:
+            nats_server = embedded.start_nats(data_dir)
+            nats_url = nats_server.url
+        database_url = os.environ.get("DATABASE_URL")
+        if not database_url:
+            postgres = embedded.start_postgres(data_dir)
+            database_url = postgres.url
+        write_runtime(data_dir, nats_url=nats_url, database_url=database_url)
+        settings = ServiceSettings(NATS_URL=nats_url, DATABASE_URL=database_url)
+
+        async def apply_config() -> None:
+            bus = await commands.open_bus(nats_url)
+            try:
+                added, changed, removed = await commands.apply(bus, config, Path(args.config).resolve().parent)
+            finally:
+                await bus.close()
+            logging.getLogger("cropcron").info(
+                "cropcron up: NATS %s, data in %s; config %s applied (%d jobs: %d added, %d changed, %d removed). "
+                "Try `cropcron jobs` and `cropcron history`; Ctrl-C stops.", nats_url, data_dir, args.config,
+                len(config.jobs), len(added), len(changed), len(removed))
+
+        return _serve(list(SERVICE_NAMES), settings, apply_config)
+    finally:
+        runtime_file(data_dir).unlink(missing_ok=True)
+        if nats_server is not None:
+            nats_server.stop()
+        if postgres is not None:
+            postgres.stop()
+
+
+# -- parser ----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--data-dir", help="where `cropcron up` keeps its data (default: %(default)s)",
+                        default=None)
+    parser = argparse.ArgumentParser(prog="cropcron", description="Scheduling backbone for drone crop monitoring.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", parents=[common], help="run everything (embedded NATS and Postgres unless NATS_URL/"
+                       "DATABASE_URL are set)")
+    p.add_argument("--config", required=True, help="the YAML config to apply")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(fn=cmd_up)
+
+    p = sub.add_parser("serve", help="run services against NATS_URL / DATABASE_URL (for compose, scale-out)")
+    p.add_argument("services", nargs="+", choices=SERVICE_NAMES, metavar="SERVICE",
+                   help="one or more of: " + ", ".join(SERVICE_NAMES))
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(fn=cmd_serve)
+    for name in ("timer", "runner"):
+        p = sub.add_parser(name, help=f"run the {name} service (same as `serve {name}`)")
+        p.add_argument("-v", "--verbose", action="store_true")
+        p.set_defaults(fn=cmd_serve, services=[name])
+
+    p = sub.add_parser("validate", parents=[common], help="check a config file; exit 2 listing every problem")
+    p.add_argument("file")
+    p.set_defaults(fn=cmd_validate)
+    p = sub.add_parser("apply", parents=[common], help="apply a config to the running system (no restart)")
+    p.add_argument("file")
+    p.set_defaults(fn=cmd_apply)
+    p = sub.add_parser("jobs", parents=[common], help="jobs with schedule, next run, last state, paused")
+    p.set_defaults(fn=cmd_jobs)
+    p = sub.add_parser("run", parents=[common], help="run a job now")
+    p.add_argument("job")
+    p.add_argument("--wait", type=_positive, metavar="SECONDS", help="wait for the outcome")
+    p.set_defaults(fn=cmd_run)
+    for name, paused in (("pause", True), ("resume", False)):
+        p = sub.add_parser(name, parents=[common], help=f"{name} a job's schedule")
+        p.add_argument("job")
+        p.set_defaults(fn=lambda a, _p=paused: cmd_pause(a, _p))
+    p = sub.add_parser("history", parents=[common], help="recent runs")
+    p.add_argument("--job")
+    p.add_argument("--state", choices=[s.value for s in RunState])
+    p.add_argument("--since", type=_since, help="e.g. 2h, or 2026-11-27T06:00")
+    p.add_argument("--limit", type=_limit, default=20)
+    p.add_argument("--run-id", help="one run, with its attempts")
+    p.set_defaults(fn=cmd_history)
+    p = sub.add_parser("stats", parents=[common], help="run statistics per job and type")
+    p.add_argument("--days", type=_positive, default=7.0)
+    p.set_defaults(fn=cmd_stats)
+    p = sub.add_parser("cleanup", parents=[common], help="delete history older than N days")
+    p.add_argument("--older-than-days", type=_positive, required=True)
+    p.set_defaults(fn=cmd_cleanup)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "data_dir"):
+        args.data_dir = None
+    try:
+        code: int = args.fn(args)
+        return code
+    except ConfigError as exc:
+        print(f"invalid config: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    except (UserError, ValidationError) as exc:
+        print(f"cropcron: {exc}", file=sys.stderr)
+        return 2
+    except (CommandError, EmbeddedError, ServiceFailed) as exc:
+        print(f"cropcron: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

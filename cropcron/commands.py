@@ -1,0 +1,159 @@
+"""The CLI's commands that talk to a running cropcron over NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel
+
+from services.timer.service import schedule_of
+from shared import wire
+from shared.bus import Bus, connect_once, ensure_topology
+from shared.catalog import JobState, read_specs, set_paused, write_specs
+from shared.config import Config, JobSpec, to_specs
+from shared.events import RunEvent, Trigger, decode, manual_run_id, utcnow
+from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
+
+
+class CommandError(RuntimeError):
+    """A failure to report to the user in one line (exit 1)."""
+
+
+class UserError(ValueError):
+    """Bad input from the user (exit 2)."""
+
+
+async def open_bus(url: str) -> Bus:
+    try:
+        return await connect_once(url, "cropcron-cli")
+    except ConnectionError as exc:
+        raise CommandError(f"{exc}. Is cropcron running? Start it with `cropcron up --config FILE`, "
+                           "or set NATS_URL.") from None
+
+
+async def request(bus: Bus, subject: str, query: BaseModel, timeout: float = 10.0) -> Any:
+    try:
+        msg = await bus.nc.request(subject, query.model_dump_json().encode(), timeout=timeout)
+    except Exception as exc:
+        raise CommandError(f"no answer from the history service on {subject} ({type(exc).__name__}); "
+                           "is it running?") from None
+    reply = json.loads(msg.data)
+    if not reply.get("ok"):
+        raise CommandError(reply.get("error", "request failed"))
+    return reply["data"]
+
+
+async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], list[str], list[str]]:
+    await ensure_topology(bus.js)
+    previous = await read_specs(bus.js)
+    return await write_specs(bus.js, config.system, to_specs(config, base_dir, previous))
+
+
+async def job_rows(bus: Bus, with_last: bool = True) -> list[dict[str, Any]]:
+    specs = await read_specs(bus.js)
+    states = await _states(bus)
+    last: dict[str, Any] = {}
+    if with_last and specs:
+        try:
+            last = await request(bus, wire.HISTORY_LAST, LastQuery(jobs=sorted(specs)), timeout=5)
+        except CommandError:
+            last = {}
+    now = datetime.now(UTC)
+    rows = []
+    for name in sorted(specs):
+        spec = specs[name]
+        sched = schedule_of(spec)
+        paused = bool(states.get(name) and states[name].paused)
+        nxt = sched.next_after(now) if sched and not paused else None
+        rows.append({
+            "name": name, "type": spec.job.type, "schedule": describe_when(spec), "timezone": spec.timezone,
+            "next_run": nxt.astimezone(ZoneInfo(spec.timezone)).isoformat() if nxt else None,
+            "last_state": (last.get(name) or {}).get("state"), "last_at": (last.get(name) or {}).get("at"),
+            "paused": paused, "enabled": spec.job.enabled, "priority": spec.job.priority,
+        })
+    return rows
+
+
+def describe_when(spec: JobSpec) -> str:
+    job = spec.job
+    if job.schedule:
+        return f"cron {job.schedule}"
+    if job.interval:
+        return f"every {job.interval:g}s"
+    if job.run_at:
+        return f"once at {job.run_at.isoformat()}"
+    return "on demand"
+
+
+async def _states(bus: Bus) -> dict[str, JobState]:
+    kv = await bus.js.key_value(wire.KV_JOB_STATE)
+    out: dict[str, JobState] = {}
+    try:
+        keys = await kv.keys()
+    except Exception:
+        return out
+    for key in keys:
+        entry = await kv.get(key)
+        if entry.value:
+            out[key] = JobState.model_validate_json(entry.value)
+    return out
+
+
+async def require_job(bus: Bus, name: str) -> JobSpec:
+    specs = await read_specs(bus.js)
+    if name not in specs:
+        known = ", ".join(sorted(specs)) or "none applied"
+        raise UserError(f"unknown job {name!r} (known: {known})")
+    return specs[name]
+
+
+async def run_now(bus: Bus, name: str, wait: float | None) -> dict[str, Any]:
+    """A manual trigger through the same path as ticks; optionally wait for its outcome."""
+    spec = await require_job(bus, name)
+    trigger = Trigger(run_id=manual_run_id(), job=name, kind="manual", created_at=utcnow(), requested_by="cli")
+    outcome: asyncio.Future[RunEvent] = asyncio.get_running_loop().create_future()
+
+    async def on_event(msg: Any) -> None:
+        ev = decode(RunEvent, msg.data)
+        if ev.run_id == trigger.run_id and ev.state.value in ("succeeded", "dead", "skipped") and not outcome.done():
+            outcome.set_result(ev)
+
+    sub = await bus.nc.subscribe(wire.run_event_subject(name, "*"), cb=on_event) if wait else None
+    band = wire.band_for_priority(spec.job.priority)
+    await bus.js.publish(wire.trigger_subject(band, name), trigger.to_bytes(),
+                         headers={wire.HEADER_MSG_ID: trigger.run_id})
+    result: dict[str, Any] = {"run_id": trigger.run_id, "job": name, "state": "queued"}
+    if sub is not None and wait:
+        try:
+            ev = await asyncio.wait_for(outcome, wait)
+            result.update(state=ev.state.value, exit_code=ev.exit_code, error=ev.error, duration_s=ev.duration_s)
+        except TimeoutError:
+            result["state"] = "still running"
+        finally:
+            await sub.unsubscribe()
+    return result
+
+
+async def pause(bus: Bus, name: str, paused: bool) -> None:
+    await require_job(bus, name)
+    await set_paused(bus.js, name, paused)
+
+
+async def history(bus: Bus, query: RunsQuery) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = await request(bus, wire.HISTORY_RUNS, query)
+    return rows
+
+
+async def stats(bus: Bus, days: float) -> dict[str, Any]:
+    data: dict[str, Any] = await request(bus, wire.HISTORY_STATS, StatsQuery(days=days))
+    return data
+
+
+async def cleanup(bus: Bus, days: float) -> dict[str, Any]:
+    data: dict[str, Any] = await request(bus, wire.HISTORY_CLEANUP, CleanupRequest(older_than_days=days))
+    return data

@@ -1,0 +1,88 @@
+"""Wiring: start the named services in this process against one NATS connection.
+
+`cropcron up` runs them all here; `cropcron timer|runner|history` run one each (compose, scale-out).
+A service task that crashes stops the process with a non-zero exit (compose restarts it) rather
+than leaving it alive but broken; a NATS connection that closes for good does the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from services.history.migrate import migrate
+from services.history.service import HistoryService
+from services.history.store import create_pool
+from services.runner.service import RunnerService
+from services.timer.service import TimerService
+from shared.bus import connect, ensure_topology
+from shared.catalog import Catalog
+from shared.health import heartbeat_loop
+from shared.settings import BusSettings, ServiceSettings
+
+log = logging.getLogger("cropcron")
+
+SERVICE_NAMES = ("timer", "runner", "history")
+
+
+class Service(Protocol):
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class ServiceFailed(RuntimeError):
+    pass
+
+
+async def run_services(names: list[str], settings: ServiceSettings, stop: asyncio.Event,
+                       ready: Callable[[], None] | None = None) -> None:
+    bus_settings = BusSettings()
+    bus = await connect(settings.nats_url, f"cropcron-{'+'.join(names)}-{settings.instance}", bus_settings)
+    pool = None
+    try:
+        await ensure_topology(bus.js, bus_settings)
+        catalog = Catalog(bus.js)
+        await catalog.start()
+        services: dict[str, Service] = {}
+        if "history" in names:
+            if not settings.database_url:
+                raise ServiceFailed("history needs DATABASE_URL (e.g. postgresql://user@host:5432/db)")
+            pool = await create_pool(settings.database_url)
+            await migrate(pool)
+            services["history"] = HistoryService(bus, pool, settings,
+                                                 retention_days=lambda: catalog.system.history_retention / 86400)
+        if "runner" in names:
+            services["runner"] = RunnerService(bus, catalog, settings, bus_settings)
+        if "timer" in names:
+            services["timer"] = TimerService(bus, catalog, settings)
+        tasks = {asyncio.create_task(svc.run(stop), name=name): name for name, svc in services.items()}
+        for name, svc in services.items():
+            beat = heartbeat_loop(bus.js, name, settings.instance, settings.heartbeat_interval, svc.status, stop)
+            tasks[asyncio.create_task(beat)] = f"{name}-heartbeat"
+        closed = asyncio.create_task(bus.health.closed.wait())
+        if ready is not None:
+            ready()
+        log.info("cropcron: %s running (instance %s)", ", ".join(names), settings.instance)
+        done, _ = await asyncio.wait([*tasks, closed], return_when=asyncio.FIRST_COMPLETED)
+        failure = None
+        if closed in done and not stop.is_set():
+            failure = "the NATS connection closed"
+        for task in done:
+            if task is not closed and not task.cancelled() and task.exception() is not None:
+                failure = f"{tasks[task]} failed: {task.exception()!r}"
+                log.error("cropcron: %s", failure, exc_info=task.exception())
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        closed.cancel()
+        await catalog.stop()
+        if failure:
+            raise ServiceFailed(failure)
+    finally:
+        await bus.close()
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 5)

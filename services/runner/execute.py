@@ -1,0 +1,168 @@
+"""Running one attempt of a job: a command (argv, never a shell) or a Python callable.
+
+Commands run in their own process group (start_new_session), so a timeout kills the job and
+every child it started. Output is read as it comes and only the last lines are kept, so a chatty
+job cannot exhaust the runner's memory. Callables run in a worker thread (async ones on that
+thread's own event loop), so neither blocking nor CPU-bound code stalls the runner's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cropcron.jobs import RunContext
+
+MAX_LINE = 2000  # characters kept of one output line
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    exit_code: int | None = None
+    timed_out: bool = False
+    error: str | None = None
+    output_tail: str | None = None
+    result: Any = None
+
+
+def render_argv(argv: list[str], values: dict[str, str]) -> list[str]:
+    """Substitute {placeholders} inside each argument separately: a value can never become two
+    arguments, and nothing is ever parsed by a shell."""
+    return [arg.format_map(values) for arg in argv]
+
+
+async def run_command(
+    argv: list[str], cwd: str, env: dict[str, str], timeout: float, kill_grace: float, output_lines: int
+) -> Outcome:
+    tail: deque[str] = deque(maxlen=max(output_lines, 1))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # own process group: a timeout kills the whole tree
+        )
+    except FileNotFoundError:
+        return Outcome(ok=False, error=f"program not found: {argv[0]!r} (cwd {cwd})")
+    except PermissionError:
+        return Outcome(ok=False, error=f"program not executable: {argv[0]!r}")
+    except OSError as exc:
+        return Outcome(ok=False, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+    assert proc.stdout is not None
+    reader = asyncio.create_task(_collect(proc.stdout, tail))
+    timed_out = False
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        timed_out = True
+        await _kill_group(proc, kill_grace)
+    except asyncio.CancelledError:
+        await _kill_group(proc, 0)  # runner shutting down mid-job: leave nothing behind
+        raise
+    # a background child still holding stdout would keep the reader open forever
+    try:
+        await asyncio.wait_for(asyncio.shield(reader), 2.0)
+    except TimeoutError:
+        _signal_group(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader, 2.0)
+    text = "\n".join(tail) if output_lines else None
+    if timed_out:
+        return Outcome(ok=False, timed_out=True, exit_code=proc.returncode, output_tail=text,
+                       error=f"timed out after {timeout:g}s; process group killed")
+    code = proc.returncode
+    if code == 0:
+        return Outcome(ok=True, exit_code=0, output_tail=text)
+    error = f"exited with code {code}" if code and code > 0 else f"killed by signal {-(code or 0)}"
+    return Outcome(ok=False, exit_code=code, output_tail=text, error=error)
+
+
+async def _collect(stream: asyncio.StreamReader, tail: deque[str]) -> None:
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:  # a line longer than the stream limit: take what is buffered
+            line = await stream.read(65536)
+        if not line:
+            return
+        tail.append(line.decode("utf-8", "replace").rstrip("\n")[:MAX_LINE])
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def _kill_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        pass
+    _signal_group(proc.pid, signal.SIGKILL)  # the leader may be gone while children linger
+    await proc.wait()
+
+
+_loaded: dict[str, Callable[..., Any]] = {}
+
+
+def load_callable(target: str) -> Callable[..., Any]:
+    fn = _loaded.get(target)
+    if fn is None:
+        module_name, _, attr = target.partition(":")
+        module = importlib.import_module(module_name)
+        fn = getattr(module, attr)
+        if not callable(fn):
+            raise TypeError(f"{target} is not callable")
+        _loaded[target] = fn
+    return fn
+
+
+_thread_loops = threading.local()
+
+
+def _call_in_thread(fn: Callable[..., Any], ctx: RunContext) -> Any:
+    result = fn(ctx)
+    if asyncio.iscoroutine(result):
+        loop = getattr(_thread_loops, "loop", None)
+        if loop is None:
+            loop = asyncio.new_event_loop()
+            _thread_loops.loop = loop
+        result = loop.run_until_complete(result)
+    return result
+
+
+async def run_callable(target: str, ctx: RunContext, timeout: float, cwd: str) -> Outcome:
+    try:
+        if cwd not in sys.path:
+            sys.path.append(cwd)  # jobs next to the config file are importable
+        fn = load_callable(target)
+    except Exception as exc:
+        return Outcome(ok=False, error=f"cannot load {target}: {type(exc).__name__}: {exc}")
+    try:
+        result = await asyncio.wait_for(asyncio.to_thread(_call_in_thread, fn, ctx), timeout)
+    except TimeoutError:
+        # a thread cannot be killed: it is abandoned and the run recorded as timed out. Use a
+        # `run:` command for work that must be killable.
+        return Outcome(ok=False, timed_out=True, error=f"timed out after {timeout:g}s (thread abandoned)")
+    except Exception as exc:
+        return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        return Outcome(ok=False, error=f"result is not JSON-serialisable: {exc}")
+    return Outcome(ok=True, result=result)

@@ -1,0 +1,296 @@
+"""The runner: takes triggers from the three band consumers, runs the job, publishes run events,
+and acks, naks (retry with the job's backoff) or terms (dead, malformed) the trigger.
+
+Topology: three durable pull consumers on the work-queue triggers stream (high, normal, low),
+shared by every runner process. Per-job policy (pause, retries, overlap, concurrency) is enforced
+here from the KV-backed catalog, so a job costs the broker nothing (DESIGN.md: one consumer per
+job stops at 1,000). Retries are JetStream redelivery: `nak(delay)`; the attempt number is the
+message's delivery count, which also counts a delivery lost with a dead runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from cropcron.jobs import RunContext
+from services.runner.backoff import retry_delay
+from services.runner.execute import Outcome, render_argv, run_callable, run_command
+from services.runner.leases import Leases
+from services.runner.slots import PrioritySlots
+from shared import wire
+from shared.bus import Bus, publish_all
+from shared.catalog import Catalog
+from shared.config import JobSpec, Overlap
+from shared.events import Rejected, RunEvent, RunState, Trigger, decode, utcnow
+from shared.settings import BusSettings, ServiceSettings
+
+log = logging.getLogger("cropcron.runner")
+
+
+class RunnerService:
+    def __init__(self, bus: Bus, catalog: Catalog, settings: ServiceSettings,
+                 bus_settings: BusSettings | None = None) -> None:
+        self.bus = bus
+        self.catalog = catalog
+        self.settings = settings
+        self.ack_wait = (bus_settings or BusSettings()).ack_wait
+        self.slots = PrioritySlots(settings.concurrency)
+        self.running: dict[str, asyncio.Task[None]] = {}  # run_id -> task
+        self.leases: Leases | None = None
+        self.stats = {"started": 0, "succeeded": 0, "failed": 0, "dead": 0, "skipped": 0, "rejected": 0}
+
+    def status(self) -> dict[str, Any]:
+        return {"running": len(self.running), "slots": self.slots.size, **self.stats}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        # callables run in threads; the default pool (cores + 4) would queue them
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=max(self.settings.concurrency, 4)))
+        lease_ttl = self.settings.lease_ttl or 3 * self.ack_wait
+        self.leases = Leases(await self.bus.js.key_value(wire.KV_LEASES), lease_ttl)
+        fetchers = [asyncio.create_task(self._fetch_loop(band, stop), name=f"fetch-{band}") for band in wire.BANDS]
+        try:
+            await stop.wait()
+        finally:
+            for task in fetchers:
+                task.cancel()
+            await asyncio.gather(*fetchers, return_exceptions=True)
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """Stop: give running jobs the grace period, then cancel them (their processes are
+        killed and the triggers, never acked, are redelivered to another runner)."""
+        if self.running:
+            log.info("runner: waiting up to %.0fs for %d running jobs", self.settings.kill_grace, len(self.running))
+            _, pending = await asyncio.wait(list(self.running.values()), timeout=self.settings.kill_grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- fetching ------------------------------------------------------------------------
+    async def _fetch_loop(self, band: wire.Band, stop: asyncio.Event) -> None:
+        psub: JetStreamContext.PullSubscription | None = None
+        delay = 0.2
+        while not stop.is_set():
+            await self.slots.acquire(band)
+            held = 1
+            try:
+                if psub is None:
+                    psub = await self.bus.js.pull_subscribe_bind(durable=wire.runner_consumer(band),
+                                                                 stream=wire.STREAM_TRIGGERS)
+                # one message by long poll (so an idle band holds one slot, not a batch) ...
+                msgs = await psub.fetch(1, timeout=5)
+                # ... then whatever else is waiting, as a batch (DESIGN.md: batching is the lever)
+                extra = self.slots.take_more(self.settings.fetch_batch - 1)
+                held += extra
+                if extra:
+                    with contextlib.suppress(nats.errors.TimeoutError):
+                        msgs += await psub.fetch(extra, timeout=0.05)
+                delay = 0.2
+            except nats.errors.TimeoutError:
+                self.slots.release(held)
+                continue
+            except asyncio.CancelledError:
+                self.slots.release(held)
+                raise
+            except Exception as exc:
+                # after a reconnect a pull subscription can go quiet (nats.py #504): re-bind it
+                self.slots.release(held)
+                log.warning("runner: fetch from %s failed (%r); re-subscribing in %.1fs", band, exc, delay)
+                if psub is not None:
+                    with contextlib.suppress(Exception):
+                        await psub.unsubscribe()
+                psub = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if len(msgs) < held:
+                self.slots.release(held - len(msgs))
+            for msg in msgs:
+                self._spawn(msg)
+
+    def _spawn(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._handle_safely(msg))
+        key = f"{id(task)}"
+        self.running[key] = task
+        task.add_done_callback(lambda _t: (self.running.pop(key, None), self.slots.release()))
+
+    async def _handle_safely(self, msg: Msg) -> None:
+        try:
+            await self._handle(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # a bug must not kill the fetch loop; the trigger is redelivered after ack_wait
+            log.exception("runner: unexpected error handling %s", msg.subject)
+
+    # -- one trigger ---------------------------------------------------------------------
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            trigger: Trigger = decode(Trigger, msg.data)
+        except Exception as exc:
+            await self._reject(msg, f"malformed trigger: {_short(exc)}")
+            return
+        if msg.subject.rsplit(".", 1)[-1] != trigger.job:
+            await self._reject(msg, f"trigger for job {trigger.job!r} arrived on subject {msg.subject!r}")
+            return
+        spec = self.catalog.specs.get(trigger.job)
+        if spec is None:
+            await self._reject(msg, f"unknown job {trigger.job!r} (not in the applied config)")
+            return
+        attempt = msg.metadata.num_delivered or 1
+        if self.catalog.paused(spec.name) and trigger.kind != "manual":
+            await self._finish(msg, self._event(spec, trigger, RunState.SKIPPED, attempt, reason="job is paused"),
+                               "ack")
+            return
+        max_attempts = spec.job.max_retries + 1
+        if attempt > max_attempts:
+            # the last attempt was lost with its runner (it was delivered but never finished)
+            ev = self._event(spec, trigger, RunState.DEAD, attempt - 1,
+                             reason=f"delivery {attempt} exceeds max_retries {spec.job.max_retries}; "
+                                    "the last attempt did not report back (runner lost)")
+            await self._finish(msg, ev, "term")
+            return
+        if spec.job.overlap is not Overlap.ALLOW and not await self._take_lease(msg, spec, trigger, attempt):
+            return
+        try:
+            await self._attempt(msg, spec, trigger, attempt)
+        finally:
+            if spec.job.overlap is not Overlap.ALLOW and self.leases is not None:
+                await self.leases.release(spec.name, trigger.run_id)
+
+    async def _take_lease(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int) -> bool:
+        assert self.leases is not None
+        limit = spec.job.concurrency
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + self.ack_wait / 3
+        while not await self.leases.acquire(spec.name, trigger.run_id, limit):
+            if spec.job.overlap is Overlap.SKIP:
+                reason = f"overlap=skip: {limit} run(s) of this job already running"
+                await self._finish(msg, self._event(spec, trigger, RunState.SKIPPED, attempt, reason=reason), "ack")
+                return False
+            # overlap=queue: wait here, keeping the trigger ours with heartbeats
+            if loop.time() >= next_beat:
+                await msg.in_progress()
+                next_beat = loop.time() + self.ack_wait / 3
+            await asyncio.sleep(0.25)
+        return True
+
+    async def _attempt(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int) -> None:
+        started = utcnow()
+        self.stats["started"] += 1
+        started_ev = self._event(spec, trigger, RunState.STARTED, attempt, started_at=started)
+        started_ack = await self.bus.js.publish_async(
+            wire.run_event_subject(spec.name, "started"), started_ev.to_bytes(),
+            headers={wire.HEADER_MSG_ID: started_ev.msg_id()})
+        beats = asyncio.create_task(self._heartbeat(msg, spec, trigger))
+        try:
+            outcome = await self._execute(spec, trigger, attempt)
+        finally:
+            beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beats
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(started_ack, 10)
+        finished = utcnow()
+        common: dict[str, Any] = dict(
+            started_at=started, finished_at=finished, duration_s=(finished - started).total_seconds(),
+            exit_code=outcome.exit_code, timed_out=outcome.timed_out, error=outcome.error,
+            output_tail=outcome.output_tail)
+        if outcome.ok:
+            self.stats["succeeded"] += 1
+            ev = self._event(spec, trigger, RunState.SUCCEEDED, attempt, result=outcome.result, **common)
+            await self._finish(msg, ev, "ack")
+            return
+        self.stats["failed"] += 1
+        failed = self._event(spec, trigger, RunState.FAILED, attempt, **common)
+        if attempt < spec.job.max_retries + 1:
+            delay = retry_delay(spec.job, attempt)
+            nxt = self._event(spec, trigger, RunState.RETRYING, attempt, next_attempt_at=finished + timedelta(
+                seconds=delay), reason=f"attempt {attempt} of {spec.job.max_retries + 1} failed", **common)
+            await self._finish(msg, [failed, nxt], "nak", delay)
+        else:
+            self.stats["dead"] += 1
+            dead = self._event(spec, trigger, RunState.DEAD, attempt,
+                               reason=f"all {attempt} attempts failed", **common)
+            await self._finish(msg, [failed, dead], "term")
+
+    async def _execute(self, spec: JobSpec, trigger: Trigger, attempt: int) -> Outcome:
+        job = spec.job
+        scheduled = trigger.scheduled_at.isoformat() if trigger.scheduled_at else ""
+        values = {"run_id": trigger.run_id, "job": job.name, "type": job.type, "scheduled_at": scheduled,
+                  "attempt": str(attempt), "trigger": trigger.kind, "python": sys.executable}
+        if job.run is not None:
+            env = {**os.environ, **job.env, "CROPCRON_RUN_ID": trigger.run_id, "CROPCRON_JOB": job.name,
+                   "CROPCRON_ATTEMPT": str(attempt), "CROPCRON_SCHEDULED_AT": scheduled}
+            return await run_command(render_argv(job.run, values), spec.cwd, env, job.timeout,
+                                     self.settings.kill_grace, job.output_lines)
+        ctx = RunContext(run_id=trigger.run_id, job=job.name, job_type=job.type, attempt=attempt,
+                         kind=trigger.kind, scheduled_at=trigger.scheduled_at, data=dict(trigger.data))
+        return await run_callable(job.call or "", ctx, job.timeout, spec.cwd)
+
+    async def _heartbeat(self, msg: Msg, spec: JobSpec, trigger: Trigger) -> None:
+        """Keep the trigger (and the overlap lease) ours while the job runs, so only a runner that
+        really died gets its work redelivered."""
+        while True:
+            await asyncio.sleep(self.ack_wait / 3)
+            try:
+                await msg.in_progress()
+                if spec.job.overlap is not Overlap.ALLOW and self.leases is not None:
+                    await self.leases.renew(spec.name, trigger.run_id)
+            except Exception as exc:  # the bus is reconnecting; try again next beat
+                log.warning("runner: heartbeat for run %s failed: %r", trigger.run_id, exc)
+
+    # -- results -------------------------------------------------------------------------
+    def _event(self, spec: JobSpec, trigger: Trigger, state: RunState, attempt: int, **fields: Any) -> RunEvent:
+        return RunEvent(run_id=trigger.run_id, job=spec.name, job_type=spec.job.type, state=state, attempt=attempt,
+                        at=utcnow(), trigger_kind=trigger.kind, scheduled_at=trigger.scheduled_at,
+                        runner=self.settings.instance, **fields)
+
+    async def _finish(self, msg: Msg, events: RunEvent | list[RunEvent], action: str, delay: float = 0) -> None:
+        """Publish the outcome durably, then settle the trigger. Until the events are stored the
+        trigger stays unacked, so a crash here means a redelivery, never a lost result."""
+        items = [events] if isinstance(events, RunEvent) else events
+        if items[-1].state is RunState.SKIPPED:
+            self.stats["skipped"] += 1
+        pending = [(wire.run_event_subject(e.job, e.state), e.to_bytes(), e.msg_id()) for e in items]
+        backoff = 0.2
+        while pending := await publish_all(self.bus, pending):
+            log.warning("runner: run %s: events not acknowledged; retrying", items[0].run_id)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+        last = items[-1]
+        log.info("run %s job=%s attempt=%d %s%s", last.run_id, last.job, last.attempt, last.state.value,
+                 f" ({last.error or last.reason})" if (last.error or last.reason) else "")
+        if action == "ack":
+            await msg.ack()
+        elif action == "nak":
+            await msg.nak(delay=delay)
+        else:
+            await msg.term()
+
+    async def _reject(self, msg: Msg, reason: str) -> None:
+        """Malformed or unusable triggers are terminated (no redelivery loop) and reported."""
+        self.stats["rejected"] += 1
+        log.error("runner: rejected trigger on %s: %s", msg.subject, reason)
+        body = Rejected(source="trigger", subject=msg.subject, reason=reason, at=utcnow(),
+                        payload_excerpt=msg.data[:500].decode("utf-8", "replace"))
+        with contextlib.suppress(Exception):
+            await self.bus.js.publish(wire.rejected_subject("trigger"), body.to_bytes())
+        await msg.term()
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).replace("\n", "; ")
+    return text[:300]

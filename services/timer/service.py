@@ -1,0 +1,283 @@
+"""The timer: one tick per job per scheduled instant, published to the triggers stream.
+
+Durability: the timer's progress is one record in KV (`fired_through`, `firing_through`). Before a
+batch of instants up to T is published it records `firing_through = T`; after every PubAck it
+records `fired_through = T`. After a crash, instants in (fired_through, firing_through] may or
+may not have been published, so they are republished under the same Nats-Msg-Id (the broker
+drops the duplicates); instants after that follow each job's catch-up policy. One record instead
+of one per job keeps 10,000 jobs/s at two KV writes per batch (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+from services.timer.leader import LeaderLease
+from services.timer.planner import plan_catchup
+from shared import wire
+from shared.bus import Bus, publish_all
+from shared.catalog import Catalog
+from shared.clock import Clock, SystemClock
+from shared.config import JobSpec
+from shared.events import RunEvent, RunState, Trigger, tick_run_id
+from shared.schedule import Schedule
+from shared.settings import ServiceSettings
+
+log = logging.getLogger("cropcron.timer")
+
+# An instant found this late by the running loop means the process stalled (suspend, clock
+# step): treat it like downtime and apply the job's catch-up policy.
+STALL_SECONDS = 30.0
+
+
+def schedule_of(spec: JobSpec) -> Schedule | None:
+    job = spec.job
+    if not job.enabled:
+        return None
+    if job.schedule is not None:
+        return Schedule(cron=job.schedule, tz=ZoneInfo(spec.timezone))
+    if job.interval is not None:
+        return Schedule(interval=job.interval)
+    if job.run_at is not None:
+        return Schedule(run_at=job.run_at)
+    return None
+
+
+@dataclass
+class Progress:
+    fired_through: datetime
+    firing_through: datetime
+
+
+class TimerService:
+    def __init__(self, bus: Bus, catalog: Catalog, settings: ServiceSettings, clock: Clock | None = None) -> None:
+        self.bus = bus
+        self.catalog = catalog
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.schedules: dict[str, Schedule] = {}
+        self.due: dict[str, datetime] = {}  # job -> its next instant (authoritative)
+        self.heap: list[tuple[datetime, str]] = []  # may hold stale entries; checked against `due`
+        self.dirty: set[str] = set()
+        self.wake = asyncio.Event()
+        self.progress: Progress | None = None
+        self.role = "starting"
+        self.fired = 0
+        self.missed = 0
+        catalog.on_change(self._on_change)
+
+    def status(self) -> dict[str, object]:
+        return {"role": self.role, "fired": self.fired, "missed": self.missed, "scheduled_jobs": len(self.due)}
+
+    def _on_change(self, job: str) -> None:
+        self.dirty.add(job)
+        self.wake.set()
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        kv = await self.bus.js.key_value(wire.KV_TIMER)
+        lease = LeaderLease(kv, self.settings.instance, self.settings.leader_ttl)
+        try:
+            while not stop.is_set():
+                if not await lease.try_acquire():
+                    if self.role != "standby":
+                        log.info("timer %s: another timer holds the lease; standing by", self.settings.instance)
+                    self.role = "standby"
+                    await _wait(stop, self.settings.leader_ttl / 3)
+                    continue
+                self.role = "leader"
+                log.info("timer %s: leader; %d jobs", self.settings.instance, len(self.catalog.specs))
+                await self._lead(stop, lease)
+        finally:
+            await lease.release()
+
+    async def _lead(self, stop: asyncio.Event, lease: LeaderLease) -> None:
+        kv = await self.bus.js.key_value(wire.KV_TIMER)
+        await self._recover(kv)
+        renew_every = self.settings.leader_ttl / 3
+        next_renew = asyncio.get_running_loop().time() + renew_every
+        while not stop.is_set():
+            if asyncio.get_running_loop().time() >= next_renew:
+                if not await lease.renew():
+                    return
+                next_renew = asyncio.get_running_loop().time() + renew_every
+            self._refresh_dirty()
+            await self._fire_due(kv)
+            await self._sleep_until_next(stop, next_renew)
+
+    # -- recovery and catch-up ---------------------------------------------------------
+    async def _recover(self, kv: object) -> None:
+        now = self.clock.now()
+        self.progress = await self._load_progress()
+        self.schedules.clear()
+        self.due.clear()
+        self.heap.clear()
+        self.dirty.clear()
+        triggers: list[Trigger] = []
+        missed: list[RunEvent] = []
+        for name, spec in self.catalog.specs.items():
+            schedule = schedule_of(spec)
+            if schedule is None or self.catalog.paused(name):
+                continue
+            self.schedules[name] = schedule
+            if self.progress is not None:
+                self._catch_up(spec, schedule, self.progress.fired_through, self.progress.firing_through,
+                               now, triggers, missed)
+            self._push(name, schedule.next_after(now))
+        if triggers or missed:
+            log.info("timer: catch-up after downtime: %d to run, %d missed", len(triggers), len(missed))
+        await self._publish(triggers, missed, now)
+
+    def _catch_up(self, spec: JobSpec, schedule: Schedule, after: datetime, ambiguous_end: datetime,
+                  now: datetime, triggers: list[Trigger], missed: list[RunEvent]) -> None:
+        """Instants in (after, now] nobody fired. Those up to `ambiguous_end` may have been
+        published just before a crash: they are republished as they were (deduplicated by id)."""
+        start = max(after, spec.defined_at)
+        state = self.catalog.states.get(spec.name)
+        if state and state.resumed_at:
+            start = max(start, state.resumed_at)
+        ambiguous_end = min(ambiguous_end, now)
+        for t in schedule.between(start, ambiguous_end, self.settings.max_catchup_instants):
+            triggers.append(self._trigger(spec, t, now))
+        start = max(start, ambiguous_end)
+        plan = plan_catchup(schedule, start, now, spec.job.catchup, spec.job.catchup_window,
+                            self.settings.max_catchup_instants)
+        triggers += [self._trigger(spec, t, now) for t in plan.run]
+        missed += [self._missed(spec, t, reason, now) for t, reason in plan.missed]
+        if plan.overflow:
+            count, first, last = plan.overflow
+            missed.append(self._missed(
+                spec, last, f"timer was not running; {count} instants from {first.isoformat()} to "
+                f"{last.isoformat()} not run (summarised)", now))
+
+    async def _load_progress(self) -> Progress | None:
+        kv = await self.bus.js.key_value(wire.KV_TIMER)
+        try:
+            entry = await kv.get(wire.TIMER_WATERMARK_KEY)
+        except (KeyNotFoundError, KeyDeletedError):
+            return None  # first start: nothing to catch up
+        data = json.loads(entry.value or b"{}")
+        return Progress(datetime.fromisoformat(data["fired_through"]), datetime.fromisoformat(data["firing_through"]))
+
+    async def _save_progress(self, fired: datetime, firing: datetime) -> None:
+        kv = await self.bus.js.key_value(wire.KV_TIMER)
+        body = {"fired_through": fired.isoformat(), "firing_through": firing.isoformat()}
+        await kv.put(wire.TIMER_WATERMARK_KEY, json.dumps(body).encode())
+        self.progress = Progress(fired, firing)
+
+    # -- the loop ----------------------------------------------------------------------
+    def _push(self, job: str, instant: datetime | None) -> None:
+        if instant is None:
+            self.due.pop(job, None)
+            return
+        self.due[job] = instant
+        heapq.heappush(self.heap, (instant, job))
+
+    def _refresh_dirty(self) -> None:
+        """Apply catalog edits: new and edited jobs start from now (no catch-up for an edit)."""
+        if not self.dirty:
+            return
+        now = self.clock.now()
+        names = set(self.catalog.specs) if "" in self.dirty else self.dirty
+        for name in names - {""}:
+            spec = self.catalog.specs.get(name)
+            schedule = schedule_of(spec) if spec is not None else None
+            if schedule is None or self.catalog.paused(name):
+                self.schedules.pop(name, None)
+                self.due.pop(name, None)
+                continue
+            old = self.schedules.get(name)
+            if old is not None and name in self.due and spec is not None and _same(old, schedule):
+                continue
+            self.schedules[name] = schedule
+            self._push(name, schedule.next_after(now))
+        self.dirty.clear()
+
+    async def _fire_due(self, kv: object) -> None:
+        now = self.clock.now()
+        triggers: list[Trigger] = []
+        missed: list[RunEvent] = []
+        while self.heap and self.heap[0][0] <= now:
+            instant, name = heapq.heappop(self.heap)
+            if self.due.get(name) != instant:
+                continue  # stale entry (job edited, paused or removed)
+            spec = self.catalog.specs[name]
+            schedule = self.schedules[name]
+            if (now - instant).total_seconds() > STALL_SECONDS:
+                just_before = instant - timedelta(microseconds=1)
+                self._catch_up(spec, schedule, just_before, just_before, now, triggers, missed)
+                self._push(name, schedule.next_after(now))
+            else:
+                triggers.append(self._trigger(spec, instant, now))
+                self._push(name, schedule.next_after(instant))
+        if triggers or missed:
+            await self._publish(triggers, missed, now)
+
+    async def _sleep_until_next(self, stop: asyncio.Event, renew_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        delay = renew_at - loop.time()
+        if self.heap:
+            delay = min(delay, (self.heap[0][0] - self.clock.now()).total_seconds())
+        if delay <= 0:
+            return
+        self.wake.clear()
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=min(delay, 1.0), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    # -- publishing ---------------------------------------------------------------------
+    def _trigger(self, spec: JobSpec, instant: datetime, now: datetime) -> Trigger:
+        return Trigger(run_id=tick_run_id(spec.name, instant), job=spec.name, kind="tick",
+                       scheduled_at=instant, created_at=now)
+
+    def _missed(self, spec: JobSpec, instant: datetime, reason: str, now: datetime) -> RunEvent:
+        return RunEvent(run_id=tick_run_id(spec.name, instant), job=spec.name, job_type=spec.job.type,
+                        state=RunState.MISSED, attempt=0, at=now, trigger_kind="tick",
+                        scheduled_at=instant, reason=reason, runner=f"timer:{self.settings.instance}")
+
+    async def _publish(self, triggers: list[Trigger], missed: list[RunEvent], now: datetime) -> None:
+        """Publish until every PubAck arrives; the broker may be restarting, so keep trying."""
+        horizon = max([now, *(t.scheduled_at for t in triggers if t.scheduled_at)])
+        fired = self.progress.fired_through if self.progress else horizon
+        await self._save_progress(fired, horizon)
+        pending: list[tuple[str, bytes, str]] = []
+        for tr in triggers:
+            band = wire.band_for_priority(self.catalog.specs[tr.job].job.priority)
+            pending.append((wire.trigger_subject(band, tr.job), tr.to_bytes(), tr.run_id))
+        for ev in missed:
+            pending.append((wire.run_event_subject(ev.job, ev.state), ev.to_bytes(), ev.msg_id()))
+        delay = 0.2
+        while pending:
+            failed = await publish_all(self.bus, pending)
+            if not failed:
+                break
+            log.warning("timer: %d of %d publishes not acknowledged; retrying in %.1fs", len(failed),
+                        len(pending), delay)
+            pending = failed
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        self.fired += len(triggers)
+        self.missed += len(missed)
+        await self._save_progress(horizon, horizon)
+
+
+def _same(a: Schedule, b: Schedule) -> bool:
+    return (a.cron, str(a.tz), a.interval, a.run_at) == (b.cron, str(b.tz), b.interval, b.run_at)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

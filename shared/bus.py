@@ -1,0 +1,207 @@
+"""NATS connection and JetStream topology.
+
+connect(): reconnects forever (nats-py's default gives up after ~2 minutes, RELIABILITY §1.9),
+pings every 10 s so a silent dead path is noticed in ~30 s, and exposes health.
+ensure_topology(): idempotent creation of every stream, consumer and KV bucket; safe to run from
+every service at start-up and from `cropcron apply`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+from shared import wire
+from shared.settings import BusSettings
+
+log = logging.getLogger("cropcron.bus")
+
+
+@dataclass
+class Health:
+    connected: bool = False
+    reconnects: int = 0
+    last_error: str | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class Bus:
+    nc: Client
+    js: JetStreamContext
+    health: Health
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.drain(), timeout=5)
+            except (TimeoutError, nats.errors.Error):
+                await self.nc.close()
+
+
+async def connect(url: str, name: str, settings: BusSettings | None = None) -> Bus:
+    """Connect, retrying the first connection forever too (the broker may start after us)."""
+    settings = settings or BusSettings()
+    health = Health()
+
+    async def on_disconnect() -> None:
+        health.connected = False
+        log.warning("nats disconnected (%s); reconnecting", name)
+
+    async def on_reconnect() -> None:
+        health.connected = True
+        health.reconnects += 1
+        log.info("nats reconnected (%s) to %s", name, nc.connected_url.netloc if nc.connected_url else "?")
+
+    async def on_error(exc: Exception) -> None:
+        health.last_error = repr(exc)
+        log.debug("nats error (%s): %r", name, exc)
+
+    async def on_closed() -> None:
+        health.connected = False
+        health.closed.set()
+
+    delay = 0.2
+    while True:
+        nc = Client()
+        try:
+            await nc.connect(
+                servers=[url],
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                ping_interval=settings.ping_interval,
+                max_outstanding_pings=3,
+                connect_timeout=2,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                error_cb=on_error,
+                closed_cb=on_closed,
+            )
+            break
+        except (OSError, nats.errors.Error, TimeoutError) as exc:
+            log.warning("cannot reach NATS at %s (%s); retrying in %.1fs", url, exc or type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    health.connected = True
+    return Bus(nc=nc, js=nc.jetstream(timeout=settings.request_timeout), health=health)
+
+
+async def connect_once(url: str, name: str, timeout: float = 3.0) -> Bus:
+    """For short-lived commands (the CLI): one attempt, a clear error instead of waiting forever."""
+    nc = Client()
+    try:
+        await nc.connect(servers=[url], name=name, connect_timeout=int(max(timeout, 1)), allow_reconnect=False,
+                         max_reconnect_attempts=0)
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        raise ConnectionError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+    return Bus(nc=nc, js=nc.jetstream(timeout=timeout * 3), health=Health(connected=True))
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code == 10058:  # "stream name already in use with a different configuration"
+            await js.update_stream(config)
+        else:
+            raise
+
+
+async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = None) -> None:
+    settings = settings or BusSettings()
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=wire.STREAM_TRIGGERS,
+            subjects=[wire.TRIGGER_SUBJECTS],
+            # work queue: a trigger disappears once a runner acks (or terms) it
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=settings.duplicate_window,
+            discard=DiscardPolicy.NEW,  # refuse new work rather than drop queued work
+        ),
+    )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=wire.STREAM_RUNS,
+            subjects=[wire.RUN_EVENT_SUBJECTS, wire.REJECTED_SUBJECTS],
+            # limits: history, notifier, dashboard and other modules each read it at their pace
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=settings.run_events_max_age,
+            duplicate_window=settings.duplicate_window,
+        ),
+    )
+    for band in wire.BANDS:
+        await _ensure_consumer(
+            js,
+            wire.STREAM_TRIGGERS,
+            ConsumerConfig(
+                durable_name=wire.runner_consumer(band),
+                filter_subject=f"{wire.PREFIX}.trigger.{band}.>",
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=settings.ack_wait,
+                # per-job retry limits are enforced by the runner from num_delivered; this is
+                # only the safety net against a poison message looping forever
+                max_deliver=settings.max_deliver,
+                max_ack_pending=settings.max_ack_pending,
+                max_waiting=512,
+            ),
+        )
+    await _ensure_consumer(
+        js,
+        wire.STREAM_RUNS,
+        ConsumerConfig(
+            durable_name=wire.HISTORY_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait,
+            max_deliver=-1,  # history must not give up on a run event because Postgres was down
+            max_ack_pending=settings.max_ack_pending,
+        ),
+    )
+    for bucket in (wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_TIMER, wire.KV_LEASES, wire.KV_SERVICES):
+        await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    # nats-py's add_consumer is create-or-update on current servers: an existing durable keeps
+    # its pending messages and takes the new settings (e.g. a changed ack_wait).
+    await js.add_consumer(stream, config)
+
+
+async def publish_all(bus: Bus, items: list[tuple[str, bytes, str]], timeout: float = 10.0,
+                      ) -> list[tuple[str, bytes, str]]:
+    """Pipelined JetStream publishes (one PubAck wait for the lot); returns those that failed."""
+    futures = []
+    for subject, payload, msg_id in items:
+        try:
+            futures.append(await bus.js.publish_async(subject, payload, headers={wire.HEADER_MSG_ID: msg_id}))
+        except Exception as exc:
+            log.debug("publish to %s failed: %r", subject, exc)
+            futures.append(None)
+    failed = []
+    # a PubAck that never comes (broker restarting) must not hang the caller
+    results = await asyncio.gather(*(asyncio.wait_for(f, timeout) for f in futures if f is not None),
+                                   return_exceptions=True)
+    it = iter(results)
+    for item, fut in zip(items, futures, strict=True):
+        if fut is None or isinstance(next(it), BaseException):
+            failed.append(item)
+    return failed

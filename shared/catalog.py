@@ -1,0 +1,166 @@
+"""The applied jobs and their run-time state, kept live from the KV buckets.
+
+`cropcron apply` writes job specs into KV_JOBS; `pause`/`resume` write KV_JOB_STATE. Every
+service keeps a Catalog, so edits take effect without restarting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from shared import wire
+from shared.config import JobSpec, SystemConfig
+from shared.events import utcnow
+
+log = logging.getLogger("cropcron.catalog")
+
+
+class JobState(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    paused: bool = False
+    changed_at: datetime
+    # no catch-up of instants before this (set on resume)
+    resumed_at: datetime | None = None
+
+
+Listener = Callable[[str], None]  # called with the job name that changed ("" for system)
+
+
+class Catalog:
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self.specs: dict[str, JobSpec] = {}
+        self.states: dict[str, JobState] = {}
+        self.system = SystemConfig()
+        self._listeners: list[Listener] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.jobs_kv: KeyValue | None = None
+        self.state_kv: KeyValue | None = None
+
+    def on_change(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def paused(self, job: str) -> bool:
+        state = self.states.get(job)
+        return bool(state and state.paused)
+
+    async def start(self) -> None:
+        """Load everything, then follow changes. Returns once the initial load is complete."""
+        self.jobs_kv = await self._js.key_value(wire.KV_JOBS)
+        self.state_kv = await self._js.key_value(wire.KV_JOB_STATE)
+        for kv, apply in ((self.jobs_kv, self._apply_job), (self.state_kv, self._apply_state)):
+            watcher = await kv.watchall()
+            ready = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._follow(watcher, apply, ready)))
+            await ready.wait()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher, apply: Callable[[str, bytes | None], None],
+                      ready: asyncio.Event) -> None:
+        async for entry in watcher:
+            if entry is None:  # end of the initial values
+                ready.set()
+                continue
+            deleted = entry.operation in ("DEL", "PURGE")
+            apply(entry.key, None if deleted else entry.value)
+            if entry.delta == 0:
+                ready.set()
+
+    def _apply_job(self, key: str, value: bytes | None) -> None:
+        if key == wire.SYSTEM_KEY:
+            if value is not None:
+                try:
+                    self.system = SystemConfig.model_validate_json(value)
+                except ValidationError as exc:
+                    log.error("ignoring unreadable system config in KV: %s", exc)
+            self._notify("")
+            return
+        if value is None:
+            self.specs.pop(key, None)
+        else:
+            try:
+                self.specs[key] = JobSpec.model_validate_json(value)
+            except ValidationError as exc:
+                log.error("ignoring unreadable job spec %r in KV: %s", key, exc)
+                return
+        self._notify(key)
+
+    def _apply_state(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self.states.pop(key, None)
+        else:
+            try:
+                self.states[key] = JobState.model_validate_json(value)
+            except ValidationError as exc:
+                log.error("ignoring unreadable job state %r in KV: %s", key, exc)
+                return
+        self._notify(key)
+
+    def _notify(self, key: str) -> None:
+        for listener in self._listeners:
+            listener(key)
+
+
+async def read_specs(js: JetStreamContext) -> dict[str, JobSpec]:
+    kv = await js.key_value(wire.KV_JOBS)
+    specs: dict[str, JobSpec] = {}
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return specs
+    for key in keys:
+        if key == wire.SYSTEM_KEY:
+            continue
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue
+        if entry.value:
+            specs[key] = JobSpec.model_validate_json(entry.value)
+    return specs
+
+
+async def write_specs(js: JetStreamContext, system: SystemConfig, specs: dict[str, JobSpec]) -> tuple[
+        list[str], list[str], list[str]]:
+    """Make KV hold exactly `specs`. Returns (added, changed, removed) job names."""
+    kv = await js.key_value(wire.KV_JOBS)
+    current = await read_specs(js)
+    added, changed, removed = [], [], []
+    await kv.put(wire.SYSTEM_KEY, system.model_dump_json().encode())
+    for name, spec in specs.items():
+        old = current.get(name)
+        if old is None:
+            added.append(name)
+        elif old == spec:
+            continue
+        else:
+            changed.append(name)
+        await kv.put(name, spec.model_dump_json().encode())
+    for name in current.keys() - specs.keys():
+        removed.append(name)
+        await kv.delete(name)
+    return added, changed, removed
+
+
+async def set_paused(js: JetStreamContext, job: str, paused: bool) -> None:
+    kv = await js.key_value(wire.KV_JOB_STATE)
+    now = utcnow()
+    state = JobState(paused=paused, changed_at=now, resumed_at=None if paused else now)
+    await kv.put(job, state.model_dump_json().encode())

@@ -1,0 +1,339 @@
+"""The YAML config: the prototype's format (system.timezone, jobs: ...), extended with what a job
+runs and its policies. Validated with pydantic; every error names the job, the field and why."""
+
+from __future__ import annotations
+
+import string
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.durations import Duration
+from shared.schedule import ScheduleError, validate_cron
+from shared.wire import JOB_NAME_RE
+
+# The prototype's job types: labels for grouping and statistics.
+JOB_TYPES = (
+    "image_processing",
+    "video_analysis",
+    "batch_detection",
+    "database_backup",
+    "report_generation",
+    "folder_monitoring",
+    "data_cleanup",
+)
+JobType = Literal[
+    "image_processing",
+    "video_analysis",
+    "batch_detection",
+    "database_backup",
+    "report_generation",
+    "folder_monitoring",
+    "data_cleanup",
+]
+
+# Names usable as {placeholders} in `run:` arguments. Each is substituted inside one argv
+# element, so no value can become two arguments or a shell fragment.
+PLACEHOLDERS = frozenset({"run_id", "job", "type", "scheduled_at", "attempt", "trigger", "python"})
+
+
+class Catchup(StrEnum):
+    SKIP = "skip"  # instants missed while the timer was down are recorded as missed
+    LATEST = "latest"  # run only the most recent missed instant (within the window)
+    ALL = "all"  # run every missed instant within the window
+
+
+class Overlap(StrEnum):
+    SKIP = "skip"  # at the concurrency limit: record the new run as skipped
+    QUEUE = "queue"  # at the limit: wait for a running one to finish
+    ALLOW = "allow"  # no limit
+
+
+class Backoff(StrEnum):
+    FIXED = "fixed"
+    EXPONENTIAL = "exponential"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be applied; `problems` lists every reason, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _tz(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+
+
+class SystemConfig(BaseModel):
+    # extra keys from the prototype's system section (name, log_level, ...) are tolerated
+    model_config = ConfigDict(extra="ignore")
+
+    timezone: str = "UTC"
+    history_retention: Duration = 90 * 86400.0
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_tz(cls, value: str) -> str:
+        _tz(value)
+        return value
+
+
+class JobConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: JobType
+    description: str = ""
+    enabled: bool = True
+    # when: exactly one of these, or none for a job that runs only on demand
+    schedule: str | None = None  # cron, 5 fields or 6 with seconds first
+    interval: Duration | None = None
+    run_at: datetime | None = None  # one shot
+    timezone: str | None = None  # default: system.timezone
+    # what: exactly one of these
+    run: list[str] | None = None
+    call: str | None = None  # "package.module:function"
+    cwd: str | None = None  # default: the config file's directory
+    env: dict[str, str] = Field(default_factory=dict)
+    # policies
+    priority: int = Field(5, ge=1, le=10)
+    max_retries: int = Field(3, ge=0, le=50)
+    retry_delay: Duration = 30.0
+    backoff: Backoff = Backoff.EXPONENTIAL
+    retry_delay_max: Duration = 3600.0
+    retry_jitter: float = Field(0.1, ge=0.0, le=1.0)
+    timeout: Duration = 3600.0
+    catchup: Catchup = Catchup.LATEST
+    catchup_window: Duration = 3600.0
+    overlap: Overlap = Overlap.SKIP
+    concurrency: int = Field(1, ge=1, le=1000)
+    output_lines: int = Field(20, ge=0, le=1000)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not JOB_NAME_RE.match(value):
+            raise ValueError("must be 1-64 letters, digits, '_' or '-' (it becomes a NATS subject token)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_tz(cls, value: str | None) -> str | None:
+        if value is not None:
+            _tz(value)
+        return value
+
+    @field_validator("run")
+    @classmethod
+    def _check_run(cls, argv: list[str] | None) -> list[str] | None:
+        if argv is None:
+            return None
+        if not argv or not argv[0].strip():
+            raise ValueError("must be a non-empty list: [program, arg, ...]")
+        for arg in argv:
+            for _, name, _, _ in string.Formatter().parse(arg):
+                if name is not None and name not in PLACEHOLDERS:
+                    raise ValueError(
+                        f"unknown placeholder {{{name}}} in {arg!r}; known: "
+                        + ", ".join(sorted(PLACEHOLDERS))
+                        + " (write {{ and }} for literal braces)"
+                    )
+        return argv
+
+    @field_validator("call")
+    @classmethod
+    def _check_call(cls, value: str | None) -> str | None:
+        if value is not None:
+            module, _, func = value.partition(":")
+            if not module or not func or not all(p.isidentifier() for p in [*module.split("."), func]):
+                raise ValueError(f"must look like 'package.module:function', got {value!r}")
+        return value
+
+    @field_validator("timeout", "retry_delay")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than zero")
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float | None) -> float | None:
+        if value is not None and value < 1:
+            raise ValueError("must be at least 1s")
+        return value
+
+    @field_validator("run_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must include a UTC offset, e.g. 2026-12-01T06:00:00+09:00")
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> JobConfig:
+        whens = [k for k in ("schedule", "interval", "run_at") if getattr(self, k) is not None]
+        if len(whens) > 1:
+            raise ValueError(f"give only one of schedule, interval, run_at (got {', '.join(whens)})")
+        if (self.run is None) == (self.call is None):
+            raise ValueError("give exactly one of run (a command) or call (a Python function)")
+        return self
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    system: SystemConfig = Field(default_factory=SystemConfig)
+    jobs: list[JobConfig] = Field(default_factory=list)
+    # sections the later services own; accepted now so one file serves them all
+    folder_watches: list[dict[str, Any]] = Field(default_factory=list)
+    notifications: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobSpec(BaseModel):
+    """A job as applied: what the timer and runners read from the jobs KV bucket."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    job: JobConfig
+    timezone: str
+    cwd: str
+    defined_at: datetime  # when this schedule was first applied: no catch-up before it
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+    def same_schedule(self, other: JobSpec) -> bool:
+        a, b = self.job, other.job
+        return (a.schedule, a.interval, a.run_at, self.timezone, a.enabled) == (
+            b.schedule,
+            b.interval,
+            b.run_at,
+            other.timezone,
+            b.enabled,
+        )
+
+
+def _locate(loc: tuple[int | str, ...], raw: Any) -> str:
+    """('jobs', 3, 'schedule') -> "job 'nightly_backup': field 'schedule'"."""
+    if len(loc) >= 2 and loc[0] == "jobs" and isinstance(loc[1], int):
+        name = f"#{loc[1] + 1}"
+        try:
+            name = repr(raw["jobs"][loc[1]]["name"])
+        except (KeyError, IndexError, TypeError):
+            pass
+        rest = [str(p) for p in loc[2:] if not str(p).startswith(("function-", "literal["))]
+        where = f"field '{'.'.join(rest)}'" if rest else "definition"
+        return f"job {name}: {where}"
+    return "field '" + ".".join(str(p) for p in loc) + "'" if loc else "config"
+
+
+def _explain(err: Any) -> str:
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return "unknown field (check the spelling)"
+    if err["type"] == "literal_error" and err["loc"][-1] == "type":
+        return f"unknown type {err['input']!r}; known types: " + ", ".join(JOB_TYPES)
+    return msg
+
+
+def parse_config(raw: Any) -> Config:
+    """Validate a parsed YAML document; raises ConfigError listing every problem in every job
+    (each job is validated on its own, so one bad job does not hide another's problems)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["config: expected a mapping with 'system' and 'jobs'"])
+    problems: list[str] = []
+
+    def collect(exc: ValidationError, prefix: tuple[int | str, ...]) -> None:
+        problems.extend(f"{_locate(prefix + tuple(e['loc']), raw)}: {_explain(e)}" for e in exc.errors())
+
+    for key in raw.keys() - Config.model_fields.keys():
+        problems.append(f"field {key!r}: unknown top-level section")
+    system = SystemConfig()
+    try:
+        system = SystemConfig.model_validate(raw.get("system") or {})
+    except ValidationError as exc:
+        collect(exc, ("system",))
+    raw_jobs = raw.get("jobs") or []
+    if not isinstance(raw_jobs, list):
+        problems.append("field 'jobs': expected a list of jobs")
+        raw_jobs = []
+    jobs: list[JobConfig] = []
+    for index, raw_job in enumerate(raw_jobs):
+        try:
+            jobs.append(JobConfig.model_validate(raw_job))
+        except ValidationError as exc:
+            collect(exc, ("jobs", index))
+    problems.extend(_semantic_problems(raw_jobs, jobs, system))
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return Config(system=system, jobs=jobs, folder_watches=raw.get("folder_watches") or [],
+                      notifications=raw.get("notifications") or {})
+    except ValidationError as exc:
+        collect(exc, ())
+        raise ConfigError(problems) from None
+
+
+def _semantic_problems(raw_jobs: list[Any], jobs: list[JobConfig], system: SystemConfig) -> list[str]:
+    problems: list[str] = []
+    names = [j.get("name") for j in raw_jobs if isinstance(j, dict)]
+    for name in sorted({n for n in names if isinstance(n, str) and names.count(n) > 1}):
+        problems.append(f"job {name!r}: field 'name': duplicate job name (used {names.count(name)} times)")
+    for job in jobs:
+        if job.schedule is not None:
+            try:
+                validate_cron(job.schedule, _tz(job.timezone or system.timezone))
+            except (ScheduleError, ValueError) as exc:
+                problems.append(f"job {job.name!r}: field 'schedule': {exc}")
+    return problems
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    return parse_config(raw)
+
+
+def to_specs(
+    config: Config, base_dir: Path, previous: dict[str, JobSpec], now: datetime | None = None
+) -> dict[str, JobSpec]:
+    """Resolve defaults into specs. A job keeps its `defined_at` while its schedule is unchanged,
+    so re-applying the same file never triggers a catch-up of instants before it existed."""
+    now = now or datetime.now(UTC)
+    specs: dict[str, JobSpec] = {}
+    for job in config.jobs:
+        cwd = Path(job.cwd) if job.cwd else base_dir
+        if not cwd.is_absolute():
+            cwd = base_dir / cwd
+        spec = JobSpec(
+            job=job,
+            timezone=job.timezone or config.system.timezone,
+            cwd=str(cwd.resolve()),
+            defined_at=now,
+        )
+        old = previous.get(job.name)
+        if old is not None and old.same_schedule(spec):
+            spec = spec.model_copy(update={"defined_at": old.defined_at})
+        specs[job.name] = spec
+    return specs

@@ -1,0 +1,125 @@
+"""Typed messages on the bus. Every model carries `schema_version`; readers ignore unknown fields,
+so a newer producer never breaks an older consumer. docs/events.md is the public contract."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+SCHEMA_VERSION = 1
+
+
+class RunState(StrEnum):
+    STARTED = "started"  # an attempt began
+    SUCCEEDED = "succeeded"  # terminal
+    FAILED = "failed"  # an attempt failed; followed by retrying or dead
+    RETRYING = "retrying"  # will be redelivered at next_attempt_at
+    DEAD = "dead"  # terminal: retries exhausted
+    SKIPPED = "skipped"  # terminal: overlap policy, or the job is paused
+    MISSED = "missed"  # terminal: the timer decided not to run this instant (reason says why)
+
+
+TERMINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.DEAD, RunState.SKIPPED, RunState.MISSED})
+
+# Within one attempt, a later state never yields to an earlier one (events can arrive out of
+# order after redelivery). A higher attempt always wins: that is the stale-runner fence.
+STATE_RANK: dict[RunState, int] = {
+    RunState.STARTED: 1,
+    RunState.FAILED: 2,
+    RunState.RETRYING: 3,
+    RunState.DEAD: 3,
+    RunState.SUCCEEDED: 3,
+    RunState.SKIPPED: 3,
+    RunState.MISSED: 3,
+}
+
+TriggerKind = Literal["tick", "manual", "file", "batch"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class Trigger(_Message):
+    """Asks a runner to run a job once. Published on wire.trigger_subject(band, job)."""
+
+    run_id: str = Field(min_length=1, max_length=128)
+    job: str = Field(min_length=1, max_length=64)
+    kind: TriggerKind
+    scheduled_at: datetime | None = None  # the instant (UTC) a tick stands for
+    created_at: datetime
+    requested_by: str | None = None  # manual runs: who asked
+    # reserved for the watcher/batches (later issues): file and batch details
+    data: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class RunEvent(_Message):
+    """One step in a run's life. Published on wire.run_event_subject(job, state)."""
+
+    run_id: str
+    job: str
+    job_type: str | None = None
+    state: RunState
+    attempt: int = Field(ge=0)  # 1 for the first attempt; 0 for runs that never started
+    at: datetime  # when this event happened (UTC)
+    trigger_kind: TriggerKind | None = None
+    scheduled_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    timed_out: bool = False
+    error: str | None = None
+    output_tail: str | None = None
+    result: JsonValue = None
+    reason: str | None = None  # why missed/skipped/dead
+    next_attempt_at: datetime | None = None  # retrying
+    runner: str | None = None
+
+    def msg_id(self) -> str:
+        # one message per (run, attempt, state): republishing the same step is deduplicated
+        return f"{self.run_id}.{self.attempt}.{self.state.value}"
+
+
+class Rejected(_Message):
+    """Input that was refused (malformed trigger, unknown job, ...), so it is never silently lost."""
+
+    source: str  # e.g. "trigger"
+    subject: str
+    reason: str
+    at: datetime
+    payload_excerpt: str = ""  # first bytes, decoded with replacement
+
+
+def tick_run_id(job: str, instant: datetime) -> str:
+    """Deterministic: two timers, or one timer restarting, derive the same id for one instant."""
+    stamp = instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return hashlib.sha256(f"tick\0{job}\0{stamp}".encode()).hexdigest()[:32]
+
+
+def manual_run_id() -> str:
+    return "m" + uuid.uuid4().hex[:31]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def decode(model: type[_Message], data: bytes) -> Any:
+    """Parse a payload; raises pydantic.ValidationError (or ValueError for bad JSON/version)."""
+    parsed = model.model_validate_json(data)
+    # Additive changes keep the version (unknown fields are ignored); a bump means a breaking
+    # change this reader cannot interpret, so it refuses rather than guesses.
+    if parsed.schema_version > SCHEMA_VERSION:
+        raise ValueError(f"unsupported schema_version {parsed.schema_version} (this reader knows {SCHEMA_VERSION})")
+    return parsed

@@ -1,0 +1,46 @@
+"""Request/reply contracts for the history service (subjects in shared.wire). Every reply is
+{"ok": true, "data": ...} or {"ok": false, "error": "..."}."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events import RunState
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunsQuery(_Query):
+    job: str | None = None
+    state: RunState | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = Field(50, ge=1, le=10000)
+    offset: int = Field(0, ge=0)
+    run_id: str | None = None
+    with_attempts: bool = False
+
+
+class StatsQuery(_Query):
+    days: float = Field(7, gt=0, le=3650)
+
+
+class LastQuery(_Query):
+    jobs: list[str] | None = None
+
+
+class CleanupRequest(_Query):
+    older_than_days: float = Field(gt=0)
+
+
+def ok(data: Any) -> dict[str, Any]:
+    return {"ok": True, "data": data}
+
+
+def fail(error: str) -> dict[str, Any]:
+    return {"ok": False, "error": error}

@@ -1,0 +1,41 @@
+"""Service settings from the environment (compose, `cropcron <service>`), with test-friendly knobs:
+every timeout and backoff is configurable so tests can shrink them (RELIABILITY §7.4)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BusSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CROPCRON_", extra="ignore")
+
+    ack_wait: float = 30.0  # a runner heartbeats every ack_wait/3 while a job runs
+    max_deliver: int = 100  # safety net; per-job max_retries is enforced by the runner
+    max_ack_pending: int = 20000
+    duplicate_window: float = 600.0  # Nats-Msg-Id dedup horizon; Postgres is the real dedup
+    run_events_max_age: float = 7 * 86400.0
+    ping_interval: int = 10
+    request_timeout: float = 10.0
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CROPCRON_", extra="ignore")
+
+    nats_url: str = Field("nats://127.0.0.1:4222", validation_alias=AliasChoices("NATS_URL", "CROPCRON_NATS_URL"))
+    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "CROPCRON_DATABASE_URL"))
+    instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # runner
+    concurrency: int = 16  # runs at once in this runner process
+    fetch_batch: int = 256
+    kill_grace: float = 5.0  # SIGTERM -> SIGKILL for a timed-out job's process group
+    lease_ttl: float = 0.0  # 0: 3 x ack_wait
+    # timer
+    leader_ttl: float = 10.0  # a standby timer takes over this long after the leader stopped
+    max_catchup_instants: int = 1000  # per job; beyond, one summary `missed` event
+    # history
+    history_batch: int = 1000
+    heartbeat_interval: float = 5.0

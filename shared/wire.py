@@ -1,0 +1,89 @@
+"""Every name that crosses the wire: streams, subjects, consumers, KV buckets, headers.
+
+Nothing else in the code base spells a subject or bucket name; other modules (and other
+programs that integrate with cropcron) import from here. docs/events.md documents them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, Literal
+
+PREFIX: Final = "cropcron"
+
+# -- triggers: what the runners consume ------------------------------------------------
+# One work-queue stream; subject carries the priority band so each band has its own
+# durable consumer and runners can prefer higher bands when saturated.
+STREAM_TRIGGERS: Final = "CROPCRON_TRIGGERS"
+TRIGGER_SUBJECTS: Final = f"{PREFIX}.trigger.>"
+
+Band = Literal["high", "normal", "low"]
+BANDS: Final[tuple[Band, ...]] = ("high", "normal", "low")  # order = preference when saturated
+
+
+def band_for_priority(priority: int) -> Band:
+    """Priority 1..10, 10 most urgent. Three bands keep the consumer count fixed (DESIGN.md:
+    one consumer per job does not scale past ~1,000 jobs)."""
+    if priority >= 8:
+        return "high"
+    if priority >= 4:
+        return "normal"
+    return "low"
+
+
+def trigger_subject(band: Band, job: str) -> str:
+    return f"{PREFIX}.trigger.{band}.{job}"
+
+
+def runner_consumer(band: Band) -> str:
+    return f"runner-{band}"
+
+
+# -- run events: what runners (and the timer, for `missed`) publish -----------------------
+STREAM_RUNS: Final = "CROPCRON_RUNS"
+RUN_EVENT_SUBJECTS: Final = f"{PREFIX}.run.>"
+# Malformed or refused input (bad trigger payloads, unknown jobs) is reported here.
+REJECTED_SUBJECTS: Final = f"{PREFIX}.rejected.>"
+
+
+def run_event_subject(job: str, state: str) -> str:
+    """`cropcron.run.<job>.<state>`: subscribe to `cropcron.run.<job>.>` for one job,
+    `cropcron.run.*.dead` for every dead run."""
+    return f"{PREFIX}.run.{job}.{state}"
+
+
+def rejected_subject(source: str) -> str:
+    return f"{PREFIX}.rejected.{source}"
+
+
+HISTORY_CONSUMER: Final = "history"
+
+# -- request/reply ---------------------------------------------------------------------
+HISTORY_RUNS: Final = f"{PREFIX}.history.runs"
+HISTORY_STATS: Final = f"{PREFIX}.history.stats"
+HISTORY_LAST: Final = f"{PREFIX}.history.last"  # last state per job, for `cropcron jobs`
+HISTORY_CLEANUP: Final = f"{PREFIX}.history.cleanup"
+HISTORY_QUEUE: Final = "history"
+
+# -- health ----------------------------------------------------------------------------
+def heartbeat_subject(service: str, instance: str) -> str:
+    return f"{PREFIX}.health.{service}.{instance}"
+
+
+# -- KV buckets ------------------------------------------------------------------------
+KV_JOBS: Final = "cropcron_jobs"  # key: job name -> JobSpec JSON; key "_system" -> SystemSpec
+KV_JOB_STATE: Final = "cropcron_job_state"  # key: job name -> JobState (paused, resumed_at)
+KV_TIMER: Final = "cropcron_timer"  # keys below
+KV_LEASES: Final = "cropcron_leases"  # key: job name -> active run leases (overlap/concurrency)
+KV_SERVICES: Final = "cropcron_services"  # key: "<service>.<instance>" -> last heartbeat
+
+SYSTEM_KEY: Final = "_system"
+TIMER_WATERMARK_KEY: Final = "watermark"  # every instant <= watermark has been fired
+TIMER_LEADER_KEY: Final = "leader"  # the active timer's lease; others stand by
+
+# -- headers ---------------------------------------------------------------------------
+HEADER_MSG_ID: Final = "Nats-Msg-Id"  # JetStream de-duplication
+HEADER_SCHEMA: Final = "Cropcron-Schema"  # "<model>/<version>", informative
+
+# Job names become subject tokens and KV keys: keep them to a safe alphabet.
+JOB_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
