@@ -15,7 +15,6 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -102,9 +101,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     config = load_config(args.file)  # a bad file is refused before anything is touched
+    base_dir = Path(args.file).resolve().parent
 
     async def go(bus: Bus) -> int:
-        added, changed, removed = await commands.apply(bus, config, Path(args.file).resolve().parent)
+        added, changed, removed = await commands.apply(bus, config, base_dir)
         if args.json:
             print_json({"added": added, "changed": changed, "removed": removed})
         else:
@@ -157,8 +157,8 @@ def cmd_pause(args: argparse.Namespace, paused: bool) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    query = RunsQuery(job=args.job, state=args.state, since=args.since, limit=args.limit, run_id=args.run_id,
-                      with_attempts=bool(args.run_id))
+    query = RunsQuery(job=args.job, state=args.state, since=args.since, limit=args.limit, offset=0,
+                      run_id=args.run_id, with_attempts=bool(args.run_id))
 
     async def go(bus: Bus) -> int:
         rows = await commands.history(bus, query)
@@ -216,7 +216,7 @@ def _serve(names: list[str], settings: ServiceSettings, before: Callable[[], Awa
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
-    return _serve(args.services, ServiceSettings())
+    return _serve(args.services, ServiceSettings())  # type: ignore[call-arg]  # from the environment
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -237,12 +237,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             postgres = embedded.start_postgres(data_dir)
             database_url = postgres.url
         write_runtime(data_dir, nats_url=nats_url, database_url=database_url)
-        settings = ServiceSettings(NATS_URL=nats_url, DATABASE_URL=database_url)
+        # jobs inherit these too, so a job can itself call `cropcron run ...`
+        os.environ.update(NATS_URL=nats_url, DATABASE_URL=database_url)
+        settings = ServiceSettings()  # type: ignore[call-arg]
+        base_dir = Path(args.config).resolve().parent
 
         async def apply_config() -> None:
             bus = await commands.open_bus(nats_url)
             try:
-                added, changed, removed = await commands.apply(bus, config, Path(args.config).resolve().parent)
+                added, changed, removed = await commands.apply(bus, config, base_dir)
             finally:
                 await bus.close()
             logging.getLogger("cropcron").info(

@@ -148,13 +148,14 @@ class Postgres:
 
 def start_postgres(data_dir: Path) -> Postgres:
     try:
-        import pgserver
+        import pgserver  # type: ignore[attr-defined,unused-ignore]
     except ImportError as exc:  # pragma: no cover - it is a dependency
         raise EmbeddedError("pgserver is not installed; set DATABASE_URL or `pip install pgserver`") from exc
     pgdata = data_dir / "postgres"
     pgdata.mkdir(parents=True, exist_ok=True)
     try:
-        server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+        server = pgserver.get_server(  # type: ignore[attr-defined,unused-ignore]
+           str(pgdata), cleanup_mode="stop")
     except Exception as exc:
         raise EmbeddedError(f"embedded Postgres did not start in {pgdata}: {exc}") from exc
     return Postgres(server=server, url=server.get_uri())

@@ -59,7 +59,8 @@ async def run_services(names: list[str], settings: ServiceSettings, stop: asynci
             services["runner"] = RunnerService(bus, catalog, settings, bus_settings)
         if "timer" in names:
             services["timer"] = TimerService(bus, catalog, settings)
-        tasks = {asyncio.create_task(svc.run(stop), name=name): name for name, svc in services.items()}
+        tasks: dict[asyncio.Task[Any], str] = {
+            asyncio.create_task(svc.run(stop), name=name): name for name, svc in services.items()}
         for name, svc in services.items():
             beat = heartbeat_loop(bus.js, name, settings.instance, settings.heartbeat_interval, svc.status, stop)
             tasks[asyncio.create_task(beat)] = f"{name}-heartbeat"

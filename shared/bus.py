@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -189,7 +190,7 @@ async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCo
 async def publish_all(bus: Bus, items: list[tuple[str, bytes, str]], timeout: float = 10.0,
                       ) -> list[tuple[str, bytes, str]]:
     """Pipelined JetStream publishes (one PubAck wait for the lot); returns those that failed."""
-    futures = []
+    futures: list[asyncio.Future[Any] | None] = []
     for subject, payload, msg_id in items:
         try:
             futures.append(await bus.js.publish_async(subject, payload, headers={wire.HEADER_MSG_ID: msg_id}))

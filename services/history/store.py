@@ -97,7 +97,8 @@ WHEN = "coalesce(scheduled_at, started_at, updated_at)"
 
 
 async def query_runs(pool: asyncpg.Pool, q: RunsQuery) -> list[dict[str, Any]]:
-    where, args = [], []
+    where: list[str] = []
+    args: list[Any] = []
     for col, value in (("run_id", q.run_id), ("job", q.job), ("state", q.state.value if q.state else None)):
         if value is not None:
             args.append(value)

@@ -124,7 +124,11 @@ class RunnerService:
         task = asyncio.create_task(self._handle_safely(msg))
         key = f"{id(task)}"
         self.running[key] = task
-        task.add_done_callback(lambda _t: (self.running.pop(key, None), self.slots.release()))
+        task.add_done_callback(lambda _t: self._done(key))
+
+    def _done(self, key: str) -> None:
+        self.running.pop(key, None)
+        self.slots.release()
 
     async def _handle_safely(self, msg: Msg) -> None:
         try:

@@ -1,0 +1,262 @@
+"""Real servers for the tests: a nats-server per test (the pinned binary, free port, temp store),
+Postgres from DATABASE_URL when set, else an embedded pgserver, with a fresh database per test.
+Services run in-process (`system` fixture) or as separate processes the test can kill by PID
+(`spawn` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+
+from cropcron import commands
+from cropcron.embedded import free_port, nats_server_binary, wait_port, write_nats_config
+from cropcron.services import run_services
+from shared.bus import Bus, connect, ensure_topology
+from shared.config import parse_config
+from shared.settings import BusSettings, ServiceSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Short timeouts so fault scenarios end in seconds (RELIABILITY §7.1 budget).
+FAST_ENV = {
+    "CROPCRON_ACK_WAIT": "3",
+    "CROPCRON_HEARTBEAT_INTERVAL": "0.5",
+    "CROPCRON_LEADER_TTL": "3",
+    "CROPCRON_KILL_GRACE": "1",
+}
+
+
+class NatsProcess:
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        conf = self.store / "nats.conf"
+        write_nats_config(self.store / "js", self.port, conf)
+        self.proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port, time.monotonic() + 15, self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsProcess]:
+    server = NatsProcess(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    import pgserver  # embedded Postgres when none is given
+
+    pgdata = Path(tempfile.mkdtemp(prefix="cropcron-pg-"))
+    server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def _with_db(url: str, dbname: str) -> str:
+    # postgresql://user@host:port/db?host=/socket  ->  same with another db name
+    base, _, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{dbname}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+async def db_url(pg_admin_url: str) -> AsyncIterator[str]:
+    name = f"cc_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    yield _with_db(pg_admin_url, name)
+    conn = await asyncpg.connect(pg_admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def fast_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for key, value in FAST_ENV.items():
+        monkeypatch.setenv(key, value)
+    return dict(FAST_ENV)
+
+
+@pytest.fixture
+async def bus(nats_server: NatsProcess, fast_env: dict[str, str]) -> AsyncIterator[Bus]:
+    b = await connect(nats_server.url, "test")
+    await ensure_topology(b.js, BusSettings())
+    yield b
+    await b.close()
+
+
+async def apply_yaml(bus: Bus, text: str, base_dir: Path | None = None) -> None:
+    config = parse_config(yaml.safe_load(text))
+    await commands.apply(bus, config, base_dir or ROOT)
+
+
+async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float, what: str, every: float = 0.1) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+async def fetch(db: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(db)
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    try:
+        return list(await conn.fetch(sql, *args))
+    except asyncpg.UndefinedTableError:
+        return []  # history has not migrated yet
+    finally:
+        await conn.close()
+
+
+class System:
+    """Services running in this test's event loop."""
+
+    def __init__(self, nats_url: str, db: str | None) -> None:
+        self.nats_url = nats_url
+        self.db = db
+        self.runs: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(self, *names: str, **overrides: Any) -> asyncio.Event:
+        env = {"NATS_URL": self.nats_url, "DATABASE_URL": self.db or "",
+               "CROPCRON_INSTANCE": overrides.pop("instance", f"t-{uuid.uuid4().hex[:6]}")}
+        env.update({f"CROPCRON_{k.upper()}": str(v) for k, v in overrides.items()})
+        with _environ(env):
+            settings = ServiceSettings()  # type: ignore[call-arg]
+        stop = asyncio.Event()
+        ready = asyncio.Event()
+        task = asyncio.create_task(run_services(list(names), settings, stop, ready.set))
+        self.runs.append((stop, task))
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait([waiter, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # raises the start-up error
+        assert waiter in done, "services did not start within 30s"
+        return stop
+
+    async def stop_all(self) -> None:
+        for stop, _ in self.runs:
+            stop.set()
+        for _, task in self.runs:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 15)
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+async def system(nats_server: NatsProcess, db_url: str, fast_env: dict[str, str]) -> AsyncIterator[System]:
+    s = System(nats_server.url, db_url)
+    yield s
+    await s.stop_all()
+
+
+class Spawner:
+    """Services as separate processes, so a test can kill -9 them by the PIDs it started."""
+
+    def __init__(self, nats_url: str, db: str | None, logdir: Path) -> None:
+        self.nats_url = nats_url
+        self.db = db
+        self.logdir = logdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *names: str, instance: str | None = None, **overrides: Any) -> subprocess.Popen[bytes]:
+        instance = instance or f"p-{uuid.uuid4().hex[:6]}"
+        env = {**os.environ, **FAST_ENV, "NATS_URL": self.nats_url, "DATABASE_URL": self.db or "",
+               "CROPCRON_INSTANCE": instance, "PYTHONPATH": str(ROOT)}
+        env.update({f"CROPCRON_{k.upper()}": str(v) for k, v in overrides.items()})
+        log = open(self.logdir / f"{'-'.join(names)}-{instance}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "cropcron", "serve", *names], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+        log.close()
+        proc.instance = instance  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def spawn(nats_server: NatsProcess, db_url: str, tmp_path: Path) -> Iterator[Spawner]:
+    s = Spawner(nats_server.url, db_url, tmp_path)
+    yield s
+    s.stop_all()
+
+
+async def wait_service(bus: Bus, service: str, instance: str, timeout: float = 30) -> dict[str, Any]:
+    """Until the instance's heartbeat is in KV: it is connected and its loops are running."""
+    from shared import wire
+    from shared.health import instance_key
+
+    kv = await bus.js.key_value(wire.KV_SERVICES)
+
+    async def check() -> dict[str, Any] | None:
+        try:
+            entry = await kv.get(instance_key(service, instance))
+        except Exception:
+            return None
+        return json.loads(entry.value) if entry.value else None
+
+    result: dict[str, Any] = await wait_for(check, timeout, f"{service} {instance} heartbeat")
+    return result
