@@ -106,9 +106,17 @@ async def connect(url: str, name: str, settings: BusSettings | None = None) -> B
 async def connect_once(url: str, name: str, timeout: float = 3.0) -> Bus:
     """For short-lived commands (the CLI): one attempt, a clear error instead of waiting forever."""
     nc = Client()
+
+    async def quiet(exc: Exception) -> None:  # the default callback logs a traceback per attempt
+        pass
+
     try:
-        await nc.connect(servers=[url], name=name, connect_timeout=int(max(timeout, 1)), allow_reconnect=False,
-                         max_reconnect_attempts=0)
+        # (allow_reconnect=False or max_reconnect_attempts=0 make nats-py retry forever on a
+        # refused first connection; one retry with a short wait gives a prompt NoServersError)
+        await asyncio.wait_for(nc.connect(servers=[url], name=name, connect_timeout=int(max(timeout, 1)),
+                                          max_reconnect_attempts=1, reconnect_time_wait=0.1,  # type: ignore[arg-type]
+                                          error_cb=quiet),
+                               timeout * 2)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         raise ConnectionError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
     return Bus(nc=nc, js=nc.jetstream(timeout=timeout * 3), health=Health(connected=True))

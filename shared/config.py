@@ -133,6 +133,18 @@ class JobConfig(BaseModel):
             _tz(value)
         return value
 
+    @field_validator("schedule")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        # checked per field (not after the whole job validates) so that one bad field does not
+        # hide a bad schedule; whether it fires at all does not depend on the time zone
+        if value is not None:
+            try:
+                validate_cron(value, ZoneInfo("UTC"))
+            except ScheduleError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("run")
     @classmethod
     def _check_run(cls, argv: list[str] | None) -> list[str] | None:
@@ -182,12 +194,21 @@ class JobConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_of(self) -> JobConfig:
-        whens = [k for k in ("schedule", "interval", "run_at") if getattr(self, k) is not None]
-        if len(whens) > 1:
-            raise ValueError(f"give only one of schedule, interval, run_at (got {', '.join(whens)})")
-        if (self.run is None) == (self.call is None):
-            raise ValueError("give exactly one of run (a command) or call (a Python function)")
+        problem = shape_problem(self.model_dump())
+        if problem:
+            raise ValueError(problem)
         return self
+
+
+def shape_problem(job: dict[str, Any]) -> str | None:
+    """Which-of rules, checkable on the raw mapping so they are reported even when other fields
+    of the job are invalid (pydantic skips model validators then)."""
+    whens = [k for k in ("schedule", "interval", "run_at") if job.get(k) is not None]
+    if len(whens) > 1:
+        return f"give only one of schedule, interval, run_at (got {', '.join(whens)})"
+    if (job.get("run") is None) == (job.get("call") is None):
+        return "give exactly one of run (a command) or call (a Python function)"
+    return None
 
 
 class Config(BaseModel):
@@ -277,7 +298,11 @@ def parse_config(raw: Any) -> Config:
             jobs.append(JobConfig.model_validate(raw_job))
         except ValidationError as exc:
             collect(exc, ("jobs", index))
-    problems.extend(_semantic_problems(raw_jobs, jobs, system))
+            shape = shape_problem(raw_job) if isinstance(raw_job, dict) else None
+            if shape:
+                problems.append(f"{_locate(('jobs', index), raw)}: {shape}")
+    problems.extend(_semantic_problems(raw_jobs))
+    problems = list(dict.fromkeys(problems))  # the shape rule can be reported twice
     if problems:
         raise ConfigError(problems)
     try:
@@ -288,17 +313,11 @@ def parse_config(raw: Any) -> Config:
         raise ConfigError(problems) from None
 
 
-def _semantic_problems(raw_jobs: list[Any], jobs: list[JobConfig], system: SystemConfig) -> list[str]:
+def _semantic_problems(raw_jobs: list[Any]) -> list[str]:
     problems: list[str] = []
     names = [j.get("name") for j in raw_jobs if isinstance(j, dict)]
     for name in sorted({n for n in names if isinstance(n, str) and names.count(n) > 1}):
         problems.append(f"job {name!r}: field 'name': duplicate job name (used {names.count(name)} times)")
-    for job in jobs:
-        if job.schedule is not None:
-            try:
-                validate_cron(job.schedule, _tz(job.timezone or system.timezone))
-            except (ScheduleError, ValueError) as exc:
-                problems.append(f"job {job.name!r}: field 'schedule': {exc}")
     return problems
 
 

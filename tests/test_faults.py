@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ledger
 from conftest import Spawner, System, apply_yaml, fetch, wait_for, wait_service
+
 from cropcron import commands
 from shared.bus import Bus
 from shared.catalog import set_paused

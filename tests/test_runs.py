@@ -8,6 +8,7 @@ from pathlib import Path
 
 import ledger
 from conftest import System, apply_yaml, fetch, wait_for
+
 from cropcron import commands
 from shared import wire
 from shared.bus import Bus
@@ -84,12 +85,15 @@ async def test_timeout_kills_process_group_and_is_recorded(system: System, bus: 
             os.kill(child, 0)
         except ProcessLookupError:
             return True
-        # a zombie (already killed, not yet reaped by init) counts as gone
-        with open(f"/proc/{child}/stat") as f:
-            return f.read().split()[2] == "Z"
+        return _zombie(child)  # killed, not yet reaped by init: gone too
 
     assert await wait_for(child_gone, 5, "the job's child process to be killed")
     assert 1.9 <= row["duration_s"] < 6
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] == "Z"
 
 
 async def test_manual_run_of_call_job_stores_result(system: System, bus: Bus, db_url: str) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 from conftest import Spawner, System, apply_yaml, fetch, wait_for, wait_service
+
 from shared.bus import Bus
 from shared.catalog import set_paused
 

@@ -209,8 +209,10 @@ class TimerService:
             instant, name = heapq.heappop(self.heap)
             if self.due.get(name) != instant:
                 continue  # stale entry (job edited, paused or removed)
-            spec = self.catalog.specs[name]
-            schedule = self.schedules[name]
+            spec = self.catalog.specs.get(name)
+            schedule = self.schedules.get(name)
+            if spec is None or schedule is None:
+                continue  # removed; _refresh_dirty will drop it
             if (now - instant).total_seconds() > STALL_SECONDS:
                 just_before = instant - timedelta(microseconds=1)
                 self._catch_up(spec, schedule, just_before, just_before, now, triggers, missed)
@@ -250,13 +252,12 @@ class TimerService:
         """Publish until every PubAck arrives; the broker may be restarting, so keep trying."""
         horizon = max([now, *(t.scheduled_at for t in triggers if t.scheduled_at)])
         fired = self.progress.fired_through if self.progress else horizon
-        await self._save_progress(fired, horizon)
-        pending: list[tuple[str, bytes, str]] = []
-        for tr in triggers:
-            band = wire.band_for_priority(self.catalog.specs[tr.job].job.priority)
-            pending.append((wire.trigger_subject(band, tr.job), tr.to_bytes(), tr.run_id))
+        # subjects are fixed now: the catalog may change (a job removed) while we await below
+        pending = [(_subject(self.catalog, tr), tr.to_bytes(), tr.run_id) for tr in triggers]
+        pending = [p for p in pending if p[0]]
         for ev in missed:
             pending.append((wire.run_event_subject(ev.job, ev.state), ev.to_bytes(), ev.msg_id()))
+        await self._save_progress(fired, horizon)
         delay = 0.2
         while pending:
             failed = await publish_all(self.bus, pending)
@@ -270,6 +271,13 @@ class TimerService:
         self.fired += len(triggers)
         self.missed += len(missed)
         await self._save_progress(horizon, horizon)
+
+
+def _subject(catalog: Catalog, trigger: Trigger) -> str:
+    spec = catalog.specs.get(trigger.job)
+    if spec is None:
+        return ""  # removed since the instant came due: nothing to run
+    return wire.trigger_subject(wire.band_for_priority(spec.job.priority), trigger.job)
 
 
 def _same(a: Schedule, b: Schedule) -> bool:
