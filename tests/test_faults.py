@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import ledger
-from conftest import Spawner, System, apply_yaml, fetch, wait_for, wait_service
+from conftest import NatsProcess, Spawner, System, apply_yaml, fetch, wait_for, wait_service
 
 from cropcron import commands
+from shared import wire
 from shared.bus import Bus
-from shared.catalog import set_paused
+from shared.catalog import read_specs, set_paused
+from shared.events import Trigger, tick_run_id
 
 
 async def test_runner_killed_mid_job_run_completes_on_another(spawn: Spawner, bus: Bus, db_url: str,
@@ -149,3 +152,86 @@ jobs:
     gaps = {b - a for a, b in zip(instants, instants[1:], strict=False)}
     assert gaps == {timedelta(seconds=1)}, f"an instant was lost across the failover: {gaps}"
     assert beats  # both started
+
+
+async def test_broker_killed_and_restarted_work_resumes(system: System, bus: Bus, db_url: str,
+                                                        nats_server: NatsProcess) -> None:
+    """kill -9 of nats-server mid-stream: services reconnect, pull consumers resume fetching
+    (nats.py #504), and no instant is lost or run twice (R1 store, sync_interval always)."""
+    await apply_yaml(bus, """
+jobs:
+  - {name: steady, type: data_cleanup, schedule: "* * * * * *", overlap: allow, catchup: all,
+     call: tests.jobs.calls:noop}
+""")
+    await system.start("history", "runner", "timer")
+
+    async def succeeded() -> list:
+        return await fetch(db_url, "SELECT scheduled_at FROM runs WHERE job = 'steady' AND state = 'succeeded' "
+                                   "ORDER BY scheduled_at")
+
+    await wait_for(lambda: _len_at_least(succeeded, 3), 15, "runs before the broker dies")
+    nats_server.stop(signal.SIGKILL)
+    await asyncio.sleep(3)  # the outage
+    nats_server.start()
+    restarted = datetime.now(UTC)
+
+    async def after_restart() -> list:
+        rows = await succeeded()
+        return [r for r in rows if r["scheduled_at"] > restarted + timedelta(seconds=2)]
+
+    await wait_for(after_restart, 40, "scheduled runs to resume after the broker restart")
+    await set_paused(bus.js, "steady", True)
+    await asyncio.sleep(2)
+
+    async def all_done() -> list | None:
+        rows = await fetch(db_url, "SELECT scheduled_at, state FROM runs WHERE job = 'steady' ORDER BY scheduled_at")
+        return rows if all(r["state"] in ("succeeded", "missed") for r in rows) else None
+
+    rows = await wait_for(all_done, 30, "every run to finish")
+    instants = [r["scheduled_at"] for r in rows]
+    assert len(instants) == len(set(instants))
+    gaps = {b - a for a, b in zip(instants, instants[1:], strict=False)}
+    holes = [(a, b) for a, b in zip(instants, instants[1:], strict=False) if b - a != timedelta(seconds=1)]
+    assert gaps == {timedelta(seconds=1)}, f"instants lost across the broker restart: {holes}, restart {restarted}"
+
+
+async def _len_at_least(fn, n: int) -> bool:  # type: ignore[no-untyped-def]
+    return len(await fn()) >= n
+
+
+async def test_crash_between_publish_and_progress_republishes_same_ids(system: System, bus: Bus,
+                                                                       db_url: str) -> None:
+    """The timer died after publishing ticks up to `firing_through` but before recording them as
+    fired: on restart those instants are republished under the same ids (and run once), even for
+    a catchup=skip job; only instants after that count as missed."""
+    await apply_yaml(bus, """
+jobs:
+  - {name: sk, type: data_cleanup, interval: 1s, catchup: skip, overlap: allow, call: tests.jobs.calls:noop}
+""")
+    now = datetime.now(UTC).replace(microsecond=0)
+    fired, firing = now - timedelta(seconds=6), now - timedelta(seconds=3)
+    # ... as if the dead timer had published the tick at fired+1s before it died
+    spec = (await read_specs(bus.js))["sk"]
+    kv = await bus.js.key_value(wire.KV_JOBS)
+    await kv.put("sk", spec.model_copy(update={"defined_at": now - timedelta(hours=1)}).model_dump_json().encode())
+    early = Trigger(run_id=tick_run_id("sk", fired + timedelta(seconds=1)), job="sk", kind="tick",
+                    scheduled_at=fired + timedelta(seconds=1), created_at=fired)
+    await bus.js.publish(wire.trigger_subject("normal", "sk"), early.to_bytes(),
+                         headers={wire.HEADER_MSG_ID: early.run_id})
+    timer_kv = await bus.js.key_value(wire.KV_TIMER)
+    await timer_kv.put(wire.TIMER_WATERMARK_KEY, json.dumps(
+        {"fired_through": fired.isoformat(), "firing_through": firing.isoformat()}).encode())
+    await system.start("history", "runner", "timer")
+
+    async def window() -> list | None:
+        rows = await fetch(db_url, "SELECT run_id, scheduled_at, state FROM runs WHERE scheduled_at <= $1 "
+                                   "ORDER BY scheduled_at", now)
+        return rows if len(rows) == 6 and all(r["state"] in ("succeeded", "missed") for r in rows) else None
+
+    rows = await wait_for(window, 20, "the instants of the crash window")
+    states = {r["scheduled_at"]: r["state"] for r in rows}
+    for k in (1, 2, 3):  # (fired, firing]: republished, run once
+        assert states[fired + timedelta(seconds=k)] == "succeeded"
+    for k in (4, 5, 6):  # (firing, restart]: catchup=skip
+        assert states[fired + timedelta(seconds=k)] == "missed"
+    assert len({r["run_id"] for r in rows}) == 6

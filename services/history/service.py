@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-import nats.errors
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
@@ -72,12 +71,15 @@ class HistoryService:
                 if psub is None:
                     psub = await self.bus.js.pull_subscribe_bind(durable=wire.HISTORY_CONSUMER, stream=wire.STREAM_RUNS)
                 msgs = await psub.fetch(self.settings.history_batch, timeout=2)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats' own TimeoutError subclasses it: nothing to store yet
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("history: fetch failed (%r); re-subscribing in %.1fs", exc, delay)
+                if psub is not None:
+                    with contextlib.suppress(Exception):
+                        await psub.unsubscribe()
                 psub = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -36,6 +35,9 @@ from shared.events import Rejected, RunEvent, RunState, Trigger, decode, utcnow
 from shared.settings import BusSettings, ServiceSettings
 
 log = logging.getLogger("cropcron.runner")
+
+IDLE_POLL = 1.0  # seconds a fetcher waits on an empty band before releasing its slot
+PENDING_CHECK = 0.5  # how often a waiting idle band asks whether work arrived for it
 
 
 class RunnerService:
@@ -82,24 +84,21 @@ class RunnerService:
     async def _fetch_loop(self, band: wire.Band, stop: asyncio.Event) -> None:
         psub: JetStreamContext.PullSubscription | None = None
         delay = 0.2
+        idle = False  # was the band empty at the last fetch?
         while not stop.is_set():
-            await self.slots.acquire(band)
+            await self._acquire(band, idle)
             held = 1
             try:
                 if psub is None:
                     psub = await self.bus.js.pull_subscribe_bind(durable=wire.runner_consumer(band),
                                                                  stream=wire.STREAM_TRIGGERS)
-                # one message by long poll (so an idle band holds one slot, not a batch) ...
-                msgs = await psub.fetch(1, timeout=5)
-                # ... then whatever else is waiting, as a batch (DESIGN.md: batching is the lever)
-                extra = self.slots.take_more(self.settings.fetch_batch - 1)
-                held += extra
-                if extra:
-                    with contextlib.suppress(nats.errors.TimeoutError):
-                        msgs += await psub.fetch(extra, timeout=0.05)
-                delay = 0.2
-            except nats.errors.TimeoutError:
+                # one message by long poll (so an idle band holds one slot, not a batch); the
+                # poll is short so that, when slots are scarce, an idle band hands its slot on
+                # within a second to a band that has work ...
+                msgs = await psub.fetch(1, timeout=IDLE_POLL)
+            except TimeoutError:  # nats' own TimeoutError subclasses it; both mean "nothing yet"
                 self.slots.release(held)
+                idle = True
                 continue
             except asyncio.CancelledError:
                 self.slots.release(held)
@@ -108,17 +107,54 @@ class RunnerService:
                 # after a reconnect a pull subscription can go quiet (nats.py #504): re-bind it
                 self.slots.release(held)
                 log.warning("runner: fetch from %s failed (%r); re-subscribing in %.1fs", band, exc, delay)
-                if psub is not None:
-                    with contextlib.suppress(Exception):
-                        await psub.unsubscribe()
+                await _drop(psub)
                 psub = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            delay = 0.2
+            # ... then whatever else is waiting, as a batch (DESIGN.md: batching is the lever).
+            # Messages already in hand are started whatever happens here.
+            extra = self.slots.take_more(self.settings.fetch_batch - 1)
+            held += extra
+            if extra:
+                try:
+                    msgs += await psub.fetch(extra, timeout=0.05)
+                except TimeoutError:
+                    pass
+                except Exception as exc:
+                    log.warning("runner: batch fetch from %s failed (%r); re-subscribing", band, exc)
+                    await _drop(psub)
+                psub = None
+            idle = msgs[-1].metadata.num_pending == 0
             if len(msgs) < held:
                 self.slots.release(held - len(msgs))
             for msg in msgs:
                 self._spawn(msg)
+
+    async def _acquire(self, band: wire.Band, idle: bool) -> None:
+        """A slot for this band's next fetch. While an idle band waits behind busier ones it
+        checks whether work has arrived for it, and if so claims its priority back."""
+        if not idle:
+            await self.slots.acquire(band)
+            return
+        waiter = asyncio.ensure_future(self.slots.acquire(band, idle=True))
+        try:
+            while not waiter.done():
+                done, _ = await asyncio.wait([waiter], timeout=PENDING_CHECK)
+                if done:
+                    break
+                try:
+                    info = await self.bus.js.consumer_info(wire.STREAM_TRIGGERS, wire.runner_consumer(band))
+                except Exception as exc:
+                    log.debug("runner: consumer info for %s failed: %r", band, exc)
+                    continue
+                if info.num_pending:
+                    self.slots.promote(band)
+            waiter.result()
+        except asyncio.CancelledError:
+            waiter.cancel()
+            raise
 
     def _spawn(self, msg: Msg) -> None:
         task = asyncio.create_task(self._handle_safely(msg))
@@ -293,6 +329,12 @@ class RunnerService:
         with contextlib.suppress(Exception):
             await self.bus.js.publish(wire.rejected_subject("trigger"), body.to_bytes())
         await msg.term()
+
+
+async def _drop(psub: JetStreamContext.PullSubscription | None) -> None:
+    if psub is not None:
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
 
 
 def _short(exc: Exception) -> str:

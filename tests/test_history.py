@@ -1,0 +1,138 @@
+"""History: fenced upserts, queries over NATS, statistics, retention, outages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from conftest import System, fetch, wait_for
+
+from cropcron import commands
+from services.history import store
+from services.history.migrate import migrate
+from shared import wire
+from shared.bus import Bus
+from shared.events import RunEvent, RunState
+from shared.queries import RunsQuery
+
+T0 = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
+
+
+def ev(run_id: str, state: RunState, attempt: int, **kw: object) -> RunEvent:
+    fields: dict[str, object] = {"job": "j", "scheduled_at": T0, **kw}
+    return RunEvent(run_id=run_id, job_type="image_processing", state=state, attempt=attempt,
+                    at=T0 + timedelta(seconds=attempt * 10 + len(state)), trigger_kind="tick",
+                    **fields)  # type: ignore[arg-type]
+
+
+async def test_stale_attempt_never_overwrites_newer(db_url: str) -> None:
+    pool = await store.create_pool(db_url)
+    try:
+        await migrate(pool)
+        assert await migrate(pool) == [], "migrations are idempotent"
+        # attempt 2 succeeded; then a stale runner's late events for attempt 1 arrive, and
+        # the redelivered duplicates of attempt 2's events
+        await store.apply_events(pool, [ev("r1", RunState.STARTED, 2, runner="b"),
+                                        ev("r1", RunState.SUCCEEDED, 2, runner="b", exit_code=0, duration_s=1.5)], [])
+        await store.apply_events(pool, [ev("r1", RunState.STARTED, 1, runner="a"),
+                                        ev("r1", RunState.FAILED, 1, runner="a", exit_code=9, error="late"),
+                                        ev("r1", RunState.STARTED, 2, runner="b"),
+                                        ev("r1", RunState.SUCCEEDED, 2, runner="b", exit_code=0, duration_s=1.5)], [])
+        rows = await fetch(db_url, "SELECT * FROM runs")
+        assert len(rows) == 1
+        row = rows[0]
+        assert (row["state"], row["attempt"], row["runner"], row["exit_code"], row["error"]) == (
+            "succeeded", 2, "b", 0, None)
+        # out of order within one attempt: the terminal state is kept
+        await store.apply_events(pool, [ev("r2", RunState.SUCCEEDED, 1, duration_s=2.0),
+                                        ev("r2", RunState.STARTED, 1)], [])
+        r2 = await fetch(db_url, "SELECT state FROM runs WHERE run_id = 'r2'")
+        assert r2[0]["state"] == "succeeded"
+        # a missed instant (attempt 0) that is run after all is superseded by the run
+        await store.apply_events(pool, [ev("r3", RunState.MISSED, 0, reason="timer down"),
+                                        ev("r3", RunState.STARTED, 1)], [])
+        r3 = await fetch(db_url, "SELECT state FROM runs WHERE run_id = 'r3'")
+        assert r3[0]["state"] == "started"
+    finally:
+        await pool.close()
+
+
+async def test_queries_filters_and_stats(db_url: str) -> None:
+    pool = await store.create_pool(db_url)
+    try:
+        await migrate(pool)
+        events = []
+        for i in range(30):
+            job = "a" if i % 3 else "b"
+            state = RunState.SUCCEEDED if i % 5 else RunState.DEAD
+            e = ev(f"q{i}", state, 1, job=job, duration_s=float(i), scheduled_at=T0 - timedelta(hours=i))
+            events.append(e)
+        events.append(ev("qm", RunState.MISSED, 0, job="a", reason="x"))
+        await store.apply_events(pool, events, [])
+        rows = await store.query_runs(pool, RunsQuery(job="b", limit=100))
+        assert {r["job"] for r in rows} == {"b"} and len(rows) == 10
+        rows = await store.query_runs(pool, RunsQuery(state=RunState.DEAD, limit=100))
+        assert len(rows) == 6 and all(r["state"] == "dead" for r in rows)
+        rows = await store.query_runs(pool, RunsQuery(since=T0 - timedelta(hours=4, minutes=30), limit=100))
+        assert len(rows) == 6  # q0..q4 and the missed one
+        page1 = await store.query_runs(pool, RunsQuery(limit=10))
+        page2 = await store.query_runs(pool, RunsQuery(limit=10, offset=10))
+        assert len(page1) == 10 and not {r["run_id"] for r in page1} & {r["run_id"] for r in page2}
+        assert [r["scheduled_at"] for r in page1] == sorted((r["scheduled_at"] for r in page1), reverse=True)
+        stats = await store.query_stats(pool, days=3650)
+        total = stats["total"]
+        assert (total["total"], total["succeeded"], total["failed"], total["missed"]) == (31, 24, 6, 1)
+        durations = sorted(float(i) for i in range(30) if i % 5)
+        assert abs(total["mean_duration_s"] - sum(durations) / len(durations)) < 1e-9
+        assert durations[-3] <= total["p95_duration_s"] <= durations[-1]
+        assert {j["job"]: j["total"] for j in stats["jobs"]} == {"a": 21, "b": 10}
+        assert stats["types"][0]["job_type"] == "image_processing"
+        last = await store.query_last(pool, ["a", "b"])
+        assert last["b"]["run_id"] == "q0"
+        removed = await store.cleanup(pool, older_than_days=365 * 100)
+        assert removed["runs"] == 0
+    finally:
+        await pool.close()
+
+
+async def test_history_over_nats_and_bad_requests(system: System, bus: Bus, db_url: str) -> None:
+    await system.start("history")
+    reply = await bus.nc.request(wire.HISTORY_RUNS, b'{"limit": 0}', timeout=5)
+    assert b'"ok": false' in reply.data and b"limit" in reply.data
+    reply = await bus.nc.request(wire.HISTORY_RUNS, b"not json", timeout=5)
+    assert b'"ok": false' in reply.data
+    rows = await commands.history(bus, RunsQuery(limit=5))
+    assert rows == []
+    stats = await commands.stats(bus, 1)
+    assert stats["total"]["total"] == 0
+
+
+async def test_events_survive_a_database_outage(system: System, bus: Bus, db_url: str,
+                                                pg_admin_url: str) -> None:
+    """Postgres refusing connections delays history; it loses nothing (naks, then redelivery)."""
+    await system.start("history")
+    dbname = db_url.split("?")[0].rsplit("/", 1)[1]
+    admin = await asyncpg.connect(pg_admin_url)
+    try:
+        await admin.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", dbname)
+        for i in range(20):
+            e = ev(f"o{i}", RunState.SUCCEEDED, 1)
+            await bus.js.publish(wire.run_event_subject("j", "succeeded"), e.to_bytes(),
+                                 headers={wire.HEADER_MSG_ID: e.msg_id()})
+        info = await bus.js.consumer_info(wire.STREAM_RUNS, wire.HISTORY_CONSUMER)
+        await wait_for(lambda: _redelivering(bus), 20, "history to nak while the database is away")
+        await admin.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
+    finally:
+        await admin.close()
+
+    async def all_rows() -> bool:
+        return len(await fetch(db_url, "SELECT 1 FROM runs")) == 20
+
+    await wait_for(all_rows, 30, "every event once the database is back")
+    assert info.config.durable_name == wire.HISTORY_CONSUMER
+
+
+async def _redelivering(bus: Bus) -> bool:
+    info = await bus.js.consumer_info(wire.STREAM_RUNS, wire.HISTORY_CONSUMER)
+    return bool(info.num_redelivered and info.num_redelivered > 0)

@@ -1,0 +1,55 @@
+"""The README's run command on a fresh data dir: `cropcron up` spawns its own NATS and Postgres,
+and `cropcron history` shows the example's frequent job within 30 s."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from conftest import ROOT
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cropcron", *args], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def test_up_on_the_example_shows_runs_within_30s(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    env["CROPCRON_DATA_DIR"] = str(data)
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen([sys.executable, "-m", "cropcron", "up", "--config", "examples/farm.yaml"], env=env,
+                          stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    started = time.monotonic()
+    try:
+        rows: list[dict[str, object]] = []
+        while time.monotonic() - started < 30 and not rows:
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            out = _cli(["history", "--job", "edge_heartbeat", "--state", "succeeded", "--json"], env)
+            if out.returncode == 0:
+                rows = json.loads(out.stdout)
+            time.sleep(0.5)
+        assert rows, "no succeeded run of edge_heartbeat within 30 s:\n" + (tmp_path / "up.log").read_text()
+        runtime = json.loads((data / "runtime.json").read_text())
+        # port 4222 is taken on these machines (Debian's NATS): up must have picked another
+        assert runtime["nats_url"].startswith("nats://127.0.0.1:")
+        jobs = _cli(["jobs", "--json"], env)
+        assert jobs.returncode == 0 and len(json.loads(jobs.stdout)) == 7
+        nats = [p for p in psutil.Process(up.pid).children(recursive=True) if "nats-server" in p.name()]
+        assert nats, "no embedded nats-server"
+        up.send_signal(signal.SIGINT)  # Ctrl-C
+        assert up.wait(30) == 0
+        assert not (data / "runtime.json").exists()
+        _, alive = psutil.wait_procs(nats, timeout=10)
+        assert not alive, "the embedded nats-server outlived `cropcron up`"
+    finally:
+        if up.poll() is None:
+            up.kill()
+        log.close()
