@@ -49,7 +49,12 @@ async def request(bus: Bus, subject: str, query: BaseModel, timeout: float = 10.
 
 
 async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], list[str], list[str]]:
-    await ensure_topology(bus.js)
+    try:
+        await bus.js.key_value(wire.KV_JOBS)
+    except Exception:
+        # a fresh broker: create what the services would. On an existing one the services own
+        # the stream and consumer settings (from their environment), so the CLI leaves them.
+        await ensure_topology(bus.js)
     previous = await read_specs(bus.js)
     return await write_specs(bus.js, config.system, to_specs(config, base_dir, previous))
 

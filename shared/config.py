@@ -124,6 +124,8 @@ class JobConfig(BaseModel):
     def _check_name(cls, value: str) -> str:
         if not JOB_NAME_RE.match(value):
             raise ValueError("must be 1-64 letters, digits, '_' or '-' (it becomes a NATS subject token)")
+        if value.startswith("_"):
+            raise ValueError("must not start with '_' (reserved for cropcron's own keys)")
         return value
 
     @field_validator("timezone")
@@ -152,14 +154,23 @@ class JobConfig(BaseModel):
             return None
         if not argv or not argv[0].strip():
             raise ValueError("must be a non-empty list: [program, arg, ...]")
+        sample = dict.fromkeys(PLACEHOLDERS, "x")
         for arg in argv:
-            for _, name, _, _ in string.Formatter().parse(arg):
+            try:
+                fields = list(string.Formatter().parse(arg))
+            except ValueError as exc:
+                raise ValueError(f"bad braces in {arg!r}: {exc} (write {{{{ and }}}} for literal braces)") from None
+            for _, name, _, _ in fields:
                 if name is not None and name not in PLACEHOLDERS:
                     raise ValueError(
                         f"unknown placeholder {{{name}}} in {arg!r}; known: "
                         + ", ".join(sorted(PLACEHOLDERS))
                         + " (write {{ and }} for literal braces)"
                     )
+            try:  # values are strings: a format spec like {attempt:d} would fail at run time
+                arg.format_map(sample)
+            except (ValueError, KeyError, IndexError, AttributeError) as exc:
+                raise ValueError(f"cannot fill placeholders in {arg!r}: {exc}") from None
         return argv
 
     @field_validator("call")

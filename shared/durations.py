@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any
@@ -35,6 +36,8 @@ def parse_duration(value: Any) -> float:
                 raise ValueError(f"expected a duration like '90s', '5m' or '2h', got {value!r}")
     else:
         raise ValueError(f"expected a duration like '90s', '5m' or '2h', got {value!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration must be finite, got {value!r}")
     if seconds < 0:
         raise ValueError(f"duration must not be negative, got {value!r}")
     return seconds

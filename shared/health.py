@@ -1,5 +1,5 @@
 """Service heartbeats: each service writes `<service>.<instance>` into the services KV bucket every
-few seconds, so `cropcron status`, the dashboard and the notifier's dead-man switch can tell a
+few seconds, so operators, the dashboard and the notifier's dead-man switch can tell a
 live service from a silent one."""
 
 from __future__ import annotations

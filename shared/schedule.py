@@ -2,7 +2,7 @@
 
 Instants are aware UTC datetimes. Cron is evaluated by cronsim, which follows Debian cron's
 DST behaviour (a time skipped by spring-forward fires once just after the change; a time
-repeated by fall-back fires once) -- see docs/schedules.md. croniter is not used for
+repeated by fall-back fires once) -- see docs/config.md. croniter is not used for
 evaluation: it has open DST bugs (RELIABILITY.md §6).
 """
 
@@ -101,6 +101,48 @@ class Schedule:
             return self._next_cron(result)
         self._last = result
         return result
+
+    def latest(self, start: datetime, end: datetime, n: int) -> list[datetime]:
+        """The (at most) n most recent instants in (start, end], ascending. Walks backwards from
+        `end`, so a week-long outage of a per-second job costs n steps, not 600,000."""
+        out: list[datetime] = []
+        if self.interval is not None:
+            k = math.floor((end - self.anchor).total_seconds() / self.interval)
+            while len(out) < n:
+                t = self.anchor + timedelta(seconds=k * self.interval)
+                if t > end:
+                    k -= 1
+                    continue
+                if t <= start:
+                    break
+                out.append(t)
+                k -= 1
+        elif self.run_at is not None:
+            if start < self.run_at <= end:
+                out.append(self.run_at)
+        elif self.cron is not None:
+            it = CronSim(self.cron, (end + timedelta(seconds=1)).astimezone(self.tz).replace(microsecond=0),
+                         reverse=True)
+            while len(out) < n:
+                try:
+                    t = next(it).astimezone(UTC)
+                except (StopIteration, CronSimError):
+                    break
+                if t > end:
+                    continue
+                if t <= start:
+                    break
+                out.append(t)
+        return sorted(out)
+
+    def count(self, start: datetime, end: datetime) -> int | None:
+        """How many instants in (start, end], when that is cheap to know (intervals)."""
+        if self.interval is None:
+            return None
+        first = self.next_after(start)
+        if first is None or first > end:
+            return 0
+        return math.floor((end - first).total_seconds() / self.interval + 1e-9) + 1
 
     def between(self, start: datetime, end: datetime, limit: int) -> Iterator[datetime]:
         """Instants in (start, end], at most `limit` of them."""

@@ -65,11 +65,6 @@ HISTORY_LAST: Final = f"{PREFIX}.history.last"  # last state per job, for `cropc
 HISTORY_CLEANUP: Final = f"{PREFIX}.history.cleanup"
 HISTORY_QUEUE: Final = "history"
 
-# -- health ----------------------------------------------------------------------------
-def heartbeat_subject(service: str, instance: str) -> str:
-    return f"{PREFIX}.health.{service}.{instance}"
-
-
 # -- KV buckets ------------------------------------------------------------------------
 KV_JOBS: Final = "cropcron_jobs"  # key: job name -> JobSpec JSON; key "_system" -> SystemSpec
 KV_JOB_STATE: Final = "cropcron_job_state"  # key: job name -> JobState (paused, resumed_at)
@@ -83,7 +78,6 @@ TIMER_LEADER_KEY: Final = "leader"  # the active timer's lease; others stand by
 
 # -- headers ---------------------------------------------------------------------------
 HEADER_MSG_ID: Final = "Nats-Msg-Id"  # JetStream de-duplication
-HEADER_SCHEMA: Final = "Cropcron-Schema"  # "<model>/<version>", informative
 
 # Job names become subject tokens and KV keys: keep them to a safe alphabet.
 JOB_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

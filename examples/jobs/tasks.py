@@ -9,9 +9,13 @@ from pathlib import Path
 
 from cropcron.jobs import RunContext
 
+# call: jobs run inside the runner, whose working directory is not the config's: resolve paths
+# from this file (the run: jobs write under examples/data/)
+REPORTS = Path(__file__).resolve().parent.parent / "data" / "reports"
+
 
 def weekly_report(ctx: RunContext) -> dict[str, object]:
-    reports = sorted(Path("data/reports").glob("images-*.json"))
+    reports = sorted(REPORTS.glob("images-*.json"))
     images = sum(json.loads(p.read_text()).get("images", 0) for p in reports)
     return {"run_id": ctx.run_id, "reports": len(reports), "images": images}
 
@@ -19,7 +23,7 @@ def weekly_report(ctx: RunContext) -> dict[str, object]:
 def cleanup(ctx: RunContext, max_age_days: float = 30) -> dict[str, object]:
     cutoff = time.time() - max_age_days * 86400
     removed = 0
-    for path in Path("data/reports").glob("*.json"):
+    for path in REPORTS.glob("*.json"):
         if path.stat().st_mtime < cutoff:
             path.unlink()
             removed += 1

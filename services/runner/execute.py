@@ -38,8 +38,14 @@ class Outcome:
 
 def render_argv(argv: list[str], values: dict[str, str]) -> list[str]:
     """Substitute {placeholders} inside each argument separately: a value can never become two
-    arguments, and nothing is ever parsed by a shell."""
-    return [arg.format_map(values) for arg in argv]
+    arguments, and nothing is ever parsed by a shell. Raises ValueError naming the argument."""
+    out = []
+    for arg in argv:
+        try:
+            out.append(arg.format_map(values))
+        except (KeyError, ValueError, IndexError, AttributeError) as exc:
+            raise ValueError(f"cannot fill placeholders in {arg!r}: {exc}") from None
+    return out
 
 
 async def run_command(
@@ -135,14 +141,24 @@ def load_callable(target: str) -> Callable[..., Any]:
 _thread_loops = threading.local()
 
 
+class JobExit(Exception):
+    """A job called sys.exit() (or raised another BaseException): a failure of the job, which
+    must not stop the runner."""
+
+
 def _call_in_thread(fn: Callable[..., Any], ctx: RunContext) -> Any:
-    result = fn(ctx)
-    if asyncio.iscoroutine(result):
-        loop = getattr(_thread_loops, "loop", None)
-        if loop is None:
-            loop = asyncio.new_event_loop()
-            _thread_loops.loop = loop
-        result = loop.run_until_complete(result)
+    try:
+        result = fn(ctx)
+        if asyncio.iscoroutine(result):
+            loop = getattr(_thread_loops, "loop", None)
+            if loop is None:
+                loop = asyncio.new_event_loop()
+                _thread_loops.loop = loop
+            result = loop.run_until_complete(result)
+    except Exception:
+        raise
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt raised by job code
+        raise JobExit(f"{type(exc).__name__}({exc})") from None
     return result
 
 

@@ -185,7 +185,7 @@ class RunnerService:
         if msg.subject.rsplit(".", 1)[-1] != trigger.job:
             await self._reject(msg, f"trigger for job {trigger.job!r} arrived on subject {msg.subject!r}")
             return
-        spec = self.catalog.specs.get(trigger.job)
+        spec = self.catalog.specs.get(trigger.job) or await self._fresh_spec(trigger.job)
         if spec is None:
             await self._reject(msg, f"unknown job {trigger.job!r} (not in the applied config)")
             return
@@ -209,6 +209,13 @@ class RunnerService:
         finally:
             if spec.job.overlap is not Overlap.ALLOW and self.leases is not None:
                 await self.leases.release(spec.name, trigger.run_id)
+
+    async def _fresh_spec(self, job: str) -> JobSpec | None:
+        try:
+            entry = await (await self.bus.js.key_value(wire.KV_JOBS)).get(job)
+        except Exception:
+            return None
+        return JobSpec.model_validate_json(entry.value) if entry.value else None
 
     async def _take_lease(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int) -> bool:
         assert self.leases is not None
@@ -237,6 +244,11 @@ class RunnerService:
         beats = asyncio.create_task(self._heartbeat(msg, spec, trigger))
         try:
             outcome = await self._execute(spec, trigger, attempt)
+        except asyncio.CancelledError:
+            # shutting down: the job was killed; hand the trigger to another runner now
+            with contextlib.suppress(Exception):
+                await asyncio.shield(msg.nak())
+            raise
         finally:
             beats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -272,10 +284,13 @@ class RunnerService:
         values = {"run_id": trigger.run_id, "job": job.name, "type": job.type, "scheduled_at": scheduled,
                   "attempt": str(attempt), "trigger": trigger.kind, "python": sys.executable}
         if job.run is not None:
-            env = {**os.environ, **job.env, "CROPCRON_RUN_ID": trigger.run_id, "CROPCRON_JOB": job.name,
+            env = {**_job_environ(), **job.env, "CROPCRON_RUN_ID": trigger.run_id, "CROPCRON_JOB": job.name,
                    "CROPCRON_ATTEMPT": str(attempt), "CROPCRON_SCHEDULED_AT": scheduled}
-            return await run_command(render_argv(job.run, values), spec.cwd, env, job.timeout,
-                                     self.settings.kill_grace, job.output_lines)
+            try:
+                argv = render_argv(job.run, values)
+            except ValueError as exc:
+                return Outcome(ok=False, error=str(exc))
+            return await run_command(argv, spec.cwd, env, job.timeout, self.settings.kill_grace, job.output_lines)
         ctx = RunContext(run_id=trigger.run_id, job=job.name, job_type=job.type, attempt=attempt,
                          kind=trigger.kind, scheduled_at=trigger.scheduled_at, data=dict(trigger.data))
         return await run_callable(job.call or "", ctx, job.timeout, spec.cwd)
@@ -326,9 +341,20 @@ class RunnerService:
         log.error("runner: rejected trigger on %s: %s", msg.subject, reason)
         body = Rejected(source="trigger", subject=msg.subject, reason=reason, at=utcnow(),
                         payload_excerpt=msg.data[:500].decode("utf-8", "replace"))
-        with contextlib.suppress(Exception):
-            await self.bus.js.publish(wire.rejected_subject("trigger"), body.to_bytes())
+        pending = [(wire.rejected_subject("trigger"), body.to_bytes(), f"rejected.{msg.metadata.sequence.stream}")]
+        backoff = 0.2
+        while pending := await publish_all(self.bus, pending):
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
         await msg.term()
+
+
+# cropcron's own secrets are not the jobs' business; a job that needs a database gets it via env:
+_PRIVATE_ENV = ("DATABASE_URL", "CROPCRON_DATABASE_URL", "PGPASSWORD")
+
+
+def _job_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
 
 
 async def _drop(psub: JetStreamContext.PullSubscription | None) -> None:

@@ -6,7 +6,6 @@ and which are recorded as `missed`, with the reason.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -19,7 +18,7 @@ class Plan:
     run: list[datetime] = field(default_factory=list)
     missed: list[tuple[datetime, str]] = field(default_factory=list)
     # instants beyond the enumeration cap, reported as one summary: (count, first, last)
-    overflow: tuple[int, datetime, datetime] | None = None
+    overflow: tuple[int | None, datetime, datetime] | None = None
 
 
 def plan_catchup(
@@ -32,18 +31,14 @@ def plan_catchup(
 ) -> Plan:
     """Instants in (after, now]: those older than `window` are missed; the rest follow `policy`."""
     plan = Plan()
-    # one pass: keep the most recent `limit` instants, count and bound the older ones
-    recent: deque[datetime] = deque(maxlen=limit)
-    dropped, first_dropped, last_dropped = 0, None, None
-    for t in schedule.between(after, now, 10**9):
-        if len(recent) == limit:
-            last_dropped = recent[0]
-            first_dropped = first_dropped or last_dropped
-            dropped += 1
-        recent.append(t)
-    if dropped and first_dropped and last_dropped:
-        plan.overflow = (dropped, first_dropped, last_dropped)
-    instants = list(recent)
+    recent = schedule.latest(after, now, limit + 1)
+    if len(recent) > limit:
+        # a long outage of a frequent job: the most recent `limit` are decided one by one, the
+        # older ones reported as one summary (counted where that is cheap)
+        last_dropped = recent.pop(0)
+        first_dropped = schedule.next_after(after) or last_dropped
+        plan.overflow = (schedule.count(after, last_dropped), first_dropped, last_dropped)
+    instants = recent
     horizon = now - timedelta(seconds=window)
     in_window = [t for t in instants if t >= horizon]
     for t in instants:

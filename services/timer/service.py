@@ -70,6 +70,7 @@ class TimerService:
         self.wake = asyncio.Event()
         self.progress: Progress | None = None
         self.role = "starting"
+        self.stopping = asyncio.Event()
         self.fired = 0
         self.missed = 0
         catalog.on_change(self._on_change)
@@ -83,6 +84,7 @@ class TimerService:
 
     # -- lifecycle -------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        self.stopping = stop
         kv = await self.bus.js.key_value(wire.KV_TIMER)
         lease = LeaderLease(kv, self.settings.instance, self.settings.leader_ttl)
         try:
@@ -131,7 +133,9 @@ class TimerService:
             if self.progress is not None:
                 self._catch_up(spec, schedule, self.progress.fired_through, self.progress.firing_through,
                                now, triggers, missed)
-            self._push(name, schedule.next_after(now))
+            # after a backward clock step, `now` is before instants already fired: start after them
+            base = max(now, self.progress.fired_through) if self.progress else now
+            self._push(name, schedule.next_after(base))
         if triggers or missed:
             log.info("timer: catch-up after downtime: %d to run, %d missed", len(triggers), len(missed))
         await self._publish(triggers, missed, now)
@@ -154,8 +158,9 @@ class TimerService:
         missed += [self._missed(spec, t, reason, now) for t, reason in plan.missed]
         if plan.overflow:
             count, first, last = plan.overflow
+            how_many = f"{count} instants" if count is not None else "the instants"
             missed.append(self._missed(
-                spec, last, f"timer was not running; {count} instants from {first.isoformat()} to "
+                spec, last, f"timer was not running; {how_many} from {first.isoformat()} to "
                 f"{last.isoformat()} not run (summarised)", now))
 
     async def _load_progress(self) -> Progress | None:
@@ -250,8 +255,9 @@ class TimerService:
 
     async def _publish(self, triggers: list[Trigger], missed: list[RunEvent], now: datetime) -> None:
         """Publish until every PubAck arrives; the broker may be restarting, so keep trying."""
-        horizon = max([now, *(t.scheduled_at for t in triggers if t.scheduled_at)])
-        fired = self.progress.fired_through if self.progress else horizon
+        fired = self.progress.fired_through if self.progress else now
+        # max(): a wall clock stepped backwards must not move the record of what was fired back
+        horizon = max([now, fired, *(t.scheduled_at for t in triggers if t.scheduled_at)])
         # subjects are fixed now: the catalog may change (a job removed) while we await below
         pending = [(_subject(self.catalog, tr), tr.to_bytes(), tr.run_id) for tr in triggers]
         pending = [p for p in pending if p[0]]
@@ -263,6 +269,12 @@ class TimerService:
             failed = await publish_all(self.bus, pending)
             if not failed:
                 break
+            if self.stopping.is_set():
+                # leave `firing_through` ahead of `fired_through`: the next start republishes
+                # these instants under the same ids
+                log.warning("timer: stopping with %d publishes unacknowledged; they are replayed on start",
+                            len(failed))
+                return
             log.warning("timer: %d of %d publishes not acknowledged; retrying in %.1fs", len(failed),
                         len(pending), delay)
             pending = failed
