@@ -235,3 +235,52 @@ jobs:
     for k in (4, 5, 6):  # (firing, restart]: catchup=skip
         assert states[fired + timedelta(seconds=k)] == "missed"
     assert len({r["run_id"] for r in rows}) == 6
+
+
+async def test_stalled_runner_is_fenced_when_it_wakes(spawn: Spawner, bus: Bus, db_url: str, tmp_path: Path) -> None:
+    """SIGSTOP a runner mid-job past ack_wait: another runner takes the run over and finishes it;
+    when the stale one wakes and reports its older attempt, history keeps the newer one."""
+    path = tmp_path / "ledger"
+    await apply_yaml(bus, f"""
+jobs:
+  - name: stall
+    type: video_analysis
+    max_retries: 3
+    run: ["{{python}}", tests/jobs/ledger.py, "{path}", "{{run_id}}", "{{attempt}}", "3", "0"]
+""")
+    spawn.start("history", instance="h")
+    runners = {name: spawn.start("runner", instance=name) for name in ("s1", "s2")}
+    for name in runners:
+        await wait_service(bus, "runner", name)
+    run = await commands.run_now(bus, "stall", wait=None)
+    rows = await wait_for(lambda: fetch(db_url, "SELECT runner FROM runs WHERE run_id = $1", run["run_id"]), 15,
+                          "the run to start")
+    stale = rows[0]["runner"]
+    runners[stale].send_signal(signal.SIGSTOP)
+    try:
+        async def taken_over() -> list:
+            return await fetch(db_url, "SELECT * FROM runs WHERE run_id = $1 AND state = 'succeeded'", run["run_id"])
+
+        done = await wait_for(taken_over, 30, "the other runner to finish the run")
+        assert done[0]["attempt"] == 2 and done[0]["runner"] != stale
+    finally:
+        runners[stale].send_signal(signal.SIGCONT)
+
+    async def stale_reported() -> bool:
+        # the stale attempt's job finishes and its runner publishes attempt 1's outcome
+        return len([e for e in ledger.read(path) if e.kind == "end"]) == 2
+
+    await wait_for(stale_reported, 20, "the stale runner's job to finish")
+
+    async def stale_recorded() -> list | None:
+        # history records the stale attempt's own outcome in its attempt row ...
+        rows = await fetch(db_url, "SELECT attempt, state FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
+                           run["run_id"])
+        return rows if rows and rows[0]["state"] == "succeeded" else None
+
+    attempts = await wait_for(stale_recorded, 20, "the stale attempt's report in history")
+    rows = await fetch(db_url, "SELECT * FROM runs WHERE run_id = $1", run["run_id"])
+    assert len(rows) == 1
+    # ... but the run itself stays at the newer attempt
+    assert (rows[0]["state"], rows[0]["attempt"]) == ("succeeded", 2), "a stale attempt overwrote a newer one"
+    assert [a["attempt"] for a in attempts][-1] == 2

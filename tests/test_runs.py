@@ -216,3 +216,16 @@ async def _queue_empty(bus: Bus) -> bool:
     # the outcome is published before the trigger is acked, so the ack may trail it briefly
     info = await bus.js.stream_info(wire.STREAM_TRIGGERS)
     return info.state.messages == 0
+
+
+async def test_long_job_heartbeats_keep_it_on_one_runner(system: System, bus: Bus, db_url: str,
+                                                         tmp_path: Path) -> None:
+    """A job running 3.5 x ack_wait (3 s in tests) is delivered once: in_progress() every
+    ack_wait/3 keeps the trigger, so it is redelivered only when a runner really dies."""
+    path = tmp_path / "ledger"
+    await apply_yaml(bus, "jobs:" + _job("long", path, 10.5, 0, extra="    max_retries: 3\n"))
+    await system.start("history", "runner")
+    run = await commands.run_now(bus, "long", wait=None)
+    row = await _terminal(db_url, run["run_id"], 40)
+    assert row["state"] == "succeeded" and row["attempt"] == 1
+    assert len([e for e in ledger.read(path) if e.kind == "start"]) == 1
