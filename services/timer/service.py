@@ -15,7 +15,7 @@ import heapq
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
@@ -32,6 +32,10 @@ from shared.schedule import Schedule
 from shared.settings import ServiceSettings
 
 log = logging.getLogger("cropcron.timer")
+
+# A clock before this is not set yet (an edge box without RTC boots at 1970 and steps when NTP
+# syncs): the timer fires nothing until then (RELIABILITY A9) rather than a storm of catch-up.
+CLOCK_FLOOR = datetime(2025, 1, 1, tzinfo=UTC)
 
 # An instant found this late by the running loop means the process stalled (suspend, clock
 # step): treat it like downtime and apply the job's catch-up policy.
@@ -89,6 +93,14 @@ class TimerService:
         lease = LeaderLease(kv, self.settings.instance, self.settings.leader_ttl)
         try:
             while not stop.is_set():
+                if self.clock.now() < CLOCK_FLOOR:
+                    if self.role != "clock_unsynchronized":
+                        log.error("timer: the system clock reads %s, before %s: not firing until it is set",
+                                  self.clock.now().isoformat(), CLOCK_FLOOR.date())
+                    self.role = "clock_unsynchronized"
+                    await lease.release()
+                    await _wait(stop, 1.0)
+                    continue
                 if not await lease.try_acquire():
                     if self.role != "standby":
                         log.info("timer %s: another timer holds the lease; standing by", self.settings.instance)
@@ -106,7 +118,7 @@ class TimerService:
         await self._recover(kv)
         renew_every = self.settings.leader_ttl / 3
         next_renew = asyncio.get_running_loop().time() + renew_every
-        while not stop.is_set():
+        while not stop.is_set() and self.clock.now() >= CLOCK_FLOOR:
             if asyncio.get_running_loop().time() >= next_renew:
                 if not await lease.renew():
                     return
