@@ -205,12 +205,15 @@ async def publish_all(bus: Bus, items: list[tuple[str, bytes, str]], timeout: fl
         except Exception as exc:
             log.debug("publish to %s failed: %r", subject, exc)
             futures.append(None)
+    # one wait for the lot (a wait_for per future costs a task each); a PubAck that never comes
+    # (broker restarting) must not hang the caller
+    live = [f for f in futures if f is not None]
+    if live:
+        _, late = await asyncio.wait(live, timeout=timeout)
+        for f in late:
+            f.cancel()
     failed = []
-    # a PubAck that never comes (broker restarting) must not hang the caller
-    results = await asyncio.gather(*(asyncio.wait_for(f, timeout) for f in futures if f is not None),
-                                   return_exceptions=True)
-    it = iter(results)
     for item, fut in zip(items, futures, strict=True):
-        if fut is None or isinstance(next(it), BaseException):
+        if fut is None or fut.cancelled() or fut.exception() is not None:
             failed.append(item)
     return failed

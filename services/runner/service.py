@@ -253,8 +253,10 @@ class RunnerService:
             beats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beats
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(started_ack, 10)
+        # the started event's PubAck; losing it is harmless (the outcome carries started_at too)
+        await asyncio.wait([started_ack], timeout=10)
+        if started_ack.done() and not started_ack.cancelled():
+            started_ack.exception()  # retrieved, so asyncio does not log it
         finished = utcnow()
         common: dict[str, Any] = dict(
             started_at=started, finished_at=finished, duration_s=(finished - started).total_seconds(),
