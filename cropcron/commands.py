@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from services.timer.service import schedule_of
 from shared import wire
 from shared.bus import Bus, connect_once, ensure_topology
-from shared.catalog import JobState, read_specs, set_paused, write_specs
+from shared.catalog import read_specs, read_states, set_paused, write_specs
 from shared.config import Config, JobSpec, to_specs
 from shared.events import RunEvent, Trigger, decode, manual_run_id, utcnow
 from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
@@ -61,7 +61,7 @@ async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], li
 
 async def job_rows(bus: Bus, with_last: bool = True) -> list[dict[str, Any]]:
     specs = await read_specs(bus.js)
-    states = await _states(bus)
+    states = await read_states(bus.js)
     last: dict[str, Any] = {}
     if with_last and specs:
         try:
@@ -93,20 +93,6 @@ def describe_when(spec: JobSpec) -> str:
     if job.run_at:
         return f"once at {job.run_at.isoformat()}"
     return "on demand"
-
-
-async def _states(bus: Bus) -> dict[str, JobState]:
-    kv = await bus.js.key_value(wire.KV_JOB_STATE)
-    out: dict[str, JobState] = {}
-    try:
-        keys = await kv.keys()
-    except Exception:
-        return out
-    for key in keys:
-        entry = await kv.get(key)
-        if entry.value:
-            out[key] = JobState.model_validate_json(entry.value)
-    return out
 
 
 async def require_job(bus: Bus, name: str) -> JobSpec:

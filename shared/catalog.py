@@ -11,9 +11,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -22,6 +23,8 @@ from shared.config import JobSpec, SystemConfig
 from shared.events import utcnow
 
 log = logging.getLogger("cropcron.catalog")
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class JobState(BaseModel):
@@ -118,23 +121,35 @@ class Catalog:
             listener(key)
 
 
-async def read_specs(js: JetStreamContext) -> dict[str, JobSpec]:
-    kv = await js.key_value(wire.KV_JOBS)
-    specs: dict[str, JobSpec] = {}
+async def read_bucket(js: JetStreamContext, bucket: str, model: type[M]) -> dict[str, M]:
+    """Every entry of a bucket, parsed; the system key and unreadable entries are skipped."""
+    kv = await js.key_value(bucket)
+    out: dict[str, M] = {}
     try:
         keys = await kv.keys()
     except NoKeysError:
-        return specs
+        return out
     for key in keys:
         if key == wire.SYSTEM_KEY:
             continue
         try:
             entry = await kv.get(key)
-        except KeyNotFoundError:
-            continue
+        except (KeyNotFoundError, KeyDeletedError):
+            continue  # deleted between listing and reading
         if entry.value:
-            specs[key] = JobSpec.model_validate_json(entry.value)
-    return specs
+            try:
+                out[key] = model.model_validate_json(entry.value)
+            except ValidationError as exc:
+                log.error("ignoring unreadable %s entry %r: %s", bucket, key, exc)
+    return out
+
+
+async def read_specs(js: JetStreamContext) -> dict[str, JobSpec]:
+    return await read_bucket(js, wire.KV_JOBS, JobSpec)
+
+
+async def read_states(js: JetStreamContext) -> dict[str, JobState]:
+    return await read_bucket(js, wire.KV_JOB_STATE, JobState)
 
 
 async def write_specs(js: JetStreamContext, system: SystemConfig, specs: dict[str, JobSpec]) -> tuple[

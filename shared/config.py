@@ -7,7 +7,7 @@ import string
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -18,15 +18,6 @@ from shared.schedule import ScheduleError, validate_cron
 from shared.wire import JOB_NAME_RE
 
 # The prototype's job types: labels for grouping and statistics.
-JOB_TYPES = (
-    "image_processing",
-    "video_analysis",
-    "batch_detection",
-    "database_backup",
-    "report_generation",
-    "folder_monitoring",
-    "data_cleanup",
-)
 JobType = Literal[
     "image_processing",
     "video_analysis",
@@ -36,6 +27,7 @@ JobType = Literal[
     "folder_monitoring",
     "data_cleanup",
 ]
+JOB_TYPES: tuple[str, ...] = get_args(JobType)
 
 # Names usable as {placeholders} in `run:` arguments. Each is substituted inside one argv
 # element, so no value can become two arguments or a shell fragment.

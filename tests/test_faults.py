@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,21 +19,28 @@ from shared.catalog import read_specs, set_paused
 from shared.events import Trigger, tick_run_id
 
 
-async def test_runner_killed_mid_job_run_completes_on_another(spawn: Spawner, bus: Bus, db_url: str,
-                                                              tmp_path: Path) -> None:
-    path = tmp_path / "ledger"
+async def _two_runners_and_a_ledger_job(spawn: Spawner, bus: Bus, job: str, ledger_path: Path, seconds: float,
+                                        max_retries: int) -> dict[str, subprocess.Popen[bytes]]:
+    """A history process and two runner processes (r1, r2), and a job that runs `seconds`."""
     await apply_yaml(bus, f"""
 jobs:
-  - name: long
+  - name: {job}
     type: video_analysis
-    max_retries: 2
+    max_retries: {max_retries}
     retry_jitter: 0
-    run: ["{{python}}", tests/jobs/ledger.py, "{path}", "{{run_id}}", "{{attempt}}", "4", "0"]
+    run: ["{{python}}", tests/jobs/ledger.py, "{ledger_path}", "{{run_id}}", "{{attempt}}", "{seconds}", "0"]
 """)
     spawn.start("history", instance="h")
     runners = {name: spawn.start("runner", instance=name) for name in ("r1", "r2")}
     for name in runners:
         await wait_service(bus, "runner", name)
+    return runners
+
+
+async def test_runner_killed_mid_job_run_completes_on_another(spawn: Spawner, bus: Bus, db_url: str,
+                                                              tmp_path: Path) -> None:
+    path = tmp_path / "ledger"
+    runners = await _two_runners_and_a_ledger_job(spawn, bus, "long", path, seconds=4, max_retries=2)
     run = await commands.run_now(bus, "long", wait=None)
 
     async def started() -> list:
@@ -241,17 +249,7 @@ async def test_stalled_runner_is_fenced_when_it_wakes(spawn: Spawner, bus: Bus, 
     """SIGSTOP a runner mid-job past ack_wait: another runner takes the run over and finishes it;
     when the stale one wakes and reports its older attempt, history keeps the newer one."""
     path = tmp_path / "ledger"
-    await apply_yaml(bus, f"""
-jobs:
-  - name: stall
-    type: video_analysis
-    max_retries: 3
-    run: ["{{python}}", tests/jobs/ledger.py, "{path}", "{{run_id}}", "{{attempt}}", "3", "0"]
-""")
-    spawn.start("history", instance="h")
-    runners = {name: spawn.start("runner", instance=name) for name in ("s1", "s2")}
-    for name in runners:
-        await wait_service(bus, "runner", name)
+    runners = await _two_runners_and_a_ledger_job(spawn, bus, "stall", path, seconds=3, max_retries=3)
     run = await commands.run_now(bus, "stall", wait=None)
     rows = await wait_for(lambda: fetch(db_url, "SELECT runner FROM runs WHERE run_id = $1", run["run_id"]), 15,
                           "the run to start")
