@@ -237,7 +237,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             postgres = embedded.start_postgres(data_dir)
             database_url = postgres.url
         write_runtime(data_dir, nats_url=nats_url, database_url=database_url)
-        # jobs inherit these too, so a job can itself call `cropcron run ...`
+        # for the services started below (the runner strips DATABASE_URL from jobs' environment;
+        # NATS_URL lets a job itself call `cropcron run ...`)
         os.environ.update(NATS_URL=nats_url, DATABASE_URL=database_url)
         settings = ServiceSettings()  # type: ignore[call-arg]
         base_dir = Path(args.config).resolve().parent

@@ -121,7 +121,9 @@ class Schedule:
             if start < self.run_at <= end:
                 out.append(self.run_at)
         elif self.cron is not None:
-            it = CronSim(self.cron, (end + timedelta(seconds=1)).astimezone(self.tz).replace(microsecond=0),
+            # start 3 h past `end`: inside a repeated (fall-back) hour, local times map to their
+            # first occurrence, so starting at `end` itself could step over an instant <= end
+            it = CronSim(self.cron, (end + timedelta(hours=3)).astimezone(self.tz).replace(microsecond=0),
                          reverse=True)
             while len(out) < n:
                 try:

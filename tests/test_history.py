@@ -136,3 +136,39 @@ async def test_events_survive_a_database_outage(system: System, bus: Bus, db_url
 async def _redelivering(bus: Bus) -> bool:
     info = await bus.js.consumer_info(wire.STREAM_RUNS, wire.HISTORY_CONSUMER)
     return bool(info.num_redelivered and info.num_redelivered > 0)
+
+
+async def test_unstorable_text_does_not_block_history(system: System, bus: Bus, db_url: str) -> None:
+    """A NUL in a job's output (Postgres text refuses it) is stored replaced, and never holds
+    back the other events of its batch."""
+    await system.start("history")
+    nasty = ev("nul", RunState.DEAD, 1, error="bad\x00byte", output_tail="tail\x00", result={"k": "v\x00"})
+    fine = [ev(f"ok{i}", RunState.SUCCEEDED, 1) for i in range(5)]
+    for e in [nasty, *fine]:
+        await bus.js.publish(wire.run_event_subject("j", e.state), e.to_bytes(), headers={wire.HEADER_MSG_ID: e.msg_id()})
+
+    async def stored() -> list:
+        rows = await fetch(db_url, "SELECT run_id, error, output_tail, result FROM runs ORDER BY run_id")
+        return rows if len(rows) == 6 else []
+
+    rows = {r["run_id"]: r for r in await wait_for(stored, 20, "all six runs")}
+    assert rows["nul"]["error"] == "bad\ufffdbyte" and rows["nul"]["output_tail"] == "tail\ufffd"
+    assert rows["nul"]["result"] == {"k": "v\ufffd"}
+
+
+async def test_event_postgres_refuses_is_rejected_alone(system: System, bus: Bus, db_url: str) -> None:
+    await system.start("history")
+    # valid JSON and a valid model, but its attempt does not fit Postgres' integer
+    huge = ev("huge", RunState.SUCCEEDED, 1).model_copy(update={"attempt": 2**40})
+    fine = [ev(f"f{i}", RunState.SUCCEEDED, 1) for i in range(5)]
+    for e in [*fine[:2], huge, *fine[2:]]:
+        await bus.js.publish(wire.run_event_subject("j", e.state), e.to_bytes(), headers={wire.HEADER_MSG_ID: e.msg_id()})
+
+    async def settled() -> tuple | None:
+        runs = await fetch(db_url, "SELECT run_id FROM runs ORDER BY run_id")
+        rejected = await fetch(db_url, "SELECT reason FROM rejections")
+        return (runs, rejected) if len(runs) == 5 and rejected else None
+
+    runs, rejected = await wait_for(settled, 20, "the good events stored and the bad one rejected")
+    assert [r["run_id"] for r in runs] == [f"f{i}" for i in range(5)]
+    assert "not storable" in rejected[0]["reason"]

@@ -251,11 +251,19 @@ def test_escaped_braces_are_not_placeholders() -> None:
     assert config.jobs[0].run == ["echo", "{{file}}", "{job}"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: placeholders inside a format spec / bad format specs pass "
-                                       "validation and only fail at run time in render_argv")
-@pytest.mark.parametrize("arg", ["{job:{file}}", "{attempt:d}", "{job!z}"])
-def test_placeholder_format_spec_is_validated(arg: str) -> None:
-    _one_problem(run=["echo", arg])
+@pytest.mark.parametrize("arg", ["{job:{file}}", "{attempt:d}", "{job!z}", "{job", "job}", "{job.upper}",
+                                 "{job[0]}", "{}", "{0}"])
+def test_placeholder_that_would_fail_at_run_time_is_rejected(arg: str) -> None:
+    # a format spec or conversion that render_argv cannot apply to a string value, a nested
+    # unknown placeholder, or unbalanced braces: rejected at load, not when the job first runs
+    msg = _one_problem(run=["echo", arg])
+    assert msg.startswith("job 'nightly_backup': field 'run':")
+    assert repr(arg) in msg
+
+
+def test_name_reserved_prefix() -> None:
+    msg = _one_problem(name="_system")
+    assert msg.startswith("job '_system': field 'name':") and "'_'" in msg
 
 
 def test_empty_run() -> None:
@@ -398,17 +406,19 @@ def test_parse_duration_rejects(bad: Any) -> None:
     assert repr(bad) in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_duration accepts NaN/inf (YAML .nan/.inf), which then "
-                                       "crash Schedule.next_after for interval jobs")
-@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_parse_duration_rejects_non_finite(bad: float) -> None:
+    # YAML .nan / .inf: accepted, they would crash Schedule.next_after for an interval job
     with pytest.raises(ValueError):
         parse_duration(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: interval: .nan passes config validation")
-def test_nan_interval_rejected_by_config() -> None:
-    _one_problem(interval=math.nan)
+@pytest.mark.parametrize("field", ["interval", "timeout", "retry_delay", "catchup_window", "retry_delay_max"])
+@pytest.mark.parametrize("text", [".nan", ".inf"])
+def test_non_finite_durations_rejected_by_config(field: str, text: str) -> None:
+    doc = f"jobs:\n  - name: nightly_backup\n    type: database_backup\n    run: ['true']\n    {field}: {text}\n"
+    problems = _problems(yaml.safe_load(doc))
+    assert len(problems) == 1 and problems[0].startswith(f"job 'nightly_backup': field '{field}':")
 
 
 def test_durations_in_config_fields() -> None:

@@ -88,25 +88,25 @@ class HistoryService:
             await self._store(msgs)
 
     async def _store(self, msgs: list[Msg]) -> None:
-        events: list[RunEvent] = []
-        rejected: list[Rejected] = []
-        good: list[Msg] = []
+        parsed: list[tuple[Msg, RunEvent | Rejected]] = []
+        unreadable: list[RunEvent | Rejected] = []
         bad: list[Msg] = []
         for msg in msgs:
             try:
-                if msg.subject.startswith(wire.REJECTED_SUBJECTS[:-1]):
-                    rejected.append(decode(Rejected, msg.data))
-                else:
-                    events.append(decode(RunEvent, msg.data))
-                good.append(msg)
+                rejection = msg.subject.startswith(wire.REJECTED_SUBJECTS[:-1])
+                parsed.append((msg, decode(Rejected if rejection else RunEvent, msg.data)))
             except (ValidationError, ValueError) as exc:
                 log.error("history: unreadable event on %s: %s", msg.subject, str(exc)[:300])
-                rejected.append(Rejected(source="run-event", subject=msg.subject, reason=str(exc)[:500],
-                                         at=msg.metadata.timestamp, payload_excerpt=msg.data[:500].decode(
-                                             "utf-8", "replace")))
+                unreadable.append(_rejection(msg, str(exc)))
                 bad.append(msg)
         try:
-            await store.apply_events(self.pool, events, rejected)
+            await self._write([item for _, item in parsed] + unreadable)
+        except asyncpg.DataError as exc:
+            # one event Postgres refuses must not hold the batch back forever: store them one by
+            # one, and record those it refuses as rejections
+            log.error("history: a batch of %d events was refused (%r); storing them one by one", len(msgs), exc)
+            await self._store_singly(parsed, bad)
+            return
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             self.db_ok = False
             log.error("history: cannot write %d events (%r); they will be redelivered", len(msgs), exc)
@@ -115,11 +115,33 @@ class HistoryService:
                     await msg.nak(delay=2)
             return
         self.db_ok = True
-        self.written += len(events)
-        for msg in good:
+        for msg, _ in parsed:
             await msg.ack()
         for msg in bad:
             await msg.term()  # recorded in rejections; redelivering it would not make it readable
+
+    async def _write(self, items: list[RunEvent | Rejected]) -> None:
+        events = [i for i in items if isinstance(i, RunEvent)]
+        await store.apply_events(self.pool, events, [i for i in items if isinstance(i, Rejected)])
+        self.written += len(events)
+
+    async def _store_singly(self, parsed: list[tuple[Msg, RunEvent | Rejected]], bad: list[Msg]) -> None:
+        for msg, item in parsed:
+            try:
+                await self._write([item])
+            except asyncpg.DataError as exc:
+                log.error("history: event on %s cannot be stored: %r", msg.subject, exc)
+                with contextlib.suppress(asyncpg.PostgresError, OSError):
+                    await self._write([_rejection(msg, f"not storable: {exc}")])
+                bad.append(msg)
+                continue
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=2)
+                continue
+            await msg.ack()
+        for msg in bad:
+            await msg.term()
 
     # -- queries -----------------------------------------------------------------------
     async def _respond(self, subject: str, model: type[BaseModel],
@@ -151,3 +173,8 @@ class HistoryService:
                     log.warning("history: retention clean-up failed: %r", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RETENTION_EVERY)
+
+
+def _rejection(msg: Msg, reason: str) -> Rejected:
+    return Rejected(source="run-event", subject=msg.subject, reason=reason[:500], at=msg.metadata.timestamp,
+                    payload_excerpt=msg.data[:500].decode("utf-8", "replace"))

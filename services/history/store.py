@@ -51,15 +51,21 @@ UPSERT_ATTEMPT = (
 )
 
 
+def _text(value: Any) -> Any:
+    # Postgres text cannot hold NUL; a job printing one must not make its run unstorable
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
 def _run_row(ev: RunEvent) -> tuple[Any, ...]:
     values = {**ev.model_dump(), "state": ev.state.value, "state_rank": STATE_RANK[ev.state], "updated_at": ev.at,
-              "result": None if ev.result is None else json.dumps(ev.result)}
-    return tuple(values[c] for c in RUN_COLS)
+              # json.dumps writes NUL as \u0000, which jsonb refuses too
+              "result": None if ev.result is None else json.dumps(ev.result).replace("\\u0000", "\\ufffd")}
+    return tuple(_text(values[c]) for c in RUN_COLS)
 
 
 def _attempt_row(ev: RunEvent) -> tuple[Any, ...]:
     values = {**ev.model_dump(), "state": ev.state.value, "state_rank": STATE_RANK[ev.state], "updated_at": ev.at}
-    return tuple(values[c] for c in ATTEMPT_COLS)
+    return tuple(_text(values[c]) for c in ATTEMPT_COLS)
 
 
 async def _init_conn(conn: asyncpg.Connection) -> None:
@@ -83,7 +89,8 @@ async def apply_events(pool: asyncpg.Pool, events: Sequence[RunEvent], rejected:
         if rejected:
             await conn.executemany(
                 "INSERT INTO rejections (source, subject, reason, payload_excerpt, at) VALUES ($1, $2, $3, $4, $5)",
-                [(r.source, r.subject, r.reason, r.payload_excerpt, r.at) for r in rejected])
+                [(_text(r.source), _text(r.subject), _text(r.reason), _text(r.payload_excerpt), r.at)
+                 for r in rejected])
 
 
 def _jsonable(row: asyncpg.Record) -> dict[str, Any]:

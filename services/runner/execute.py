@@ -62,7 +62,9 @@ async def run_command(
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # own process group: a timeout kills the whole tree
         )
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if exc.filename == cwd:  # the child's chdir failed, not the exec
+            return Outcome(ok=False, error=f"working directory not found: {cwd}")
         return Outcome(ok=False, error=f"program not found: {argv[0]!r} (cwd {cwd})")
     except PermissionError:
         return Outcome(ok=False, error=f"program not executable: {argv[0]!r}")
@@ -72,7 +74,7 @@ async def run_command(
     reader = asyncio.create_task(_collect(proc.stdout, tail))
     timed_out = False
     try:
-        await asyncio.wait_for(proc.wait(), timeout)
+        await asyncio.wait_for(_exited(proc), timeout)
     except TimeoutError:
         timed_out = True
         await _kill_group(proc, kill_grace)
@@ -97,6 +99,17 @@ async def run_command(
     return Outcome(ok=False, exit_code=code, output_tail=text, error=error)
 
 
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """The exit status, as soon as the process exits. On Python 3.11 Process.wait() returns only
+    once its pipes close too, so a background child still holding stdout would keep a finished
+    job 'running' until its timeout; returncode is set at exit, so poll it (5 ms rising to 50 ms)."""
+    delay = 0.005
+    while proc.returncode is None:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return proc.returncode
+
+
 async def _collect(stream: asyncio.StreamReader, tail: deque[str]) -> None:
     while True:
         try:
@@ -116,11 +129,11 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 async def _kill_group(proc: asyncio.subprocess.Process, grace: float) -> None:
     _signal_group(proc.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), grace)
+        await asyncio.wait_for(_exited(proc), grace)
     except TimeoutError:
         pass
     _signal_group(proc.pid, signal.SIGKILL)  # the leader may be gone while children linger
-    await proc.wait()
+    await _exited(proc)
 
 
 _loaded: dict[str, Callable[..., Any]] = {}

@@ -21,6 +21,8 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
+from pydantic import ValidationError
 
 from cropcron.jobs import RunContext
 from services.runner.backoff import retry_delay
@@ -38,6 +40,7 @@ log = logging.getLogger("cropcron.runner")
 
 IDLE_POLL = 1.0  # seconds a fetcher waits on an empty band before releasing its slot
 PENDING_CHECK = 0.5  # how often a waiting idle band asks whether work arrived for it
+IDLE_AGING = 2.0  # an idle band waiting this long is promoted anyway (retries are not "pending")
 
 
 class RunnerService:
@@ -125,7 +128,7 @@ class RunnerService:
                 except Exception as exc:
                     log.warning("runner: batch fetch from %s failed (%r); re-subscribing", band, exc)
                     await _drop(psub)
-                psub = None
+                    psub = None
             idle = msgs[-1].metadata.num_pending == 0
             if len(msgs) < held:
                 self.slots.release(held - len(msgs))
@@ -139,6 +142,7 @@ class RunnerService:
             await self.slots.acquire(band)
             return
         waiter = asyncio.ensure_future(self.slots.acquire(band, idle=True))
+        since = asyncio.get_running_loop().time()
         try:
             while not waiter.done():
                 done, _ = await asyncio.wait([waiter], timeout=PENDING_CHECK)
@@ -149,7 +153,9 @@ class RunnerService:
                 except Exception as exc:
                     log.debug("runner: consumer info for %s failed: %r", band, exc)
                     continue
-                if info.num_pending:
+                # num_pending does not count naks waiting out their delay (retries), so an idle
+                # band is also promoted after IDLE_AGING: it cannot starve behind a busy one
+                if info.num_pending or asyncio.get_running_loop().time() - since > IDLE_AGING:
                     self.slots.promote(band)
             waiter.result()
         except asyncio.CancelledError:
@@ -211,11 +217,19 @@ class RunnerService:
                 await self.leases.release(spec.name, trigger.run_id)
 
     async def _fresh_spec(self, job: str) -> JobSpec | None:
+        """None when the job does not exist; other errors (bus trouble) propagate, so the trigger
+        is not refused for good but redelivered later."""
+        if job == wire.SYSTEM_KEY:
+            return None
         try:
             entry = await (await self.bus.js.key_value(wire.KV_JOBS)).get(job)
-        except Exception:
+        except (KeyNotFoundError, KeyDeletedError):
             return None
-        return JobSpec.model_validate_json(entry.value) if entry.value else None
+        try:
+            return JobSpec.model_validate_json(entry.value) if entry.value else None
+        except ValidationError:
+            log.error("runner: the spec of job %r in KV is unreadable by this runner", job)
+            return None
 
     async def _take_lease(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int) -> bool:
         assert self.leases is not None
@@ -356,7 +370,7 @@ _PRIVATE_ENV = ("DATABASE_URL", "CROPCRON_DATABASE_URL", "PGPASSWORD")
 
 
 def _job_environ() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+    return {k: v for k, v in os.environ.items() if k.upper() not in _PRIVATE_ENV}
 
 
 async def _drop(psub: JetStreamContext.PullSubscription | None) -> None:

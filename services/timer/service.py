@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from services.timer.leader import LeaderLease
-from services.timer.planner import plan_catchup
+from services.timer.planner import Plan, plan_catchup
 from shared import wire
 from shared.bus import Bus, publish_all
 from shared.catalog import Catalog
@@ -59,6 +59,7 @@ def schedule_of(spec: JobSpec) -> Schedule | None:
 class Progress:
     fired_through: datetime
     firing_through: datetime
+    mode: str = "fire"  # the batch being published: "fire" (on time) or "catchup" (planned)
 
 
 class TimerService:
@@ -143,29 +144,44 @@ class TimerService:
                 continue
             self.schedules[name] = schedule
             if self.progress is not None:
-                self._catch_up(spec, schedule, self.progress.fired_through, self.progress.firing_through,
-                               now, triggers, missed)
+                self._catch_up(spec, schedule, self.progress.fired_through, now, triggers, missed,
+                               replay=self.progress)
             # after a backward clock step, `now` is before instants already fired: start after them
             base = max(now, self.progress.fired_through) if self.progress else now
             self._push(name, schedule.next_after(base))
         if triggers or missed:
             log.info("timer: catch-up after downtime: %d to run, %d missed", len(triggers), len(missed))
-        await self._publish(triggers, missed, now)
+        await self._publish(triggers, missed, now, mode="catchup")
 
-    def _catch_up(self, spec: JobSpec, schedule: Schedule, after: datetime, ambiguous_end: datetime,
-                  now: datetime, triggers: list[Trigger], missed: list[RunEvent]) -> None:
-        """Instants in (after, now] nobody fired. Those up to `ambiguous_end` may have been
-        published just before a crash: they are republished as they were (deduplicated by id)."""
+    def _catch_up(self, spec: JobSpec, schedule: Schedule, after: datetime, now: datetime,
+                  triggers: list[Trigger], missed: list[RunEvent], replay: Progress | None = None) -> None:
+        """Instants in (after, now] nobody fired, decided by the job's catch-up policy.
+
+        `replay`: the batch a crashed timer was publishing, (fired_through, firing_through]. Those
+        instants may or may not have been published, so they are published again exactly as
+        decided then (same ids, so the broker and history drop what already arrived): all of
+        them for a normal batch, the same plan for a catch-up batch (the plan depends only on
+        the range and the moment it was decided, firing_through)."""
         start = max(after, spec.defined_at)
         state = self.catalog.states.get(spec.name)
         if state and state.resumed_at:
             start = max(start, state.resumed_at)
-        ambiguous_end = min(ambiguous_end, now)
-        for t in schedule.between(start, ambiguous_end, self.settings.max_catchup_instants):
-            triggers.append(self._trigger(spec, t, now))
-        start = max(start, ambiguous_end)
+        if replay is not None and replay.firing_through > start:
+            end = min(replay.firing_through, now)
+            if replay.mode == "catchup":
+                self._apply_plan(spec, plan_catchup(schedule, start, end, spec.job.catchup,
+                                                    spec.job.catchup_window, self.settings.max_catchup_instants),
+                                 now, triggers, missed)
+            else:
+                triggers += [self._trigger(spec, t, now)
+                             for t in schedule.between(start, end, self.settings.max_catchup_instants)]
+            start = end
         plan = plan_catchup(schedule, start, now, spec.job.catchup, spec.job.catchup_window,
                             self.settings.max_catchup_instants)
+        self._apply_plan(spec, plan, now, triggers, missed)
+
+    def _apply_plan(self, spec: JobSpec, plan: Plan, now: datetime, triggers: list[Trigger],
+                    missed: list[RunEvent]) -> None:
         triggers += [self._trigger(spec, t, now) for t in plan.run]
         missed += [self._missed(spec, t, reason, now) for t, reason in plan.missed]
         if plan.overflow:
@@ -182,13 +198,14 @@ class TimerService:
         except (KeyNotFoundError, KeyDeletedError):
             return None  # first start: nothing to catch up
         data = json.loads(entry.value or b"{}")
-        return Progress(datetime.fromisoformat(data["fired_through"]), datetime.fromisoformat(data["firing_through"]))
+        return Progress(datetime.fromisoformat(data["fired_through"]), datetime.fromisoformat(data["firing_through"]),
+                        data.get("mode", "fire"))
 
-    async def _save_progress(self, fired: datetime, firing: datetime) -> None:
+    async def _save_progress(self, fired: datetime, firing: datetime, mode: str = "fire") -> None:
         kv = await self.bus.js.key_value(wire.KV_TIMER)
-        body = {"fired_through": fired.isoformat(), "firing_through": firing.isoformat()}
+        body = {"fired_through": fired.isoformat(), "firing_through": firing.isoformat(), "mode": mode}
         await kv.put(wire.TIMER_WATERMARK_KEY, json.dumps(body).encode())
-        self.progress = Progress(fired, firing)
+        self.progress = Progress(fired, firing, mode)
 
     # -- the loop ----------------------------------------------------------------------
     def _push(self, job: str, instant: datetime | None) -> None:
@@ -203,6 +220,8 @@ class TimerService:
         if not self.dirty:
             return
         now = self.clock.now()
+        if self.progress is not None:
+            now = max(now, self.progress.fired_through)  # a clock behind what was fired: no re-fire
         names = set(self.catalog.specs) if "" in self.dirty else self.dirty
         for name in names - {""}:
             spec = self.catalog.specs.get(name)
@@ -222,6 +241,7 @@ class TimerService:
         now = self.clock.now()
         triggers: list[Trigger] = []
         missed: list[RunEvent] = []
+        mode = "fire"
         while self.heap and self.heap[0][0] <= now:
             instant, name = heapq.heappop(self.heap)
             if self.due.get(name) != instant:
@@ -231,14 +251,14 @@ class TimerService:
             if spec is None or schedule is None:
                 continue  # removed; _refresh_dirty will drop it
             if (now - instant).total_seconds() > STALL_SECONDS:
-                just_before = instant - timedelta(microseconds=1)
-                self._catch_up(spec, schedule, just_before, just_before, now, triggers, missed)
+                self._catch_up(spec, schedule, instant - timedelta(microseconds=1), now, triggers, missed)
+                mode = "catchup"
                 self._push(name, schedule.next_after(now))
             else:
                 triggers.append(self._trigger(spec, instant, now))
                 self._push(name, schedule.next_after(instant))
         if triggers or missed:
-            await self._publish(triggers, missed, now)
+            await self._publish(triggers, missed, now, mode)
 
     async def _sleep_until_next(self, stop: asyncio.Event, renew_at: float) -> None:
         loop = asyncio.get_running_loop()
@@ -265,7 +285,8 @@ class TimerService:
                         state=RunState.MISSED, attempt=0, at=now, trigger_kind="tick",
                         scheduled_at=instant, reason=reason, runner=f"timer:{self.settings.instance}")
 
-    async def _publish(self, triggers: list[Trigger], missed: list[RunEvent], now: datetime) -> None:
+    async def _publish(self, triggers: list[Trigger], missed: list[RunEvent], now: datetime,
+                       mode: str = "fire") -> None:
         """Publish until every PubAck arrives; the broker may be restarting, so keep trying."""
         fired = self.progress.fired_through if self.progress else now
         # max(): a wall clock stepped backwards must not move the record of what was fired back
@@ -275,7 +296,7 @@ class TimerService:
         pending = [p for p in pending if p[0]]
         for ev in missed:
             pending.append((wire.run_event_subject(ev.job, ev.state), ev.to_bytes(), ev.msg_id()))
-        await self._save_progress(fired, horizon)
+        await self._save_progress(fired, horizon, mode)
         delay = 0.2
         while pending:
             failed = await publish_all(self.bus, pending)
