@@ -116,9 +116,11 @@ class RunnerService:
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.2
-            # ... then whatever else is waiting, as a batch (DESIGN.md: batching is the lever).
-            # Messages already in hand are started whatever happens here.
-            extra = self.slots.take_more(self.settings.fetch_batch - 1)
+            # ... then whatever else is waiting, as a batch (DESIGN.md: batching is the lever), but
+            # only when the broker says more is waiting: an empty batch fetch would wait out its
+            # whole timeout and delay this run. Messages in hand are started whatever happens.
+            pending = msgs[0].metadata.num_pending or 0
+            extra = self.slots.take_more(min(self.settings.fetch_batch - 1, pending)) if pending else 0
             held += extra
             if extra:
                 try:
