@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -52,6 +53,7 @@ class RunnerService:
         self.ack_wait = (bus_settings or BusSettings()).ack_wait
         self.slots = PrioritySlots(settings.concurrency)
         self.running: dict[str, asyncio.Task[None]] = {}  # run_id -> task
+        self.inflight: dict[object, _InFlight] = {}  # jobs executing now, for the heartbeat loop
         self.leases: Leases | None = None
         self.stats = {"started": 0, "succeeded": 0, "failed": 0, "dead": 0, "skipped": 0, "rejected": 0}
 
@@ -65,13 +67,16 @@ class RunnerService:
         lease_ttl = self.settings.lease_ttl or 3 * self.ack_wait
         self.leases = Leases(await self.bus.js.key_value(wire.KV_LEASES), lease_ttl)
         fetchers = [asyncio.create_task(self._fetch_loop(band, stop), name=f"fetch-{band}") for band in wire.BANDS]
+        beats = asyncio.create_task(self._heartbeats(), name="heartbeats")
         try:
             await stop.wait()
         finally:
             for task in fetchers:
                 task.cancel()
             await asyncio.gather(*fetchers, return_exceptions=True)
-            await self._drain()
+            await self._drain()  # jobs still running keep heartbeating meanwhile
+            beats.cancel()
+            await asyncio.gather(beats, return_exceptions=True)
 
     async def _drain(self) -> None:
         """Stop: give running jobs the grace period, then cancel them (their processes are
@@ -257,7 +262,8 @@ class RunnerService:
         started_ack = await self.bus.js.publish_async(
             wire.run_event_subject(spec.name, "started"), started_ev.to_bytes(),
             headers={wire.HEADER_MSG_ID: started_ev.msg_id()})
-        beats = asyncio.create_task(self._heartbeat(msg, spec, trigger))
+        key = object()
+        self.inflight[key] = _InFlight(msg, spec, trigger, asyncio.get_running_loop().time())
         try:
             outcome = await self._execute(spec, trigger, attempt)
         except asyncio.CancelledError:
@@ -266,9 +272,7 @@ class RunnerService:
                 await asyncio.shield(msg.nak())
             raise
         finally:
-            beats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beats
+            del self.inflight[key]
         # the started event's PubAck; losing it is harmless (the outcome carries started_at too)
         await asyncio.wait([started_ack], timeout=10)
         if started_ack.done() and not started_ack.cancelled():
@@ -313,17 +317,25 @@ class RunnerService:
                          kind=trigger.kind, scheduled_at=trigger.scheduled_at, data=dict(trigger.data))
         return await run_callable(job.call or "", ctx, job.timeout, spec.cwd)
 
-    async def _heartbeat(self, msg: Msg, spec: JobSpec, trigger: Trigger) -> None:
-        """Keep the trigger (and the overlap lease) ours while the job runs, so only a runner that
-        really died gets its work redelivered."""
-        while True:
-            await asyncio.sleep(self.ack_wait / 3)
-            try:
-                await msg.in_progress()
-                if spec.job.overlap is not Overlap.ALLOW and self.leases is not None:
-                    await self.leases.renew(spec.name, trigger.run_id)
-            except Exception as exc:  # the bus is reconnecting; try again next beat
-                log.warning("runner: heartbeat for run %s failed: %r", trigger.run_id, exc)
+    async def _heartbeats(self) -> None:
+        """Keep every running job's trigger (and overlap lease) ours, so only a runner that really
+        died gets its work redelivered. One loop for all jobs: a job running less than ack_wait/3
+        costs nothing here (a task per job would cost every run)."""
+        loop = asyncio.get_running_loop()
+        period = self.ack_wait / 3
+        while True:  # until cancelled after the drain: jobs finishing in the grace period need it
+            await asyncio.sleep(period / 2)
+            now = loop.time()
+            for job in list(self.inflight.values()):
+                if now - job.last_beat < period:
+                    continue
+                job.last_beat = now
+                try:
+                    await job.msg.in_progress()
+                    if job.spec.job.overlap is not Overlap.ALLOW and self.leases is not None:
+                        await self.leases.renew(job.spec.name, job.trigger.run_id)
+                except Exception as exc:  # the bus is reconnecting; try again next beat
+                    log.warning("runner: heartbeat for run %s failed: %r", job.trigger.run_id, exc)
 
     # -- results -------------------------------------------------------------------------
     def _event(self, spec: JobSpec, trigger: Trigger, state: RunState, attempt: int, **fields: Any) -> RunEvent:
@@ -344,8 +356,12 @@ class RunnerService:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
         last = items[-1]
-        log.info("run %s job=%s attempt=%d %s%s", last.run_id, last.job, last.attempt, last.state.value,
-                 f" ({last.error or last.reason})" if (last.error or last.reason) else "")
+        # successes at DEBUG: at thousands of runs/s a line each is a real share of the cost
+        # (bench/), and history has every run; anything else is worth a line
+        level = logging.DEBUG if last.state is RunState.SUCCEEDED else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "run %s job=%s attempt=%d %s%s", last.run_id, last.job, last.attempt, last.state.value,
+                    f" ({last.error or last.reason})" if (last.error or last.reason) else "")
         if action == "ack":
             await msg.ack()
         elif action == "nak":
@@ -373,6 +389,14 @@ _PRIVATE_ENV = ("DATABASE_URL", "CROPCRON_DATABASE_URL", "PGPASSWORD")
 
 def _job_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.upper() not in _PRIVATE_ENV}
+
+
+@dataclass
+class _InFlight:
+    msg: Msg
+    spec: JobSpec
+    trigger: Trigger
+    last_beat: float  # loop time of the last in_progress (or of the start)
 
 
 async def _drop(psub: JetStreamContext.PullSubscription | None) -> None:
