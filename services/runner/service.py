@@ -52,7 +52,7 @@ class RunnerService:
         self.settings = settings
         self.ack_wait = (bus_settings or BusSettings()).ack_wait
         self.slots = PrioritySlots(settings.concurrency)
-        self.running: dict[str, asyncio.Task[None]] = {}  # run_id -> task
+        self.running: set[asyncio.Task[None]] = set()  # one per trigger being handled
         self.inflight: dict[object, _InFlight] = {}  # jobs executing now, for the heartbeat loop
         self.leases: Leases | None = None
         self.stats = {"started": 0, "succeeded": 0, "failed": 0, "dead": 0, "skipped": 0, "rejected": 0}
@@ -83,7 +83,7 @@ class RunnerService:
         killed and the triggers, never acked, are redelivered to another runner)."""
         if self.running:
             log.info("runner: waiting up to %.0fs for %d running jobs", self.settings.kill_grace, len(self.running))
-            _, pending = await asyncio.wait(list(self.running.values()), timeout=self.settings.kill_grace)
+            _, pending = await asyncio.wait(list(self.running), timeout=self.settings.kill_grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -171,12 +171,11 @@ class RunnerService:
 
     def _spawn(self, msg: Msg) -> None:
         task = asyncio.create_task(self._handle_safely(msg))
-        key = f"{id(task)}"
-        self.running[key] = task
-        task.add_done_callback(lambda _t: self._done(key))
+        self.running.add(task)  # a reference, so the task is not collected mid-run
+        task.add_done_callback(self._done)
 
-    def _done(self, key: str) -> None:
-        self.running.pop(key, None)
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
         self.slots.release()
 
     async def _handle_safely(self, msg: Msg) -> None:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from services.timer.leader import LeaderLease
 from services.timer.planner import Plan, plan_catchup
@@ -76,6 +77,7 @@ class TimerService:
         self.progress: Progress | None = None
         self.role = "starting"
         self.stopping = asyncio.Event()
+        self.kv: KeyValue | None = None
         self.fired = 0
         self.missed = 0
         catalog.on_change(self._on_change)
@@ -90,8 +92,9 @@ class TimerService:
     # -- lifecycle -------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self.stopping = stop
-        kv = await self.bus.js.key_value(wire.KV_TIMER)
-        lease = LeaderLease(kv, self.settings.instance, self.settings.leader_ttl)
+        # looked up once: key_value() costs a broker round trip, and progress is saved per batch
+        self.kv = await self.bus.js.key_value(wire.KV_TIMER)
+        lease = LeaderLease(self.kv, self.settings.instance, self.settings.leader_ttl)
         try:
             while not stop.is_set():
                 if self.clock.now() < CLOCK_FLOOR:
@@ -115,8 +118,7 @@ class TimerService:
             await lease.release()
 
     async def _lead(self, stop: asyncio.Event, lease: LeaderLease) -> None:
-        kv = await self.bus.js.key_value(wire.KV_TIMER)
-        await self._recover(kv)
+        await self._recover()
         renew_every = self.settings.leader_ttl / 3
         next_renew = asyncio.get_running_loop().time() + renew_every
         while not stop.is_set() and self.clock.now() >= CLOCK_FLOOR:
@@ -125,11 +127,11 @@ class TimerService:
                     return
                 next_renew = asyncio.get_running_loop().time() + renew_every
             self._refresh_dirty()
-            await self._fire_due(kv)
+            await self._fire_due()
             await self._sleep_until_next(stop, next_renew)
 
     # -- recovery and catch-up ---------------------------------------------------------
-    async def _recover(self, kv: object) -> None:
+    async def _recover(self) -> None:
         now = self.clock.now()
         self.progress = await self._load_progress()
         self.schedules.clear()
@@ -191,10 +193,14 @@ class TimerService:
                 spec, last, f"timer was not running; {how_many} from {first.isoformat()} to "
                 f"{last.isoformat()} not run (summarised)", now))
 
+    def _timer_kv(self) -> KeyValue:
+        if self.kv is None:
+            raise RuntimeError("the timer's KV bucket is opened by run()")
+        return self.kv
+
     async def _load_progress(self) -> Progress | None:
-        kv = await self.bus.js.key_value(wire.KV_TIMER)
         try:
-            entry = await kv.get(wire.TIMER_WATERMARK_KEY)
+            entry = await self._timer_kv().get(wire.TIMER_WATERMARK_KEY)
         except (KeyNotFoundError, KeyDeletedError):
             return None  # first start: nothing to catch up
         data = json.loads(entry.value or b"{}")
@@ -202,9 +208,8 @@ class TimerService:
                         data.get("mode", "fire"))
 
     async def _save_progress(self, fired: datetime, firing: datetime, mode: str = "fire") -> None:
-        kv = await self.bus.js.key_value(wire.KV_TIMER)
         body = {"fired_through": fired.isoformat(), "firing_through": firing.isoformat(), "mode": mode}
-        await kv.put(wire.TIMER_WATERMARK_KEY, json.dumps(body).encode())
+        await self._timer_kv().put(wire.TIMER_WATERMARK_KEY, json.dumps(body).encode())
         self.progress = Progress(fired, firing, mode)
 
     # -- the loop ----------------------------------------------------------------------
@@ -237,7 +242,7 @@ class TimerService:
             self._push(name, schedule.next_after(now))
         self.dirty.clear()
 
-    async def _fire_due(self, kv: object) -> None:
+    async def _fire_due(self) -> None:
         now = self.clock.now()
         triggers: list[Trigger] = []
         missed: list[RunEvent] = []
