@@ -3,6 +3,7 @@ so a newer producer never breaks an older consumer. docs/events.md is the public
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from datetime import UTC, datetime
@@ -102,9 +103,23 @@ class Rejected(_Message):
 
 
 def tick_run_id(job: str, instant: datetime) -> str:
-    """Deterministic: two timers, or one timer restarting, derive the same id for one instant."""
-    stamp = instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return hashlib.sha256(f"tick\0{job}\0{stamp}".encode()).hexdigest()[:32]
+    """Deterministic: two timers, or one timer restarting, derive the same id for one instant.
+    sha256("tick\0<job>\0<instant as %Y-%m-%dT%H:%M:%S.%fZ>")[:32] (docs/events.md)."""
+    digest = _job_prefix(job).copy()
+    digest.update(_stamp(instant))
+    return digest.hexdigest()[:32]
+
+
+# The timer derives an id per job per instant: hash the per-job prefix once, format each instant
+# once (at 10,000 jobs/s this was a quarter of the timer's CPU, bench/).
+@functools.lru_cache(maxsize=100_000)
+def _job_prefix(job: str) -> hashlib._Hash:
+    return hashlib.sha256(f"tick\0{job}\0".encode())
+
+
+@functools.lru_cache(maxsize=1024)
+def _stamp(instant: datetime) -> bytes:
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
 
 
 def manual_run_id() -> str:

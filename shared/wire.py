@@ -72,6 +72,11 @@ KV_TIMER: Final = "cropcron_timer"  # keys below
 KV_LEASES: Final = "cropcron_leases"  # key: job name -> active run leases (overlap/concurrency)
 KV_SERVICES: Final = "cropcron_services"  # key: "<service>.<instance>" -> last heartbeat
 
+def kv_put_subject(bucket: str, key: str) -> str:
+    """A KV put is a JetStream publish to this subject (lets a put ride in a publish batch)."""
+    return f"$KV.{bucket}.{key}"
+
+
 SYSTEM_KEY: Final = "_system"
 TIMER_WATERMARK_KEY: Final = "watermark"  # every instant <= watermark has been fired
 TIMER_LEADER_KEY: Final = "leader"  # the active timer's lease; others stand by

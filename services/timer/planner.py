@@ -28,6 +28,7 @@ def plan_catchup(
     policy: Catchup,
     window: float,
     limit: int,
+    cause: str = "timer was not running",
 ) -> Plan:
     """Instants in (after, now]: those older than `window` are missed; the rest follow `policy`."""
     plan = Plan()
@@ -43,7 +44,7 @@ def plan_catchup(
     in_window = [t for t in instants if t >= horizon]
     for t in instants:
         if t < horizon:
-            plan.missed.append((t, f"timer was not running; older than catchup_window ({window:g}s)"))
+            plan.missed.append((t, f"{cause}; older than catchup_window ({window:g}s)"))
     if not in_window:
         return plan
     if policy is Catchup.ALL:
@@ -51,8 +52,8 @@ def plan_catchup(
     elif policy is Catchup.LATEST:
         plan.run = [in_window[-1]]
         latest = in_window[-1].isoformat()
-        plan.missed += [(t, f"timer was not running; catchup=latest ran {latest} instead") for t in in_window[:-1]]
+        plan.missed += [(t, f"{cause}; catchup=latest ran {latest} instead") for t in in_window[:-1]]
     else:
-        plan.missed += [(t, "timer was not running; catchup=skip") for t in in_window]
+        plan.missed += [(t, f"{cause}; catchup=skip") for t in in_window]
     plan.missed.sort()
     return plan

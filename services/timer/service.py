@@ -39,8 +39,10 @@ log = logging.getLogger("cropcron.timer")
 CLOCK_FLOOR = datetime(2025, 1, 1, tzinfo=UTC)
 
 # An instant found this late by the running loop means the process stalled (suspend, clock
-# step): treat it like downtime and apply the job's catch-up policy.
+# step) or cannot keep up: apply the job's catch-up policy, saying so.
 STALL_SECONDS = 30.0
+DOWN = "timer was not running"
+BEHIND = f"timer fell more than {STALL_SECONDS:g}s behind (overloaded or suspended)"
 
 
 def schedule_of(spec: JobSpec) -> Schedule | None:
@@ -156,7 +158,8 @@ class TimerService:
         await self._publish(triggers, missed, now, mode="catchup")
 
     def _catch_up(self, spec: JobSpec, schedule: Schedule, after: datetime, now: datetime,
-                  triggers: list[Trigger], missed: list[RunEvent], replay: Progress | None = None) -> None:
+                  triggers: list[Trigger], missed: list[RunEvent], replay: Progress | None = None,
+                  cause: str = DOWN) -> None:
         """Instants in (after, now] nobody fired, decided by the job's catch-up policy.
 
         `replay`: the batch a crashed timer was publishing, (fired_through, firing_through]. Those
@@ -172,25 +175,25 @@ class TimerService:
             end = min(replay.firing_through, now)
             if replay.mode == "catchup":
                 self._apply_plan(spec, plan_catchup(schedule, start, end, spec.job.catchup,
-                                                    spec.job.catchup_window, self.settings.max_catchup_instants),
+                                                    spec.job.catchup_window, self.settings.max_catchup_instants, cause),
                                  now, triggers, missed)
             else:
                 triggers += [self._trigger(spec, t, now)
                              for t in schedule.between(start, end, self.settings.max_catchup_instants)]
             start = end
         plan = plan_catchup(schedule, start, now, spec.job.catchup, spec.job.catchup_window,
-                            self.settings.max_catchup_instants)
-        self._apply_plan(spec, plan, now, triggers, missed)
+                            self.settings.max_catchup_instants, cause)
+        self._apply_plan(spec, plan, now, triggers, missed, cause)
 
     def _apply_plan(self, spec: JobSpec, plan: Plan, now: datetime, triggers: list[Trigger],
-                    missed: list[RunEvent]) -> None:
+                    missed: list[RunEvent], cause: str = DOWN) -> None:
         triggers += [self._trigger(spec, t, now) for t in plan.run]
         missed += [self._missed(spec, t, reason, now) for t, reason in plan.missed]
         if plan.overflow:
             count, first, last = plan.overflow
             how_many = f"{count} instants" if count is not None else "the instants"
             missed.append(self._missed(
-                spec, last, f"timer was not running; {how_many} from {first.isoformat()} to "
+                spec, last, f"{cause}; {how_many} from {first.isoformat()} to "
                 f"{last.isoformat()} not run (summarised)", now))
 
     def _timer_kv(self) -> KeyValue:
@@ -208,8 +211,7 @@ class TimerService:
                         data.get("mode", "fire"))
 
     async def _save_progress(self, fired: datetime, firing: datetime, mode: str = "fire") -> None:
-        body = {"fired_through": fired.isoformat(), "firing_through": firing.isoformat(), "mode": mode}
-        await self._timer_kv().put(wire.TIMER_WATERMARK_KEY, json.dumps(body).encode())
+        await self._timer_kv().put(wire.TIMER_WATERMARK_KEY, _progress_body(fired, firing, mode))
         self.progress = Progress(fired, firing, mode)
 
     # -- the loop ----------------------------------------------------------------------
@@ -256,7 +258,8 @@ class TimerService:
             if spec is None or schedule is None:
                 continue  # removed; _refresh_dirty will drop it
             if (now - instant).total_seconds() > STALL_SECONDS:
-                self._catch_up(spec, schedule, instant - timedelta(microseconds=1), now, triggers, missed)
+                self._catch_up(spec, schedule, instant - timedelta(microseconds=1), now, triggers, missed,
+                               cause=BEHIND)
                 mode = "catchup"
                 self._push(name, schedule.next_after(now))
             else:
@@ -301,7 +304,14 @@ class TimerService:
         pending = [p for p in pending if p[0]]
         for ev in missed:
             pending.append((wire.run_event_subject(ev.job, ev.state), ev.to_bytes(), ev.msg_id()))
-        await self._save_progress(fired, horizon, mode)
+        # `firing_through` rides first in the same pipelined batch rather than a round trip of its
+        # own before it (with a per-message fsync that round trip was most of a tick's latency).
+        # The broker stores it alongside the triggers; a crash can only fall between the two
+        # within one batch's flight, where the catch-up rules still record every instant.
+        intent = _progress_body(fired, horizon, mode)
+        pending.insert(0, (wire.kv_put_subject(wire.KV_TIMER, wire.TIMER_WATERMARK_KEY), intent,
+                           f"progress.{fired.isoformat()}.{horizon.isoformat()}.{mode}"))
+        self.progress = Progress(fired, horizon, mode)
         delay = 0.2
         while pending:
             failed = await publish_all(self.bus, pending)
@@ -321,6 +331,11 @@ class TimerService:
         self.fired += len(triggers)
         self.missed += len(missed)
         await self._save_progress(horizon, horizon)
+
+
+def _progress_body(fired: datetime, firing: datetime, mode: str) -> bytes:
+    return json.dumps({"fired_through": fired.isoformat(), "firing_through": firing.isoformat(),
+                       "mode": mode}).encode()
 
 
 def _subject(catalog: Catalog, trigger: Trigger) -> str:
