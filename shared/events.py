@@ -106,7 +106,9 @@ def tick_run_id(job: str, instant: datetime) -> str:
     """Deterministic: two timers, or one timer restarting, derive the same id for one instant.
     sha256("tick\0<job>\0<instant as %Y-%m-%dT%H:%M:%S.%fZ>")[:32] (docs/events.md)."""
     digest = _job_prefix(job).copy()
-    digest.update(_stamp(instant))
+    # convert before the cache: aware datetimes differing only in `fold` (the two 01:30s of a
+    # fall-back hour) compare equal, so a cache keyed on local times would mix them up
+    digest.update(_utc_stamp(instant.astimezone(UTC)))
     return digest.hexdigest()[:32]
 
 
@@ -118,8 +120,8 @@ def _job_prefix(job: str) -> hashlib._Hash:
 
 
 @functools.lru_cache(maxsize=1024)
-def _stamp(instant: datetime) -> bytes:
-    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+def _utc_stamp(instant: datetime) -> bytes:
+    return instant.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
 
 
 def manual_run_id() -> str:
