@@ -421,14 +421,19 @@ async def measure(jobs: int, args: argparse.Namespace, pg: Postgres) -> dict[str
     finally:
         if profiler is not None and profiler.poll() is None:
             CHILDREN.stop(profiler)
-        services.stop()
-        if db is not None:
-            await db.close()
-        if bus is not None:
-            with contextlib.suppress(Exception):
-                await bus.close()
-        nats.stop()
-        await pg.drop(dbname)
+        await _teardown(services, db, bus, nats, pg, dbname)
+
+
+async def _teardown(services: Any, db: Any, bus: Bus | None, nats: Any, pg: Postgres, dbname: str) -> None:
+    """Stop what a measurement started, in order: services, connections, broker, database."""
+    services.stop()
+    if db is not None:
+        await db.close()
+    if bus is not None:
+        with contextlib.suppress(Exception):
+            await bus.close()
+    nats.stop()
+    await pg.drop(dbname)
 
 
 # -- one stage alone -------------------------------------------------------------------------
@@ -497,14 +502,7 @@ async def measure_ingest(events: int, args: argparse.Namespace, pg: Postgres) ->
                 "history_cpu_s": cpu, "history_cpu_us_per_run": 1e6 * cpu / count if count else None,
                 "history_batch": args.history_batch}
     finally:
-        services.stop()
-        if db is not None:
-            await db.close()
-        if bus is not None:
-            with contextlib.suppress(Exception):
-                await bus.close()
-        nats.stop()
-        await pg.drop(dbname)
+        await _teardown(services, db, bus, nats, pg, dbname)
 
 
 async def measure_runner_alone(triggers: int, args: argparse.Namespace, pg: Postgres) -> dict[str, Any]:
@@ -549,12 +547,7 @@ async def measure_runner_alone(triggers: int, args: argparse.Namespace, pg: Post
                 "runner_cpu_us_per_run": 1e6 * cpu / triggers,
                 **runner_env(args, triggers)}
     finally:
-        services.stop()
-        if bus is not None:
-            with contextlib.suppress(Exception):
-                await bus.close()
-        nats.stop()
-        await pg.drop(dbname)
+        await _teardown(services, None, bus, nats, pg, dbname)
 
 
 # -- profiling -------------------------------------------------------------------------------
