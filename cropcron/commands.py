@@ -16,7 +16,8 @@ from shared import wire
 from shared.bus import Bus, connect_once, ensure_topology
 from shared.catalog import read_specs, read_states, set_paused, write_specs
 from shared.config import Config, JobSpec, to_specs
-from shared.events import RunEvent, Trigger, decode, manual_run_id, utcnow
+from shared.durations import format_duration
+from shared.events import TERMINAL_STATES, RunEvent, Trigger, decode, manual_run_id, utcnow
 from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
 
 
@@ -89,7 +90,7 @@ def describe_when(spec: JobSpec) -> str:
     if job.schedule:
         return f"cron {job.schedule}"
     if job.interval:
-        return f"every {job.interval:g}s"
+        return f"every {format_duration(job.interval)}"
     if job.run_at:
         return f"once at {job.run_at.isoformat()}"
     return "on demand"
@@ -111,7 +112,7 @@ async def run_now(bus: Bus, name: str, wait: float | None) -> dict[str, Any]:
 
     async def on_event(msg: Any) -> None:
         ev = decode(RunEvent, msg.data)
-        if ev.run_id == trigger.run_id and ev.state.value in ("succeeded", "dead", "skipped") and not outcome.done():
+        if ev.run_id == trigger.run_id and ev.state in TERMINAL_STATES and not outcome.done():
             outcome.set_result(ev)
 
     sub = await bus.nc.subscribe(wire.run_event_subject(name, "*"), cb=on_event) if wait else None
