@@ -217,3 +217,19 @@ async def publish_all(bus: Bus, items: list[tuple[str, bytes, str]], timeout: fl
         if fut is None or fut.cancelled() or fut.exception() is not None:
             failed.append(item)
     return failed
+
+
+async def publish_until_acked(bus: Bus, items: list[tuple[str, bytes, str]], what: str,
+                              stop: asyncio.Event | None = None) -> list[tuple[str, bytes, str]]:
+    """publish_all, retried (0.2 s doubling to 5 s) until every PubAck arrives: the broker may be
+    restarting. Returns what is still unacknowledged, which is non-empty only if `stop` was set."""
+    delay = 0.2
+    while items:
+        failed = await publish_all(bus, items)
+        if not failed or (stop is not None and stop.is_set()):
+            return failed
+        log.warning("%s: %d of %d publishes not acknowledged; retrying in %.1fs", what, len(failed), len(items), delay)
+        items = failed
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+    return []

@@ -98,12 +98,22 @@ class Catalog:
         if value is None:
             self.specs.pop(key, None)
         else:
-            try:
-                self.specs[key] = JobSpec.model_validate_json(value)
-            except ValidationError as exc:
-                log.error("ignoring unreadable job spec %r in KV: %s", key, exc)
+            spec = _parse_spec(key, value)
+            if spec is None:
                 return
+            self.specs[key] = spec
         self._notify(key)
+
+    async def lookup(self, job: str) -> JobSpec | None:
+        """The job's spec straight from KV, for a job applied a moment ago whose watch update has
+        not arrived yet. None if there is no such job; bus errors propagate (cannot tell now)."""
+        if job == wire.SYSTEM_KEY or self.jobs_kv is None:
+            return None
+        try:
+            entry = await self.jobs_kv.get(job)
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        return _parse_spec(job, entry.value) if entry.value else None
 
     def _apply_state(self, key: str, value: bytes | None) -> None:
         if value is None:
@@ -119,6 +129,14 @@ class Catalog:
     def _notify(self, key: str) -> None:
         for listener in self._listeners:
             listener(key)
+
+
+def _parse_spec(key: str, value: bytes) -> JobSpec | None:
+    try:
+        return JobSpec.model_validate_json(value)
+    except ValidationError as exc:
+        log.error("ignoring unreadable job spec %r in KV: %s", key, exc)
+        return None
 
 
 async def read_bucket(js: JetStreamContext, bucket: str, model: type[M]) -> dict[str, M]:

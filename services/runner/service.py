@@ -22,8 +22,6 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyDeletedError, KeyNotFoundError
-from pydantic import ValidationError
 
 from cropcron.jobs import RunContext
 from services.runner.backoff import retry_delay
@@ -31,7 +29,7 @@ from services.runner.execute import Outcome, render_argv, run_callable, run_comm
 from services.runner.leases import Leases
 from services.runner.slots import PrioritySlots
 from shared import wire
-from shared.bus import Bus, publish_all
+from shared.bus import Bus, publish_until_acked
 from shared.catalog import Catalog
 from shared.config import JobSpec, Overlap
 from shared.events import Rejected, RunEvent, RunState, Trigger, decode, utcnow
@@ -197,7 +195,7 @@ class RunnerService:
         if msg.subject.rsplit(".", 1)[-1] != trigger.job:
             await self._reject(msg, f"trigger for job {trigger.job!r} arrived on subject {msg.subject!r}")
             return
-        spec = self.catalog.specs.get(trigger.job) or await self._fresh_spec(trigger.job)
+        spec = self.catalog.specs.get(trigger.job) or await self.catalog.lookup(trigger.job)
         if spec is None:
             await self._reject(msg, f"unknown job {trigger.job!r} (not in the applied config)")
             return
@@ -221,21 +219,6 @@ class RunnerService:
         finally:
             if spec.job.overlap is not Overlap.ALLOW and self.leases is not None:
                 await self.leases.release(spec.name, trigger.run_id)
-
-    async def _fresh_spec(self, job: str) -> JobSpec | None:
-        """None when the job does not exist; other errors (bus trouble) propagate, so the trigger
-        is not refused for good but redelivered later."""
-        if job == wire.SYSTEM_KEY:
-            return None
-        try:
-            entry = await (await self.bus.js.key_value(wire.KV_JOBS)).get(job)
-        except (KeyNotFoundError, KeyDeletedError):
-            return None
-        try:
-            return JobSpec.model_validate_json(entry.value) if entry.value else None
-        except ValidationError:
-            log.error("runner: the spec of job %r in KV is unreadable by this runner", job)
-            return None
 
     async def _take_lease(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int) -> bool:
         assert self.leases is not None
@@ -348,12 +331,8 @@ class RunnerService:
         items = [events] if isinstance(events, RunEvent) else events
         if items[-1].state is RunState.SKIPPED:
             self.stats["skipped"] += 1
-        pending = [(wire.run_event_subject(e.job, e.state), e.to_bytes(), e.msg_id()) for e in items]
-        backoff = 0.2
-        while pending := await publish_all(self.bus, pending):
-            log.warning("runner: run %s: events not acknowledged; retrying", items[0].run_id)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+        await publish_until_acked(self.bus, [(wire.run_event_subject(e.job, e.state), e.to_bytes(), e.msg_id())
+                                             for e in items], f"runner: run {items[0].run_id}")
         last = items[-1]
         # successes at DEBUG: at thousands of runs/s a line each is a real share of the cost
         # (bench/), and history has every run; anything else is worth a line
@@ -374,11 +353,8 @@ class RunnerService:
         log.error("runner: rejected trigger on %s: %s", msg.subject, reason)
         body = Rejected(source="trigger", subject=msg.subject, reason=reason, at=utcnow(),
                         payload_excerpt=msg.data[:500].decode("utf-8", "replace"))
-        pending = [(wire.rejected_subject("trigger"), body.to_bytes(), f"rejected.{msg.metadata.sequence.stream}")]
-        backoff = 0.2
-        while pending := await publish_all(self.bus, pending):
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+        await publish_until_acked(self.bus, [(wire.rejected_subject("trigger"), body.to_bytes(),
+                                              f"rejected.{msg.metadata.sequence.stream}")], "runner: rejection")
         await msg.term()
 
 

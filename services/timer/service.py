@@ -24,7 +24,7 @@ from nats.js.kv import KeyValue
 from services.timer.leader import LeaderLease
 from services.timer.planner import Plan, plan_catchup
 from shared import wire
-from shared.bus import Bus, publish_all
+from shared.bus import Bus, publish_until_acked
 from shared.catalog import Catalog
 from shared.clock import Clock, SystemClock
 from shared.config import JobSpec
@@ -312,22 +312,12 @@ class TimerService:
         pending.insert(0, (wire.kv_put_subject(wire.KV_TIMER, wire.TIMER_WATERMARK_KEY), intent,
                            f"progress.{fired.isoformat()}.{horizon.isoformat()}.{mode}"))
         self.progress = Progress(fired, horizon, mode)
-        delay = 0.2
-        while pending:
-            failed = await publish_all(self.bus, pending)
-            if not failed:
-                break
-            if self.stopping.is_set():
-                # leave `firing_through` ahead of `fired_through`: the next start republishes
-                # these instants under the same ids
-                log.warning("timer: stopping with %d publishes unacknowledged; they are replayed on start",
-                            len(failed))
-                return
-            log.warning("timer: %d of %d publishes not acknowledged; retrying in %.1fs", len(failed),
-                        len(pending), delay)
-            pending = failed
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        unacked = await publish_until_acked(self.bus, pending, "timer", self.stopping)
+        if unacked:
+            # stopping: leave `firing_through` ahead of `fired_through`, so the next start
+            # republishes these instants under the same ids
+            log.warning("timer: stopping with %d publishes unacknowledged; they are replayed on start", len(unacked))
+            return
         self.fired += len(triggers)
         self.missed += len(missed)
         await self._save_progress(horizon, horizon)
