@@ -29,6 +29,8 @@ SERVICE_NAMES = ("timer", "runner", "history")
 
 
 class Service(Protocol):
+    ready: asyncio.Event  # set by run() once its subscriptions and loops are live
+
     async def run(self, stop: asyncio.Event) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
@@ -65,7 +67,12 @@ async def run_services(names: list[str], settings: ServiceSettings, stop: asynci
             beat = heartbeat_loop(bus.js, name, settings.instance, settings.heartbeat_interval, svc.status, stop)
             tasks[asyncio.create_task(beat)] = f"{name}-heartbeat"
         closed = asyncio.create_task(bus.health.closed.wait())
-        if ready is not None:
+        # "ready" only once every service is live (subscribed, fetching), not merely started;
+        # a service that fails while starting ends the wait too
+        live: asyncio.Future[Any] = asyncio.gather(*(svc.ready.wait() for svc in services.values()))
+        starting: list[asyncio.Future[Any]] = [live, closed, *tasks]
+        await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
+        if ready is not None and live.done():
             ready()
         log.info("cropcron: %s running (instance %s)", ", ".join(names), settings.instance)
         done, _ = await asyncio.wait([*tasks, closed], return_when=asyncio.FIRST_COMPLETED)
@@ -79,6 +86,7 @@ async def run_services(names: list[str], settings: ServiceSettings, stop: asynci
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         closed.cancel()
+        live.cancel()
         await catalog.stop()
         if failure:
             raise ServiceFailed(failure)

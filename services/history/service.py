@@ -39,6 +39,7 @@ class HistoryService:
         self.retention_days = retention_days
         self.written = 0
         self.db_ok = True
+        self.ready = asyncio.Event()
 
     def status(self) -> dict[str, Any]:
         return {"written": self.written, "db_ok": self.db_ok}
@@ -52,6 +53,8 @@ class HistoryService:
                                 lambda q: store.cleanup(self.pool, q.older_than_days)),
         ]
         tasks = [asyncio.create_task(self._ingest(stop)), asyncio.create_task(self._retention(stop))]
+        await self.bus.nc.flush()  # the subscriptions are registered with the server: queries answered
+        self.ready.set()
         try:
             await stop.wait()
         finally:

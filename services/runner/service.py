@@ -53,6 +53,7 @@ class RunnerService:
         self.running: set[asyncio.Task[None]] = set()  # one per trigger being handled
         self.inflight: dict[object, _InFlight] = {}  # jobs executing now, for the heartbeat loop
         self.leases: Leases | None = None
+        self.ready = asyncio.Event()
         self.stats = {"started": 0, "succeeded": 0, "failed": 0, "dead": 0, "skipped": 0, "rejected": 0}
 
     def status(self) -> dict[str, Any]:
@@ -66,6 +67,7 @@ class RunnerService:
         self.leases = Leases(await self.bus.js.key_value(wire.KV_LEASES), lease_ttl)
         fetchers = [asyncio.create_task(self._fetch_loop(band, stop), name=f"fetch-{band}") for band in wire.BANDS]
         beats = asyncio.create_task(self._heartbeats(), name="heartbeats")
+        self.ready.set()
         try:
             await stop.wait()
         finally:

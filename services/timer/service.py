@@ -80,6 +80,7 @@ class TimerService:
         self.role = "starting"
         self.stopping = asyncio.Event()
         self.kv: KeyValue | None = None
+        self.ready = asyncio.Event()
         self.fired = 0
         self.missed = 0
         catalog.on_change(self._on_change)
@@ -97,6 +98,7 @@ class TimerService:
         # looked up once: key_value() costs a broker round trip, and progress is saved per batch
         self.kv = await self.bus.js.key_value(wire.KV_TIMER)
         lease = LeaderLease(self.kv, self.settings.instance, self.settings.leader_ttl)
+        self.ready.set()  # leading or standing by from here on
         try:
             while not stop.is_set():
                 if self.clock.now() < CLOCK_FLOOR:
