@@ -4,10 +4,11 @@ runs and its policies. Validated with pydantic; every error names the job, the f
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.durations import Duration
 from shared.schedule import ScheduleError, validate_cron
+from shared.watch_config import BatchRule, WatchConfig
 from shared.wire import JOB_NAME_RE
 
 # The prototype's job types: labels for grouping and statistics.
@@ -32,6 +34,9 @@ JOB_TYPES: tuple[str, ...] = get_args(JobType)
 # Names usable as {placeholders} in `run:` arguments. Each is substituted inside one argv
 # element, so no value can become two arguments or a shell fragment.
 PLACEHOLDERS = frozenset({"run_id", "job", "type", "scheduled_at", "attempt", "trigger", "python"})
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Catchup(StrEnum):
@@ -91,6 +96,8 @@ class JobConfig(BaseModel):
     schedule: str | None = None  # cron, 5 fields or 6 with seconds first
     interval: Duration | None = None
     run_at: datetime | None = None  # one shot
+    on_file: str | None = None  # a watch name: one run per complete file (issue 3)
+    on_batch: BatchRule | None = None  # one run per flight batch of a watch (issue 3)
     timezone: str | None = None  # default: system.timezone
     # what: exactly one of these
     run: list[str] | None = None
@@ -203,12 +210,15 @@ class JobConfig(BaseModel):
         return self
 
 
+WHENS = ("schedule", "interval", "run_at", "on_file", "on_batch")
+
+
 def shape_problem(job: dict[str, Any]) -> str | None:
     """Which-of rules, checkable on the raw mapping so they are reported even when other fields
     of the job are invalid (pydantic skips model validators then)."""
-    whens = [k for k in ("schedule", "interval", "run_at") if job.get(k) is not None]
+    whens = [k for k in WHENS if job.get(k) is not None]
     if len(whens) > 1:
-        return f"give only one of schedule, interval, run_at (got {', '.join(whens)})"
+        return f"give only one of {', '.join(WHENS)} (got {', '.join(whens)})"
     if (job.get("run") is None) == (job.get("call") is None):
         return "give exactly one of run (a command) or call (a Python function)"
     return None
@@ -220,7 +230,7 @@ class Config(BaseModel):
     system: SystemConfig = Field(default_factory=SystemConfig)
     jobs: list[JobConfig] = Field(default_factory=list)
     # sections the later services own; accepted now so one file serves them all
-    folder_watches: list[dict[str, Any]] = Field(default_factory=list)
+    folder_watches: list[WatchConfig] = Field(default_factory=list)
     notifications: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -260,6 +270,14 @@ def _locate(loc: tuple[int | str, ...], raw: Any) -> str:
         rest = [str(p) for p in loc[2:] if not str(p).startswith(("function-", "literal["))]
         where = f"field '{'.'.join(rest)}'" if rest else "definition"
         return f"job {name}: {where}"
+    if len(loc) >= 2 and loc[0] == "folder_watches" and isinstance(loc[1], int):
+        name = f"#{loc[1] + 1}"
+        try:
+            name = repr(raw["folder_watches"][loc[1]]["name"])
+        except (KeyError, IndexError, TypeError):
+            pass
+        rest = [str(p) for p in loc[2:]]
+        return f"watch {name}: " + (f"field '{'.'.join(rest)}'" if rest else "definition")
     return "field '" + ".".join(str(p) for p in loc) + "'" if loc else "config"
 
 
@@ -291,25 +309,19 @@ def parse_config(raw: Any) -> Config:
         system = SystemConfig.model_validate(raw.get("system") or {})
     except ValidationError as exc:
         collect(exc, ("system",))
-    raw_jobs = raw.get("jobs") or []
-    if not isinstance(raw_jobs, list):
-        problems.append("field 'jobs': expected a list of jobs")
-        raw_jobs = []
-    jobs: list[JobConfig] = []
+    raw_jobs, jobs = _validate_list(raw, "jobs", JobConfig, problems, collect)
     for index, raw_job in enumerate(raw_jobs):
-        try:
-            jobs.append(JobConfig.model_validate(raw_job))
-        except ValidationError as exc:
-            collect(exc, ("jobs", index))
-            shape = shape_problem(raw_job) if isinstance(raw_job, dict) else None
-            if shape:
-                problems.append(f"{_locate(('jobs', index), raw)}: {shape}")
+        shape = shape_problem(raw_job) if isinstance(raw_job, dict) else None
+        if shape:  # pydantic skips the model validator when a field fails: report it anyway
+            problems.append(f"{_locate(('jobs', index), raw)}: {shape}")
+    raw_watches, watches = _validate_list(raw, "folder_watches", WatchConfig, problems, collect)
     problems.extend(_semantic_problems(raw_jobs))
+    problems.extend(_watch_problems(raw_watches, raw_jobs))
     problems = list(dict.fromkeys(problems))  # the shape rule can be reported twice
     if problems:
         raise ConfigError(problems)
     try:
-        return Config(system=system, jobs=jobs, folder_watches=raw.get("folder_watches") or [],
+        return Config(system=system, jobs=jobs, folder_watches=watches,
                       notifications=raw.get("notifications") or {})
     except ValidationError as exc:
         collect(exc, ())
@@ -321,6 +333,40 @@ def _semantic_problems(raw_jobs: list[Any]) -> list[str]:
     names = [j.get("name") for j in raw_jobs if isinstance(j, dict)]
     for name in sorted({n for n in names if isinstance(n, str) and names.count(n) > 1}):
         problems.append(f"job {name!r}: field 'name': duplicate job name (used {names.count(name)} times)")
+    return problems
+
+
+def _validate_list(raw: dict[str, Any], section: str, model: type[M], problems: list[str],
+                   collect: Callable[[ValidationError, tuple[int | str, ...]], None]) -> tuple[list[Any], list[M]]:
+    """Validate each entry of a list section on its own, so one bad entry hides no other's problems."""
+    items = raw.get(section) or []
+    if not isinstance(items, list):
+        problems.append(f"field {section!r}: expected a list of {'jobs' if section == 'jobs' else 'watches'}")
+        return [], []
+    out: list[M] = []
+    for index, item in enumerate(items):
+        try:
+            out.append(model.model_validate(item))
+        except ValidationError as exc:
+            collect(exc, (section, index))
+    return items, out
+
+
+def _watch_problems(raw_watches: list[Any], raw_jobs: list[Any]) -> list[str]:
+    problems: list[str] = []
+    names = [w.get("name") for w in raw_watches if isinstance(w, dict)]
+    for name in sorted({n for n in names if isinstance(n, str) and names.count(n) > 1}):
+        problems.append(f"watch {name!r}: field 'name': duplicate watch name (used {names.count(name)} times)")
+    known = {n for n in names if isinstance(n, str)}
+    for job in raw_jobs:
+        if not isinstance(job, dict):
+            continue
+        batch = job.get("on_batch")
+        for field, watch in (("on_file", job.get("on_file")),
+                             ("on_batch.watch", batch.get("watch") if isinstance(batch, dict) else None)):
+            if isinstance(watch, str) and watch not in known:
+                problems.append(f"job {job.get('name')!r}: field '{field}': unknown watch {watch!r}; "
+                                f"known: {', '.join(sorted(known)) or 'none (add it under folder_watches)'}")
     return problems
 
 

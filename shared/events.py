@@ -102,6 +102,60 @@ class Rejected(_Message):
     payload_excerpt: str = ""  # first bytes, decoded with replacement
 
 
+class FileEvent(_Message):
+    """A complete file arrived in a watch (issue 3). Published on wire.file_subject(watch) with
+    Nats-Msg-Id = id, by the watcher or by a drone upload tool (docs/events.md).
+
+    Paths: `rel_path` is relative to the watch root with '/' separators. A name that is not valid
+    UTF-8 cannot travel in JSON text, so `rel_path_b64` then carries its exact bytes (base64) and
+    `rel_path` a display form with U+FFFD; readers use the bytes when they are present."""
+
+    id: str = Field(min_length=1, max_length=128)  # file_event_id(watch, rel_path bytes, size, mtime_ns)
+    watch: str = Field(min_length=1, max_length=64)
+    path: str  # absolute path on the machine that detected it (display; rel_path is authoritative)
+    rel_path: str = Field(min_length=1)
+    rel_path_b64: str | None = None
+    size: int = Field(ge=0)  # bytes
+    mtime_ns: int = Field(ge=0)  # st_mtime_ns: nanoseconds since the epoch
+    detected_at: datetime  # when the file was judged complete (UTC)
+    sha256: str | None = None  # of the content, when the detector computed it
+    source: str = "watcher"  # who announced it: "watcher", "publish-file", an upload tool's name
+
+
+def file_event_id(watch: str, rel_path: bytes, size: int, mtime_ns: int) -> str:
+    """Deterministic (DESIGN guarantee 1): the same file version always gets the same id, so a
+    re-scan, a restart or an upload tool announcing it again is de-duplicated.
+    sha256("file\0<watch>\0<rel_path bytes>\0<size>\0<mtime_ns>")[:32] (docs/events.md)."""
+    digest = hashlib.sha256(b"file\0" + watch.encode() + b"\0" + rel_path + b"\0")
+    digest.update(f"{size}\0{mtime_ns}".encode())
+    return digest.hexdigest()[:32]
+
+
+AlertLevel = Literal["info", "warning", "error", "critical"]
+
+
+class Alert(_Message):
+    """Something people should hear about (issue 4). Anyone may publish one on
+    wire.alert_subject(level, kind); the notifier routes, groups and delivers it."""
+
+    id: str = Field(min_length=1, max_length=128)  # deterministic where it can be (e.g. "<run_id>.dead")
+    level: AlertLevel
+    kind: str = Field(min_length=1, max_length=64)  # dead, timeout, missed, overdue, failed, succeeded, service_down, ...
+    summary: str  # one line
+    text: str = ""  # details, plain text
+    job: str | None = None
+    job_type: str | None = None
+    run_id: str | None = None
+    source: str  # the service or module that raised it
+    at: datetime  # UTC
+    resolved: bool = False  # true: the condition this fingerprint reported has cleared
+    fingerprint: str | None = None  # grouping key; default "<kind>:<job or source>"
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+
+    def group_key(self) -> str:
+        return self.fingerprint or f"{self.kind}:{self.job or self.source}"
+
+
 def tick_run_id(job: str, instant: datetime) -> str:
     """Deterministic: two timers, or one timer restarting, derive the same id for one instant.
     sha256("tick\0<job>\0<instant as %Y-%m-%dT%H:%M:%S.%fZ>")[:32] (docs/events.md)."""

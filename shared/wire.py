@@ -58,6 +58,36 @@ def rejected_subject(source: str) -> str:
 
 HISTORY_CONSUMER: Final = "history"
 
+# -- file arrivals (issue 3): the watcher, and drone upload tools, publish here ------------
+# One FileEvent per complete file, Nats-Msg-Id = FileEvent.id. The dispatcher (part of the
+# watcher service) turns each into triggers for the watch's `on_file` jobs and into flight
+# batches for its `on_batch` jobs. Limits retention: other modules may read arrivals too.
+STREAM_FILES: Final = "CROPCRON_FILES"
+FILE_SUBJECTS: Final = f"{PREFIX}.file.>"
+DISPATCH_CONSUMER: Final = "dispatch"
+
+
+def file_subject(watch: str) -> str:
+    """`cropcron.file.<watch>`: where a complete file of that watch is announced."""
+    return f"{PREFIX}.file.{watch}"
+
+
+KV_WATCHES: Final = "cropcron_watches"  # key: watch name -> WatchSpec JSON (from `apply`)
+KV_BATCHES: Final = "cropcron_batches"  # open flight batches, so they survive restarts
+
+# -- alerts and notifications (issue 4) ---------------------------------------------------
+# Any service or module raises an Alert on `cropcron.alert.<level>.<kind>`; the notifier groups
+# alerts into notifications and delivers them; both, and every delivery attempt, are kept in
+# history. Limits retention (the notifier and history each read every alert).
+STREAM_ALERTS: Final = "CROPCRON_ALERTS"
+ALERT_SUBJECTS: Final = f"{PREFIX}.alert.>"
+ALERT_LEVELS: Final = ("info", "warning", "error", "critical")
+
+
+def alert_subject(level: str, kind: str) -> str:
+    return f"{PREFIX}.alert.{level}.{kind}"
+
+
 # -- request/reply ---------------------------------------------------------------------
 HISTORY_RUNS: Final = f"{PREFIX}.history.runs"
 HISTORY_STATS: Final = f"{PREFIX}.history.stats"
@@ -71,6 +101,7 @@ KV_JOB_STATE: Final = "cropcron_job_state"  # key: job name -> JobState (paused,
 KV_TIMER: Final = "cropcron_timer"  # keys below
 KV_LEASES: Final = "cropcron_leases"  # key: job name -> active run leases (overlap/concurrency)
 KV_SERVICES: Final = "cropcron_services"  # key: "<service>.<instance>" -> last heartbeat
+
 
 def kv_put_subject(bucket: str, key: str) -> str:
     """A KV put is a JetStream publish to this subject (lets a put ride in a publish batch)."""

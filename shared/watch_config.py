@@ -1,0 +1,98 @@
+"""Config for folder watches (`folder_watches:`) and for jobs triggered by files (`on_file`,
+`on_batch`). The prototype's format (path, extensions, recursive) extended with a name, ignore
+patterns, a detection mode and the completeness rules (docs/config.md)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.durations import Duration
+from shared.wire import JOB_NAME_RE
+
+
+class WatchMode(StrEnum):
+    EVENTS = "events"  # inotify: a file counts once closed after writing or moved into the tree
+    POLLING = "polling"  # network mounts (no inotify for remote writes): size and mtime settle
+
+
+class ZeroBytePolicy(StrEnum):
+    REJECT = "reject"  # an empty file is reported as rejected (an upload that produced nothing)
+    ACCEPT = "accept"  # an empty file is an arrival like any other
+
+
+class WatchConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str  # used by jobs (on_file / on_batch) and in the subject cropcron.file.<name>
+    path: str  # the watch root; relative paths are relative to the config file's directory
+    extensions: list[str] = Field(default_factory=list)  # e.g. [.jpg, .tif]; any case; empty: all
+    recursive: bool = True
+    # matched against each path component (fnmatch): in-progress uploads and hidden files
+    ignore: list[str] = Field(default_factory=lambda: ["*.part", "*.tmp", "*.partial", "*.crdownload", ".*"])
+    mode: WatchMode = WatchMode.EVENTS
+    poll_interval: Duration = 5.0  # polling mode: how often the tree is listed
+    settle: Duration = 10.0  # size and mtime unchanged this long => complete (polling; fallback)
+    rescan_interval: Duration = 60.0  # reconciliation scan: inotify drops events on overflow
+    zero_byte: ZeroBytePolicy = ZeroBytePolicy.REJECT
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not JOB_NAME_RE.match(value) or value.startswith("_"):
+            raise ValueError("must be 1-64 letters, digits, '_' or '-', not starting with '_' "
+                             "(it becomes a NATS subject token)")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if "\0" in value:
+            raise ValueError("must not contain NUL bytes")
+        return value
+
+    @field_validator("extensions")
+    @classmethod
+    def _check_extensions(cls, value: list[str]) -> list[str]:
+        out = []
+        for ext in value:
+            ext = ext.strip().lower()
+            if not ext or "/" in ext:
+                raise ValueError(f"bad extension {ext!r}: expected something like '.jpg'")
+            out.append(ext if ext.startswith(".") else "." + ext)
+        return out
+
+    @field_validator("poll_interval", "settle", "rescan_interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than zero")
+        return value
+
+
+class BatchGrouping(StrEnum):
+    FOLDER = "folder"  # one batch per first-level folder under the root (a flight's folder)
+    GAP = "gap"  # files of the watch in one run of arrivals; a `quiet` gap starts a new batch
+
+
+class BatchRule(BaseModel):
+    """`on_batch:` on a job: one run per flight, not one per image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    watch: str
+    group_by: BatchGrouping = BatchGrouping.FOLDER
+    quiet: Duration = 120.0  # close the batch after this long without a new complete file
+    max_wait: Duration = 7200.0  # close it anyway this long after its first file (marked partial)
+    manifest: str | None = None  # a file name pattern (fnmatch) whose arrival closes the batch
+    expected_count: int | None = Field(None, ge=1)  # close once this many files arrived
+
+    @field_validator("quiet", "max_wait")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than zero")
+        return value
