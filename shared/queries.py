@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +32,16 @@ class StatsQuery(_Query):
 
 class LastQuery(_Query):
     jobs: list[str] | None = None
+
+
+class AlertsQuery(_Query):
+    """Alerts raised, newest first, each with its delivery attempts (answered by history, issue 4)."""
+
+    level: Literal["info", "warning", "error", "critical"] | None = None  # this level and above
+    job: str | None = None
+    since: datetime | None = None
+    limit: int = Field(50, ge=1, le=10000)
+    offset: int = Field(0, ge=0)
 
 
 class CleanupRequest(_Query):

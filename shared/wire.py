@@ -93,6 +93,7 @@ HISTORY_RUNS: Final = f"{PREFIX}.history.runs"
 HISTORY_STATS: Final = f"{PREFIX}.history.stats"
 HISTORY_LAST: Final = f"{PREFIX}.history.last"  # last state per job, for `cropcron jobs`
 HISTORY_CLEANUP: Final = f"{PREFIX}.history.cleanup"
+HISTORY_ALERTS: Final = f"{PREFIX}.history.alerts"  # alerts and their deliveries (issue 4)
 HISTORY_QUEUE: Final = "history"
 
 # -- KV buckets ------------------------------------------------------------------------
