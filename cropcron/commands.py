@@ -14,8 +14,8 @@ from pydantic import BaseModel
 from services.timer.service import schedule_of
 from shared import wire
 from shared.bus import Bus, connect_once, ensure_topology
-from shared.catalog import read_specs, read_states, set_paused, write_specs
-from shared.config import Config, JobSpec, to_specs
+from shared.catalog import read_specs, read_states, set_paused, write_specs, write_watches
+from shared.config import Config, JobSpec, resolve_watches, to_specs
 from shared.durations import format_duration
 from shared.events import TERMINAL_STATES, RunEvent, Trigger, decode, manual_run_id, utcnow
 from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
@@ -57,6 +57,8 @@ async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], li
         # the stream and consumer settings (from their environment), so the CLI leaves them.
         await ensure_topology(bus.js)
     previous = await read_specs(bus.js)
+    # watches first: a new on_file job must find its watch (and its root) when it first runs
+    await write_watches(bus.js, resolve_watches(config, base_dir))
     return await write_specs(bus.js, config.system, to_specs(config, base_dir, previous))
 
 

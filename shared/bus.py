@@ -158,6 +158,29 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = N
             duplicate_window=settings.duplicate_window,
         ),
     )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=wire.STREAM_FILES,
+            subjects=[wire.FILE_SUBJECTS],
+            # limits: the dispatcher turns arrivals into runs; other modules may read them too
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=settings.run_events_max_age,
+            duplicate_window=settings.duplicate_window,
+        ),
+    )
+    await _ensure_consumer(
+        js,
+        wire.STREAM_FILES,
+        ConsumerConfig(
+            durable_name=wire.DISPATCH_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait,
+            max_deliver=-1,  # an arrival must not be dropped because the bus was briefly busy
+            max_ack_pending=settings.max_ack_pending,
+        ),
+    )
     for band in wire.BANDS:
         await _ensure_consumer(
             js,
@@ -185,7 +208,8 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = N
             max_ack_pending=settings.max_ack_pending,
         ),
     )
-    for bucket in (wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_TIMER, wire.KV_LEASES, wire.KV_SERVICES):
+    for bucket in (wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_TIMER, wire.KV_LEASES, wire.KV_SERVICES,
+                   wire.KV_WATCHES, wire.KV_BATCHES):
         await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
 
 

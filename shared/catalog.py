@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from shared import wire
 from shared.config import JobSpec, SystemConfig
 from shared.events import utcnow
+from shared.watch_config import WatchConfig
 
 log = logging.getLogger("cropcron.catalog")
 
@@ -36,7 +37,8 @@ class JobState(BaseModel):
     resumed_at: datetime | None = None
 
 
-Listener = Callable[[str], None]  # called with the job name that changed ("" for system)
+# called with the job name that changed ("" for system, "watch:<name>" for a folder watch)
+Listener = Callable[[str], None]
 
 
 class Catalog:
@@ -45,6 +47,7 @@ class Catalog:
         self.specs: dict[str, JobSpec] = {}
         self.states: dict[str, JobState] = {}
         self.system = SystemConfig()
+        self.watches: dict[str, WatchConfig] = {}  # path is absolute (resolved by `apply`)
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.jobs_kv: KeyValue | None = None
@@ -61,7 +64,9 @@ class Catalog:
         """Load everything, then follow changes. Returns once the initial load is complete."""
         self.jobs_kv = await self._js.key_value(wire.KV_JOBS)
         self.state_kv = await self._js.key_value(wire.KV_JOB_STATE)
-        for kv, apply in ((self.jobs_kv, self._apply_job), (self.state_kv, self._apply_state)):
+        watches_kv = await self._js.key_value(wire.KV_WATCHES)
+        for kv, apply in ((self.jobs_kv, self._apply_job), (self.state_kv, self._apply_state),
+                          (watches_kv, self._apply_watch)):
             watcher = await kv.watchall()
             ready = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._follow(watcher, apply, ready)))
@@ -126,6 +131,17 @@ class Catalog:
                 return
         self._notify(key)
 
+    def _apply_watch(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self.watches.pop(key, None)
+        else:
+            try:
+                self.watches[key] = WatchConfig.model_validate_json(value)
+            except ValidationError as exc:
+                log.error("ignoring unreadable watch %r in KV: %s", key, exc)
+                return
+        self._notify("watch:" + key)
+
     def _notify(self, key: str) -> None:
         for listener in self._listeners:
             listener(key)
@@ -187,6 +203,26 @@ async def write_specs(js: JetStreamContext, system: SystemConfig, specs: dict[st
             changed.append(name)
         await kv.put(name, spec.model_dump_json().encode())
     for name in current.keys() - specs.keys():
+        removed.append(name)
+        await kv.delete(name)
+    return added, changed, removed
+
+
+async def write_watches(js: JetStreamContext, watches: list[WatchConfig]) -> tuple[list[str], list[str], list[str]]:
+    """Make KV hold exactly `watches` (paths already absolute). Returns (added, changed, removed)."""
+    current = await read_bucket(js, wire.KV_WATCHES, WatchConfig)
+    kv = await js.key_value(wire.KV_WATCHES)
+    added: list[str] = []
+    changed: list[str] = []
+    removed: list[str] = []
+    wanted = {w.name: w for w in watches}
+    for name, watch in wanted.items():
+        old = current.get(name)
+        if old == watch:
+            continue
+        (added if old is None else changed).append(name)
+        await kv.put(name, watch.model_dump_json().encode())
+    for name in current.keys() - wanted.keys():
         removed.append(name)
         await kv.delete(name)
     return added, changed, removed

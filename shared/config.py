@@ -3,6 +3,7 @@ runs and its policies. Validated with pydantic; every error names the job, the f
 
 from __future__ import annotations
 
+import os
 import string
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -405,3 +406,16 @@ def to_specs(
             spec = spec.model_copy(update={"defined_at": old.defined_at})
         specs[job.name] = spec
     return specs
+
+
+def resolve_watches(config: Config, base_dir: Path) -> list[WatchConfig]:
+    """Watches as applied: a relative root is taken relative to the config file's directory.
+    The root is made absolute but not resolved (a root that is a symlink, or not mounted yet,
+    is followed at watch time, not frozen now)."""
+    out = []
+    for watch in config.folder_watches:
+        root = Path(watch.path).expanduser()
+        if not root.is_absolute():
+            root = base_dir / root
+        out.append(watch.model_copy(update={"path": os.path.normpath(root)}))
+    return out
