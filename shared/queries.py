@@ -44,6 +44,27 @@ class AlertsQuery(_Query):
     offset: int = Field(0, ge=0)
 
 
+class HourlyQuery(_Query):
+    """Runs per hour by state over the last `days` (dashboard chart, issue 5)."""
+
+    days: float = Field(7, gt=0, le=90)
+
+
+class DurationsQuery(_Query):
+    """Duration of each finished run of one job, oldest first (dashboard chart, issue 5)."""
+
+    job: str = Field(min_length=1, max_length=64)
+    since: datetime | None = None
+    limit: int = Field(500, ge=1, le=5000)
+
+
+class CountsQuery(_Query):
+    """Runs by their current state whose time (scheduled, else started) is in [since, until)."""
+
+    since: datetime
+    until: datetime | None = None
+
+
 class CleanupRequest(_Query):
     older_than_days: float = Field(gt=0)
 

@@ -94,6 +94,10 @@ HISTORY_STATS: Final = f"{PREFIX}.history.stats"
 HISTORY_LAST: Final = f"{PREFIX}.history.last"  # last state per job, for `cropcron jobs`
 HISTORY_CLEANUP: Final = f"{PREFIX}.history.cleanup"
 HISTORY_ALERTS: Final = f"{PREFIX}.history.alerts"  # alerts and their deliveries (issue 4)
+# reports for the dashboard's overview and charts (issue 5; services/history/reports.py)
+HISTORY_REPORT_HOURLY: Final = f"{PREFIX}.history.report.hourly"  # runs per hour by state
+HISTORY_REPORT_DURATIONS: Final = f"{PREFIX}.history.report.durations"  # duration per run of one job
+HISTORY_REPORT_COUNTS: Final = f"{PREFIX}.history.report.counts"  # runs by state in a time range
 HISTORY_QUEUE: Final = "history"
 
 # -- KV buckets ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import asyncpg
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
-from services.history import store
+from services.history import reports, store
 from shared import wire
 from shared.bus import Bus
 from shared.events import Rejected, RunEvent, decode
@@ -52,6 +52,8 @@ class HistoryService:
             await self._respond(wire.HISTORY_CLEANUP, CleanupRequest,
                                 lambda q: store.cleanup(self.pool, q.older_than_days)),
         ]
+        # the dashboard's aggregates (issue 5)
+        subs += [await self._respond(subject, model, handler) for subject, model, handler in reports.routes(self.pool)]
         tasks = [asyncio.create_task(self._ingest(stop)), asyncio.create_task(self._retention(stop))]
         await self.bus.nc.flush()  # the subscriptions are registered with the server: queries answered
         self.ready.set()
