@@ -221,6 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from cropcron import embedded
+    from services.dashboard.settings import ensure_token_file
 
     config = load_config(args.config)
     _setup_logging(args.verbose)
@@ -240,6 +241,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         # for the services started below (the runner strips DATABASE_URL from jobs' environment;
         # NATS_URL lets a job itself call `cropcron run ...`)
         os.environ.update(NATS_URL=nats_url, DATABASE_URL=database_url)
+        # the dashboard's access token: <data-dir>/dashboard-token unless CROPCRON_DASHBOARD_TOKEN[_FILE] is set
+        ensure_token_file(data_dir)
         settings = ServiceSettings()  # type: ignore[call-arg]
         base_dir = Path(args.config).resolve().parent
 
@@ -283,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one or more of: " + ", ".join(SERVICE_NAMES))
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_serve)
-    for name in ("timer", "runner"):
+    for name in ("timer", "runner", "dashboard"):
         p = sub.add_parser(name, help=f"run the {name} service (same as `serve {name}`)")
         p.add_argument("-v", "--verbose", action="store_true")
         p.set_defaults(fn=cmd_serve, services=[name])

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from services.dashboard.service import DashboardService
 from services.history.migrate import migrate
 from services.history.service import HistoryService
 from services.history.store import create_pool
@@ -25,7 +26,7 @@ from shared.settings import BusSettings, ServiceSettings
 
 log = logging.getLogger("cropcron")
 
-SERVICE_NAMES = ("timer", "runner", "history")
+SERVICE_NAMES = ("timer", "runner", "history", "dashboard")
 
 
 class Service(Protocol):
@@ -61,6 +62,8 @@ async def run_services(names: list[str], settings: ServiceSettings, stop: asynci
             services["runner"] = RunnerService(bus, catalog, settings, bus_settings)
         if "timer" in names:
             services["timer"] = TimerService(bus, catalog, settings)
+        if "dashboard" in names:
+            services["dashboard"] = DashboardService(bus, catalog)  # CROPCRON_DASHBOARD_* settings
         tasks: dict[asyncio.Task[Any], str] = {
             asyncio.create_task(svc.run(stop), name=name): name for name, svc in services.items()}
         for name, svc in services.items():

@@ -1,0 +1,228 @@
+"""What the dashboard knows, all of it over NATS: history queries by request/reply, job specs and
+state from the Catalog (kept live from KV), heartbeats from KV, and manual runs / pause / resume
+through the same subjects and buckets the CLI uses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
+from pydantic import BaseModel
+
+from services.dashboard.settings import DashboardSettings
+from services.dashboard.words import describe
+from services.timer.service import schedule_of
+from shared import wire
+from shared.bus import Bus
+from shared.catalog import Catalog, set_paused
+from shared.config import JobSpec
+from shared.events import RunState, Trigger, manual_run_id, utcnow
+from shared.queries import (
+    AlertsQuery,
+    CountsQuery,
+    DurationsQuery,
+    HourlyQuery,
+    LastQuery,
+    RunsQuery,
+    StatsQuery,
+)
+
+log = logging.getLogger("cropcron.dashboard")
+
+BACKBONE = ("timer", "runner", "history")  # always expected; other services show when they beat
+
+
+class Unavailable(RuntimeError):
+    """A part of the system did not answer (503 for the API, a notice on pages)."""
+
+
+class Backend:
+    def __init__(self, bus: Bus, catalog: Catalog, settings: DashboardSettings) -> None:
+        self.bus = bus
+        self.catalog = catalog
+        self.settings = settings
+
+    async def ask(self, subject: str, query: BaseModel, timeout: float | None = None) -> Any:
+        try:
+            msg = await self.bus.nc.request(subject, query.model_dump_json().encode(),
+                                            timeout=timeout or self.settings.request_timeout)
+        except Exception as exc:
+            raise Unavailable(f"no answer on {subject} ({type(exc).__name__}): is the history service running?") \
+                from None
+        reply = json.loads(msg.data)
+        if not reply.get("ok"):
+            raise Unavailable(f"{subject}: {reply.get('error', 'request failed')}")
+        return reply["data"]
+
+    # -- jobs --------------------------------------------------------------------------
+    def spec(self, name: str) -> JobSpec | None:
+        return self.catalog.specs.get(name)
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        specs = dict(sorted(self.catalog.specs.items()))
+        last: dict[str, Any] = {}
+        stats: dict[str, Any] = {}
+        history_ok = True
+        if specs:
+            try:
+                last = await self.ask(wire.HISTORY_LAST, LastQuery(jobs=list(specs)))
+                per_job = (await self.ask(wire.HISTORY_STATS, StatsQuery(days=7)))["jobs"]
+                stats = {r["job"]: r for r in per_job}
+            except Unavailable as exc:
+                log.warning("dashboard: %s", exc)
+                history_ok = False
+        now = datetime.now(UTC)
+        return [self._row(spec, last.get(name) or {}, stats.get(name) or {}, now, history_ok)
+                for name, spec in specs.items()]
+
+    async def job(self, name: str) -> dict[str, Any] | None:
+        rows = [r for r in await self.jobs() if r["name"] == name] if name in self.catalog.specs else []
+        return rows[0] if rows else None
+
+    def next_run(self, spec: JobSpec, now: datetime) -> datetime | None:
+        sched = schedule_of(spec)
+        if sched is None or self.catalog.paused(spec.name):
+            return None
+        return sched.next_after(now)
+
+    def _row(self, spec: JobSpec, last: dict[str, Any], stats: dict[str, Any], now: datetime,
+             history_ok: bool) -> dict[str, Any]:
+        nxt = self.next_run(spec, now)
+        return {
+            "name": spec.name, "type": spec.job.type, "description": spec.job.description,
+            "schedule": describe(spec), "timezone": spec.timezone,
+            "next_run": nxt.astimezone(ZoneInfo(spec.timezone)).isoformat() if nxt else None,
+            "paused": self.catalog.paused(spec.name), "enabled": spec.job.enabled, "priority": spec.job.priority,
+            "last_state": last.get("state"), "last_at": last.get("at"), "last_run_id": last.get("run_id"),
+            "success_rate": success_rate(stats), "mean_duration_s": stats.get("mean_duration_s"),
+            "p95_duration_s": stats.get("p95_duration_s"), "runs_7d": stats.get("total", 0),
+            "history_available": history_ok,
+        }
+
+    def next_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        now = datetime.now(UTC)
+        upcoming = [(nxt, spec) for spec in self.catalog.specs.values() if (nxt := self.next_run(spec, now))]
+        upcoming.sort(key=lambda pair: pair[0])
+        return [{"job": spec.name, "at": nxt.astimezone(ZoneInfo(spec.timezone)).isoformat(),
+                 "schedule": describe(spec)} for nxt, spec in upcoming[:limit]]
+
+    async def run_now(self, name: str, who: str) -> str:
+        """A manual trigger, exactly as `cropcron run` sends it (same subject, id and dedup)."""
+        spec = self.catalog.specs[name]
+        trigger = Trigger(run_id=manual_run_id(), job=name, kind="manual", created_at=utcnow(), requested_by=who)
+        await self.bus.js.publish(wire.trigger_subject(wire.band_for_priority(spec.job.priority), name),
+                                  trigger.to_bytes(), headers={wire.HEADER_MSG_ID: trigger.run_id},
+                                  timeout=self.settings.request_timeout)
+        log.info("dashboard audit: manual run %s of %s requested by %s", trigger.run_id, name, who)
+        return trigger.run_id
+
+    async def set_paused(self, name: str, paused: bool, who: str) -> None:
+        await set_paused(self.bus.js, name, paused)
+        log.info("dashboard audit: %s %s by %s", name, "paused" if paused else "resumed", who)
+
+    # -- runs and reports --------------------------------------------------------------
+    async def runs(self, query: RunsQuery) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self.ask(wire.HISTORY_RUNS, query)
+        return rows
+
+    async def run(self, run_id: str) -> dict[str, Any] | None:
+        rows = await self.runs(RunsQuery(run_id=run_id, with_attempts=True, limit=1, offset=0))
+        return rows[0] if rows else None
+
+    async def hourly(self, days: float) -> dict[str, Any]:
+        data: dict[str, Any] = await self.ask(wire.HISTORY_REPORT_HOURLY, HourlyQuery(days=days))
+        return data
+
+    async def durations(self, job: str, limit: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self.ask(wire.HISTORY_REPORT_DURATIONS, DurationsQuery(job=job, limit=limit))
+        return rows
+
+    async def alerts(self, limit: int) -> dict[str, Any]:
+        """Recent alerts, or why there are none to show: the notifier may not be deployed."""
+        try:
+            data = await self.ask(wire.HISTORY_ALERTS, AlertsQuery(limit=limit, offset=0), timeout=self.settings.alerts_timeout)
+        except Unavailable as exc:
+            return {"available": False, "alerts": [], "error": str(exc)}
+        items = data.get("alerts", data.get("items", [])) if isinstance(data, dict) else data
+        return {"available": True, "alerts": items if isinstance(items, list) else [], "error": None}
+
+    # -- overview ----------------------------------------------------------------------
+    async def overview(self) -> dict[str, Any]:
+        tz = ZoneInfo(self.catalog.system.timezone)
+        midnight = datetime.now(tz).replace(hour=0, minute=0, second=0, microsecond=0)
+        out: dict[str, Any] = {"timezone": str(tz), "day_start": midnight.isoformat(), "errors": []}
+        out["health"] = await self.health()
+        try:
+            out["today"] = await self.ask(wire.HISTORY_REPORT_COUNTS, CountsQuery(since=midnight))
+            week = (await self.ask(wire.HISTORY_STATS, StatsQuery(days=7)))["total"]
+            out["success_rate_7d"] = success_rate(week)
+            out["week"] = week
+            out["running"] = await self.runs(RunsQuery(state=RunState.STARTED, limit=50, offset=0))
+            out["retrying"] = await self.runs(RunsQuery(state=RunState.RETRYING, limit=50, offset=0))
+        except Unavailable as exc:
+            out["errors"].append(str(exc))
+            out.update(today={}, success_rate_7d=None, week={}, running=[], retrying=[])
+        out["next_runs"] = self.next_runs()
+        out["alerts"] = await self.alerts(10)
+        return out
+
+    async def health(self) -> dict[str, Any]:
+        services = await self._heartbeats()
+        by_name: dict[str, list[dict[str, Any]]] = {}
+        for beat in services:
+            by_name.setdefault(beat["service"], []).append(beat)
+        for name in BACKBONE:
+            by_name.setdefault(name, [])
+        history = [b for b in by_name.get("history", []) if b["alive"]]
+        db = None if not history else all(b.get("db_ok", True) for b in history)
+        return {
+            "nats": {"ok": self.bus.nc.is_connected, "url": _no_credentials(self.bus.nc.connected_url),
+                     "reconnects": self.bus.health.reconnects},
+            "postgres": {"ok": db, "via": "history heartbeat"},
+            "services": [{"service": name, "instances": beats, "ok": any(b["alive"] for b in beats)}
+                         for name, beats in sorted(by_name.items())],
+        }
+
+    async def _heartbeats(self) -> list[dict[str, Any]]:
+        kv = await self.bus.js.key_value(wire.KV_SERVICES)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return []
+        now = datetime.now(UTC)
+        out = []
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+                beat = json.loads(entry.value or b"{}")
+                at = datetime.fromisoformat(beat["at"])
+                age = (now - at).total_seconds()
+                interval = float(beat.get("interval") or 5)
+            except (KeyNotFoundError, KeyDeletedError):
+                continue
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("dashboard: unreadable heartbeat %r: %r", key, exc)
+                continue
+            out.append({"service": str(beat.get("service", key.split(".")[0])),
+                        "instance": str(beat.get("instance", "")), "at": at.isoformat(), "age_s": round(age, 1),
+                        "alive": age <= interval * self.settings.service_stale_factor,
+                        **{k: v for k, v in beat.items() if k in ("db_ok", "role", "running", "written")}})
+        return sorted(out, key=lambda b: (b["service"], b["instance"]))
+
+
+def success_rate(stats: dict[str, Any]) -> float | None:
+    """Succeeded / (succeeded + failed/dead + missed): the share of runs due that did their work.
+    Skipped runs (overlap, paused) were deliberate and runs in progress have no outcome yet."""
+    done = int(stats.get("succeeded") or 0) + int(stats.get("failed") or 0) + int(stats.get("missed") or 0)
+    return round(int(stats.get("succeeded") or 0) / done, 4) if done else None
+
+
+def _no_credentials(url: Any) -> str | None:
+    if url is None:
+        return None
+    host = url.hostname or ""
+    return f"{url.scheme}://{host}:{url.port}" if url.port else f"{url.scheme}://{host}"

@@ -1,0 +1,158 @@
+"""Pages for people, rendered on the server (readable without JavaScript); static/app.js adds the
+live updates, the actions and the charts. Times are shown in the farm's zone (system.timezone)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from services.dashboard.auth import SESSION_COOKIE, Auth
+from services.dashboard.backend import Backend
+from services.dashboard.errors import ApiError
+from services.dashboard.params import NoParams, RunsParams, parse
+from shared.events import RunState
+from shared.queries import RunsQuery
+
+# state as text and a symbol, never colour alone
+STATE_ICONS = {"started": "▶", "succeeded": "✓", "failed": "✗", "retrying": "↻", "dead": "✖", "skipped": "⤼",
+               "missed": "○", "queued": "…"}
+MAX_LOGIN_BODY = 4096
+
+
+def _state(value: Any) -> str:
+    return f"{STATE_ICONS.get(str(value), '?')} {value}" if value else "—"
+
+
+def _duration(value: Any) -> str:
+    if value is None:
+        return "—"
+    seconds = float(value)
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _percent(value: Any) -> str:
+    return "—" if value is None else f"{float(value) * 100:.1f} %"
+
+
+FILTERS = {"state": _state, "duration": _duration, "percent": _percent}
+
+
+def _render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    backend: Backend = request.app.state.backend
+    principal = getattr(request.state, "principal", None)
+    tz = backend.catalog.system.timezone
+    base = {"csrf": principal.csrf if principal else "", "tz": tz, "states": [s.value for s in RunState],
+            "fmt": lambda v: _fmt_time(v, tz), "path": request.url.path}
+    response: Response = request.app.state.templates.TemplateResponse(request, name, {**base, **context},
+                                                                        status_code=status)
+    return response
+
+
+def _fmt_time(value: Any, tz: str) -> str:
+    if not value:
+        return "—"
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return when.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def login_page(request: Request) -> Response:
+    return _render(request, "login.html", {"next": _safe_next(request.query_params.get("next")), "error": None})
+
+
+async def login(request: Request) -> Response:
+    auth: Auth = request.app.state.auth
+    client = request.client.host if request.client else "?"
+    if auth.login_blocked(client):
+        return _render(request, "login.html", {"next": "/", "error": "too many failed attempts; wait a minute"}, 429)
+    body = await request.body()
+    form = parse_qs(body[:MAX_LOGIN_BODY].decode("utf-8", "replace"))
+    token = (form.get("token") or [""])[0].strip()
+    target = _safe_next((form.get("next") or ["/"])[0])
+    if not token or not auth.check_token(token):
+        auth.login_failed(client)
+        return _render(request, "login.html", {"next": target, "error": "wrong token"}, 401)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(SESSION_COOKIE, auth.new_session(), max_age=int(auth.session_ttl), httponly=True,
+                        samesite="strict", secure=bool(request.app.state.secure_cookie), path="/")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+def _safe_next(value: str | None) -> str:
+    # only a path on this site: never an open redirect
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/"
+
+
+async def overview(request: Request) -> Response:
+    parse(NoParams, dict(request.query_params))
+    backend: Backend = request.app.state.backend
+    return _render(request, "overview.html", {"o": await backend.overview()})
+
+
+async def jobs(request: Request) -> Response:
+    parse(NoParams, dict(request.query_params))
+    backend: Backend = request.app.state.backend
+    return _render(request, "jobs.html", {"jobs": await backend.jobs()})
+
+
+async def job(request: Request) -> Response:
+    backend: Backend = request.app.state.backend
+    name = request.path_params["name"]
+    row = await backend.job(name)
+    if row is None:
+        raise ApiError(404, f"unknown job {name!r}")
+    recent = await backend.runs(RunsQuery(job=name, limit=20, offset=0))
+    return _render(request, "job.html", {"job": row, "runs": recent})
+
+
+async def runs(request: Request) -> Response:
+    p = parse(RunsParams, dict(request.query_params))
+    backend: Backend = request.app.state.backend
+    rows = await backend.runs(RunsQuery(**p.model_dump()))
+    filters = {k: request.query_params.get(k, "") for k in ("job", "state", "since", "until")}
+    return _render(request, "runs.html", {"runs": rows, "p": p, "filters": filters,
+                                          "jobs": sorted(backend.catalog.specs),
+                                          "more": len(rows) == p.limit})
+
+
+async def run(request: Request) -> Response:
+    backend: Backend = request.app.state.backend
+    run_id = request.path_params["run_id"]
+    row = await backend.run(run_id) if len(run_id) <= 128 else None
+    if row is None:
+        raise ApiError(404, f"unknown run {run_id!r}")
+    return _render(request, "run.html", {"run": row})
+
+
+async def charts(request: Request) -> Response:
+    backend: Backend = request.app.state.backend
+    job = request.query_params.get("job") or next(iter(sorted(backend.catalog.specs)), "")
+    if job and backend.spec(job) is None:
+        raise ApiError(404, f"unknown job {job!r}")
+    return _render(request, "charts.html", {"job": job, "jobs": sorted(backend.catalog.specs)})
+
+
+ROUTES = [
+    Route("/login", login_page, methods=["GET"], include_in_schema=False),
+    Route("/login", login, methods=["POST"], include_in_schema=False),
+    Route("/logout", logout, methods=["POST"], include_in_schema=False),
+    Route("/", overview, include_in_schema=False),
+    Route("/jobs", jobs, include_in_schema=False),
+    Route("/jobs/{name}", job, include_in_schema=False),
+    Route("/runs", runs, include_in_schema=False),
+    Route("/runs/{run_id}", run, include_in_schema=False),
+    Route("/charts", charts, include_in_schema=False),
+]

@@ -1,0 +1,81 @@
+"""Query parameters of the API and pages, validated by pydantic: a bad or unknown parameter is a
+422 that names it. Times are ISO 8601 (UTC if no offset) or a duration meaning "that long ago"."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from shared.durations import parse_duration
+from shared.events import RunState
+
+
+class BadParams(ValueError):
+    def __init__(self, problems: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{p['param']}: {p['problem']}" for p in problems))
+        self.problems = problems
+
+
+def _when(value: Any) -> Any:
+    if not isinstance(value, str) or not value.strip():
+        return None if value == "" else value
+    text = value.strip()
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"expected an ISO time (2026-11-27T06:00) or a duration ago (2h), got {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _blank(value: Any) -> Any:
+    return None if value == "" else value  # an empty form field means "any"
+
+
+When = Annotated[datetime | None, BeforeValidator(_when)]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunsParams(_Params):
+    job: Annotated[str | None, BeforeValidator(_blank)] = Field(None, max_length=64)
+    state: Annotated[RunState | None, BeforeValidator(_blank)] = None
+    since: When = None
+    until: When = None
+    limit: int = Field(50, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=1_000_000)
+
+
+class HourlyParams(_Params):
+    days: float = Field(7, gt=0, le=90)
+
+
+class DurationsParams(_Params):
+    job: str = Field(min_length=1, max_length=64)
+    limit: int = Field(200, ge=1, le=5000)
+
+
+class AlertsParams(_Params):
+    limit: int = Field(20, ge=1, le=500)
+
+
+class NoParams(_Params):
+    pass
+
+
+M = TypeVar("M", bound=_Params)
+
+
+def parse(model: type[M], params: dict[str, str]) -> M:
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        raise BadParams([{"param": ".".join(str(p) for p in e["loc"]) or "query", "problem": e["msg"]}
+                         for e in exc.errors()]) from None

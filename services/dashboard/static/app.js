@@ -1,0 +1,200 @@
+// cropcron dashboard: live rows over server-sent events, the job actions, the charts.
+// No framework and no inline script (the Content-Security-Policy forbids it); every value from the
+// server goes into the page through textContent, never as HTML.
+"use strict";
+
+const ICONS = {started: "▶", succeeded: "✓", failed: "✗", retrying: "↻", dead: "✖", skipped: "⤼", missed: "○"};
+const ACTIVE = new Set(["started", "retrying"]);
+const MAX_ROWS = 200;
+const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
+const tz = document.body.dataset.tz || undefined;
+const timeFmt = new Intl.DateTimeFormat("sv-SE", {timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit",
+  hour: "2-digit", minute: "2-digit", second: "2-digit"});
+
+function fmtTime(iso) { return iso ? timeFmt.format(new Date(iso)) : "—"; }
+function fmtDuration(s) {
+  if (s === null || s === undefined) return "—";
+  return s < 1 ? `${Math.round(s * 1000)} ms` : s < 120 ? `${s.toFixed(1)} s` : `${(s / 60).toFixed(1)} min`;
+}
+function stateText(s) { return s ? `${ICONS[s] || "?"} ${s}` : "—"; }
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v; else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function runRow(r) {
+  const why = `${r.exit_code !== undefined && r.exit_code !== null ? `exit ${r.exit_code} ` : ""}${r.error || r.reason || ""}`;
+  const tr = el("tr", {"data-run-id": r.run_id, "data-state": r.state},
+    el("td", {class: `state s-${r.state}`}, stateText(r.state)),
+    el("td", {}, el("a", {href: `/jobs/${encodeURIComponent(r.job)}`}, r.job)),
+    el("td", {}, r.trigger_kind || "—"),
+    el("td", {}, el("a", {href: `/runs/${encodeURIComponent(r.run_id)}`}, fmtTime(r.started_at || r.scheduled_at || r.at || r.updated_at))),
+    el("td", {}, fmtDuration(r.duration_s)),
+    el("td", {}, String(r.attempt ?? "")),
+    el("td", {class: "why"}, why));
+  return tr;
+}
+
+function notice(text, kind) {
+  const p = document.getElementById("notice");
+  if (!p) return;
+  p.textContent = text;
+  p.className = `notice ${kind || ""}`;
+  p.hidden = false;
+}
+
+async function api(method, url, body) {
+  const resp = await fetch(url, {method, headers: {"X-CSRF-Token": csrf, "Content-Type": "application/json"},
+    body: body ? JSON.stringify(body) : undefined, credentials: "same-origin"});
+  const data = await resp.json().catch(() => ({error: `HTTP ${resp.status}`}));
+  if (!resp.ok) throw new Error(data.error || `HTTP ${resp.status}`);
+  return data;
+}
+
+// -- live tables ----------------------------------------------------------------------
+function tables() { return [...document.querySelectorAll("tbody[data-live]")]; }
+
+function matches(tbody, r) {
+  if (tbody.dataset.live === "running") return ACTIVE.has(r.state);
+  if (tbody.dataset.frozen) return false;  // an older page or a closed time range does not grow
+  if (tbody.dataset.job && tbody.dataset.job !== r.job) return false;
+  return !(tbody.dataset.state && tbody.dataset.state !== r.state);
+}
+
+function upsert(tbody, r) {
+  const old = tbody.querySelector(`tr[data-run-id="${CSS.escape(r.run_id)}"]`);
+  if (!matches(tbody, r)) { if (old && tbody.dataset.live === "running") old.remove(); toggleEmpty(tbody); return; }
+  if (old) {
+    // an event carries one step; keep what earlier steps said (e.g. the trigger, the start time)
+    const merged = {...JSON.parse(old.dataset.run || "{}"), ...r};
+    const row = runRow(merged);
+    row.dataset.run = JSON.stringify(merged);
+    old.replaceWith(row);
+  } else {
+    const row = runRow(r);
+    row.dataset.run = JSON.stringify(r);
+    tbody.prepend(row);
+    while (tbody.rows.length > MAX_ROWS) tbody.lastElementChild.remove();
+  }
+  toggleEmpty(tbody);
+}
+
+function toggleEmpty(tbody) {
+  const empty = tbody.closest("section, main")?.querySelector(".empty");
+  if (empty) empty.hidden = tbody.rows.length > 0;
+}
+
+async function reload(tbody) {
+  const q = new URLSearchParams(location.search);
+  let rows;
+  if (tbody.dataset.live === "running") {
+    const [a, b] = await Promise.all([api("GET", "/api/runs?state=started&limit=50"), api("GET", "/api/runs?state=retrying&limit=50")]);
+    rows = [...a.runs, ...b.runs];
+  } else {
+    if (tbody.dataset.job) q.set("job", tbody.dataset.job);
+    for (const [k, v] of [...q.entries()]) if (!v) q.delete(k);
+    rows = (await api("GET", `/api/runs?${q}`)).runs;
+  }
+  tbody.replaceChildren(...rows.map((r) => { const row = runRow(r); row.dataset.run = JSON.stringify(r); return row; }));
+  toggleEmpty(tbody);
+}
+
+let refreshTimer = null;
+function later(fn, ms) { clearTimeout(refreshTimer); refreshTimer = setTimeout(fn, ms); }
+
+async function refreshOverview() {
+  const o = await api("GET", "/api/overview");
+  for (const li of document.querySelectorAll("#today li[data-state]")) {
+    li.querySelector("b").textContent = String(o.today[li.dataset.state] || 0);
+  }
+  const rate = document.getElementById("rate");
+  if (rate) rate.textContent = o.success_rate_7d === null ? "—" : `${(o.success_rate_7d * 100).toFixed(1)} %`;
+}
+
+function onRun(r) {
+  for (const tbody of tables()) upsert(tbody, r);
+  const page = document.body.dataset.page;
+  if (page === "overview" && !ACTIVE.has(r.state)) later(() => refreshOverview().catch(() => {}), 500);
+  if (page === "run" && document.getElementById("run")?.dataset.runId === r.run_id) later(() => location.reload(), 300);
+  const cell = document.querySelector(`tr[data-job="${CSS.escape(r.job)}"] td[data-col="last"]`);
+  if (cell) { cell.textContent = stateText(r.state); cell.className = `state s-${r.state}`; }
+}
+
+function connectLive() {
+  if (!csrf || !tables().length && !["overview", "jobs", "run"].includes(document.body.dataset.page)) return;
+  const badge = document.getElementById("live");
+  const source = new EventSource("/api/events");  // reconnects by itself after a drop
+  const resync = () => { for (const t of tables()) reload(t).catch((e) => notice(`✗ ${e.message}`, "error")); };
+  source.addEventListener("hello", () => { badge.textContent = "● live"; badge.className = "live on"; resync(); });
+  source.addEventListener("resync", resync);
+  source.addEventListener("run", (e) => onRun(JSON.parse(e.data)));
+  source.onerror = () => { badge.textContent = "○ reconnecting"; badge.className = "live off"; };
+}
+
+// -- actions ------------------------------------------------------------------------------
+document.addEventListener("click", async (e) => {
+  const button = e.target.closest("button[data-action]");
+  if (!button) return;
+  const {action, job} = button.dataset;
+  button.disabled = true;
+  try {
+    const out = await api("POST", `/api/jobs/${encodeURIComponent(job)}/${action}`);
+    if (action === "run") {
+      notice("", "ok");
+      const p = document.getElementById("notice");
+      p.replaceChildren(`✓ run of ${job} queued: `, el("a", {href: out.url, id: "queued-run"}, out.run_id));
+    } else {
+      location.reload();  // the schedule changed: next run and buttons come from the server
+    }
+  } catch (err) {
+    notice(`✗ ${action} ${job}: ${err.message}`, "error");
+  } finally {
+    button.disabled = false;
+  }
+});
+
+document.getElementById("logout")?.addEventListener("click", async () => {
+  await fetch("/logout", {method: "POST", headers: {"X-CSRF-Token": csrf}, credentials: "same-origin"});
+  location.href = "/login";
+});
+
+// -- charts (uPlot, vendored) --------------------------------------------------------------
+const SERIES = [["succeeded", "#1a7f37", []], ["failed", "#cf222e", [6, 3]], ["dead", "#82071e", [2, 2]],
+  ["missed", "#9a6700", [10, 4]], ["skipped", "#6e7781", [1, 4]], ["retrying", "#bf8700", [4, 4]]];
+
+function chartWidth(node) { return Math.max(280, node.clientWidth || 600); }
+
+async function hourlyChart(node) {
+  const data = await api("GET", "/api/charts/hourly?days=7");
+  const xs = data.hours.map((h) => Date.parse(h) / 1000);
+  const opts = {width: chartWidth(node), height: 260, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
+    series: [{}, ...SERIES.map(([name, stroke, dash]) => ({label: `${ICONS[name]} ${name}`, stroke, dash, width: 2}))],
+    axes: [{}, {label: "runs per hour"}]};
+  new uPlot(opts, [xs, ...SERIES.map(([name]) => data.series[name] || xs.map(() => 0))], node);
+}
+
+async function durationChart(node) {
+  const data = await api("GET", `/api/charts/durations?job=${encodeURIComponent(node.dataset.job)}`);
+  if (!data.runs.length) { node.textContent = "No finished runs yet."; return; }
+  const xs = data.runs.map((r) => Date.parse(r.at) / 1000);
+  const opts = {width: chartWidth(node), height: 240, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
+    series: [{}, {label: "duration (s)", stroke: "#0969da", width: 2, points: {show: true, size: 6}}],
+    axes: [{}, {label: "seconds"}]};
+  new uPlot(opts, [xs, data.runs.map((r) => r.duration_s)], node);
+}
+
+function charts() {
+  if (typeof uPlot === "undefined") return;
+  const hourly = document.getElementById("hourly");
+  if (hourly) hourlyChart(hourly).catch((e) => { hourly.textContent = `✗ chart unavailable: ${e.message}`; });
+  const dur = document.getElementById("durations");
+  if (dur) durationChart(dur).catch((e) => { dur.textContent = `✗ chart unavailable: ${e.message}`; });
+}
+
+connectLive();
+charts();
