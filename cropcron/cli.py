@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cropcron import commands
+from cropcron import cli_alerts, commands
 from cropcron.commands import CommandError, UserError
 from cropcron.embedded import EmbeddedError, default_data_dir, read_runtime, runtime_file, write_runtime
 from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
@@ -92,6 +92,7 @@ def _limit(text: str) -> int:
 # -- commands --------------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.file)
+    cli_alerts.check_secrets(config)  # notification secrets present, webhook URLs well formed
     if args.json:
         print_json({"ok": True, "jobs": [j.name for j in config.jobs]})
     else:
@@ -101,10 +102,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     config = load_config(args.file)  # a bad file is refused before anything is touched
+    cli_alerts.check_secrets(config)
     base_dir = Path(args.file).resolve().parent
 
     async def go(bus: Bus) -> int:
         added, changed, removed = await commands.apply(bus, config, base_dir)
+        await cli_alerts.apply_notifications(bus, config)
         if args.json:
             print_json({"added": added, "changed": changed, "removed": removed})
         else:
@@ -250,6 +253,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             bus = await commands.open_bus(nats_url)
             try:
                 added, changed, removed = await commands.apply(bus, config, base_dir)
+                await cli_alerts.apply_notifications(bus, config)
+                cli_alerts.warn_secrets(config)
             finally:
                 await bus.close()
             logging.getLogger("cropcron").info(
@@ -286,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one or more of: " + ", ".join(SERVICE_NAMES))
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_serve)
-    for name in ("timer", "runner", "dashboard"):
+    for name in ("timer", "runner", "dashboard", "notifier"):
         p = sub.add_parser(name, help=f"run the {name} service (same as `serve {name}`)")
         p.add_argument("-v", "--verbose", action="store_true")
         p.set_defaults(fn=cmd_serve, services=[name])
@@ -320,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cleanup", parents=[common], help="delete history older than N days")
     p.add_argument("--older-than-days", type=_positive, required=True)
     p.set_defaults(fn=cmd_cleanup)
+    cli_alerts.add_parsers(sub, common, _since, _limit, _with_bus)  # alerts, notify-test (issue 4)
     return parser
 
 

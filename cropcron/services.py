@@ -17,6 +17,7 @@ from services.dashboard.service import DashboardService
 from services.history.migrate import migrate
 from services.history.service import HistoryService
 from services.history.store import create_pool
+from services.notifier.service import NotifierService
 from services.runner.service import RunnerService
 from services.timer.service import TimerService
 from shared.bus import connect, ensure_topology
@@ -26,7 +27,7 @@ from shared.settings import BusSettings, ServiceSettings
 
 log = logging.getLogger("cropcron")
 
-SERVICE_NAMES = ("timer", "runner", "history", "dashboard")
+SERVICE_NAMES = ("timer", "runner", "history", "dashboard", "notifier")
 
 
 class Service(Protocol):
@@ -62,6 +63,8 @@ async def run_services(names: list[str], settings: ServiceSettings, stop: asynci
             services["runner"] = RunnerService(bus, catalog, settings, bus_settings)
         if "timer" in names:
             services["timer"] = TimerService(bus, catalog, settings)
+        if "notifier" in names:
+            services["notifier"] = NotifierService(bus, catalog, settings)  # CROPCRON_NOTIFY_* settings
         if "dashboard" in names:
             services["dashboard"] = DashboardService(bus, catalog)  # CROPCRON_DASHBOARD_* settings
         tasks: dict[asyncio.Task[Any], str] = {

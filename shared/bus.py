@@ -211,6 +211,11 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = N
     for bucket in (wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_TIMER, wire.KV_LEASES, wire.KV_SERVICES,
                    wire.KV_WATCHES, wire.KV_BATCHES):
         await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
+    # issue 4: the alerts stream, the notification outbox, their consumers and the notifier's KV
+    # (imported here: the notifier's settings live with the notifier)
+    from services.notifier.topology import ensure_alert_topology
+
+    await ensure_alert_topology(js, settings)
 
 
 async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:

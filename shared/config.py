@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.durations import Duration
+from shared.notify_config import NotificationsConfig, parse_notifications
 from shared.schedule import ScheduleError, validate_cron
 from shared.watch_config import BatchRule, WatchConfig
 from shared.wire import JOB_NAME_RE
@@ -232,7 +233,7 @@ class Config(BaseModel):
     jobs: list[JobConfig] = Field(default_factory=list)
     # sections the later services own; accepted now so one file serves them all
     folder_watches: list[WatchConfig] = Field(default_factory=list)
-    notifications: dict[str, Any] = Field(default_factory=dict)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)  # issue 4
 
 
 class JobSpec(BaseModel):
@@ -318,12 +319,14 @@ def parse_config(raw: Any) -> Config:
     raw_watches, watches = _validate_list(raw, "folder_watches", WatchConfig, problems, collect)
     problems.extend(_semantic_problems(raw_jobs))
     problems.extend(_watch_problems(raw_watches, raw_jobs))
+    notifications, notify_problems = parse_notifications(raw.get("notifications"))
+    problems.extend(notify_problems)
     problems = list(dict.fromkeys(problems))  # the shape rule can be reported twice
     if problems:
         raise ConfigError(problems)
     try:
         return Config(system=system, jobs=jobs, folder_watches=watches,
-                      notifications=raw.get("notifications") or {})
+                      notifications=notifications or NotificationsConfig())
     except ValidationError as exc:
         collect(exc, ())
         raise ConfigError(problems) from None

@@ -156,6 +156,43 @@ class Alert(_Message):
         return self.fingerprint or f"{self.kind}:{self.job or self.source}"
 
 
+NotificationStatus = Literal["firing", "repeat", "resolved", "test"]
+
+
+class Notification(_Message):
+    """One grouped message for one channel (issue 4): the notifier publishes it on
+    wire.notify_subject(channel) with Nats-Msg-Id = id, so a redelivery after a crash sends the
+    SAME notification (an email keeps its Message-ID)."""
+
+    id: str = Field(min_length=1, max_length=200)  # "<channel>.<group hash>.<seq>" (+ ".esc")
+    channel: str
+    group_key: str
+    status: NotificationStatus
+    alerts: list[Alert]  # the first few alerts of the group, newest last
+    total: int = Field(ge=0)  # how many alerts the message stands for (alerts may be truncated)
+    created_at: datetime
+    escalated_from: str | None = None  # the channel that failed permanently
+    escalation_reason: str | None = None
+
+
+DeliveryOutcome = Literal["sent", "retry", "failed", "escalated"]
+
+
+class DeliveryRecord(_Message):
+    """One delivery attempt of a notification; published on wire.delivery_subject(channel) so
+    history keeps every attempt next to the alerts it carried."""
+
+    notification_id: str
+    channel: str
+    status: NotificationStatus
+    alert_ids: list[str]
+    attempt: int = Field(ge=1)
+    outcome: DeliveryOutcome
+    error: str | None = None
+    message_id: str | None = None  # the email Message-ID, when the channel is email
+    at: datetime
+
+
 def tick_run_id(job: str, instant: datetime) -> str:
     """Deterministic: two timers, or one timer restarting, derive the same id for one instant.
     sha256("tick\0<job>\0<instant as %Y-%m-%dT%H:%M:%S.%fZ>")[:32] (docs/events.md)."""

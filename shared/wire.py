@@ -88,6 +88,34 @@ def alert_subject(level: str, kind: str) -> str:
     return f"{PREFIX}.alert.{level}.{kind}"
 
 
+# Raised alerts only (one filter per level): the notifier's intake must not read the delivery
+# records that share the stream.
+ALERT_RAISED_SUBJECTS: Final = tuple(f"{PREFIX}.alert.{level}.>" for level in ALERT_LEVELS)
+NOTIFIER_ALERTS_CONSUMER: Final = "notifier"  # on STREAM_ALERTS: raised alerts -> groups
+NOTIFIER_RUNS_CONSUMER: Final = "notifier"  # on STREAM_RUNS: run events -> alerts
+HISTORY_ALERTS_CONSUMER: Final = "history-alerts"  # on STREAM_ALERTS: everything -> Postgres
+
+
+def delivery_subject(channel: str) -> str:
+    """`cropcron.alert.delivery.<channel>`: one DeliveryRecord per delivery attempt."""
+    return f"{PREFIX}.alert.delivery.{channel}"
+
+
+# Grouped notifications waiting for delivery: a work queue, so a notification disappears only
+# once its channel accepted it or it failed for good (the outbox, RELIABILITY A10).
+STREAM_NOTIFY: Final = "CROPCRON_NOTIFY"
+NOTIFY_SUBJECTS: Final = f"{PREFIX}.notify.>"
+DELIVER_CONSUMER: Final = "deliver"
+
+
+def notify_subject(channel: str) -> str:
+    return f"{PREFIX}.notify.{channel}"
+
+
+KV_NOTIFY: Final = "cropcron_notify"  # key "config": the applied notifications section; group state
+NOTIFY_CONFIG_KEY: Final = "config"
+
+
 # -- request/reply ---------------------------------------------------------------------
 HISTORY_RUNS: Final = f"{PREFIX}.history.runs"
 HISTORY_STATS: Final = f"{PREFIX}.history.stats"

@@ -18,11 +18,11 @@ import asyncpg
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
-from services.history import reports, store
+from services.history import alerts, reports, store
 from shared import wire
 from shared.bus import Bus
 from shared.events import Rejected, RunEvent, decode
-from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery, fail, ok
+from shared.queries import AlertsQuery, CleanupRequest, LastQuery, RunsQuery, StatsQuery, fail, ok
 from shared.settings import ServiceSettings
 
 log = logging.getLogger("cropcron.history")
@@ -54,7 +54,10 @@ class HistoryService:
         ]
         # the dashboard's aggregates (issue 5)
         subs += [await self._respond(subject, model, handler) for subject, model, handler in reports.routes(self.pool)]
-        tasks = [asyncio.create_task(self._ingest(stop)), asyncio.create_task(self._retention(stop))]
+        # alerts and their delivery attempts (issue 4)
+        subs.append(await self._respond(wire.HISTORY_ALERTS, AlertsQuery, lambda q: alerts.query_alerts(self.pool, q)))
+        tasks = [asyncio.create_task(self._ingest(stop)), asyncio.create_task(self._retention(stop)),
+                 asyncio.create_task(alerts.ingest(self.bus, self.pool, self.settings.history_batch, stop))]
         await self.bus.nc.flush()  # the subscriptions are registered with the server: queries answered
         self.ready.set()
         try:

@@ -1,0 +1,135 @@
+"""Alert history (issue 4): every Alert and every DeliveryRecord on the alerts stream -> Postgres
+(consumer "history-alerts"), and the HISTORY_ALERTS query behind `cropcron alerts`. Acked only
+after the commit, like run events; a database outage delays alert history, it loses none."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from shared import wire
+from shared.bus import Bus
+from shared.events import Alert, DeliveryRecord, decode
+from shared.notify_config import LEVEL_RANK
+from shared.queries import AlertsQuery
+
+log = logging.getLogger("cropcron.history")
+DELIVERY_PREFIX = wire.delivery_subject("")
+
+INSERT_ALERT = """
+INSERT INTO alerts (id, level, level_rank, kind, summary, text, job, job_type, run_id, source, at, resolved,
+                    fingerprint, details)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (id) DO NOTHING"""
+INSERT_DELIVERY = """
+INSERT INTO alert_deliveries (notification_id, attempt, outcome, channel, status, alert_ids, error, message_id, at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING"""
+
+
+def _text(value: Any) -> Any:
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
+def _alert_row(a: Alert) -> tuple[Any, ...]:
+    details = json.dumps(a.details).replace("\\u0000", "\\ufffd")
+    return (a.id, a.level, LEVEL_RANK[a.level], a.kind, _text(a.summary), _text(a.text), a.job, a.job_type,
+            a.run_id, a.source, a.at, a.resolved, a.group_key(), details)
+
+
+def _delivery_row(d: DeliveryRecord) -> tuple[Any, ...]:
+    return (d.notification_id, d.attempt, d.outcome, d.channel, d.status, d.alert_ids, _text(d.error),
+            d.message_id, d.at)
+
+
+async def store_batch(pool: asyncpg.Pool, alerts: list[Alert], deliveries: list[DeliveryRecord]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        if alerts:
+            await conn.executemany(INSERT_ALERT, [_alert_row(a) for a in alerts])
+        if deliveries:
+            await conn.executemany(INSERT_DELIVERY, [_delivery_row(d) for d in deliveries])
+
+
+async def ingest(bus: Bus, pool: asyncpg.Pool, batch: int, stop: asyncio.Event) -> None:
+    psub = None
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            if psub is None:
+                psub = await bus.js.pull_subscribe_bind(durable=wire.HISTORY_ALERTS_CONSUMER, stream=wire.STREAM_ALERTS)
+            msgs = await psub.fetch(batch, timeout=2)
+        except TimeoutError:
+            continue
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("history: alert fetch failed (%r); re-subscribing in %.1fs", exc, delay)
+            psub = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        delay = 0.2
+        await _store(pool, msgs)
+
+
+async def _store(pool: asyncpg.Pool, msgs: list[Msg]) -> None:
+    alerts: list[Alert] = []
+    deliveries: list[DeliveryRecord] = []
+    good: list[Msg] = []
+    for msg in msgs:
+        try:
+            if msg.subject.startswith(DELIVERY_PREFIX):
+                deliveries.append(decode(DeliveryRecord, msg.data))
+            else:
+                alerts.append(decode(Alert, msg.data))
+            good.append(msg)
+        except (ValidationError, ValueError) as exc:
+            log.error("history: unreadable alert message on %s: %s", msg.subject, str(exc)[:300])
+            await msg.term()
+    try:
+        await store_batch(pool, alerts, deliveries)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        log.error("history: cannot write %d alert records (%r); they will be redelivered", len(good), exc)
+        for msg in good:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=2)
+        return
+    for msg in good:
+        await msg.ack()
+
+
+def _jsonable(row: asyncpg.Record) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+
+
+async def query_alerts(pool: asyncpg.Pool, q: AlertsQuery) -> list[dict[str, Any]]:
+    """Newest first, each with its delivery attempts (oldest first)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if q.level is not None:
+        args.append(LEVEL_RANK[q.level])
+        where.append(f"level_rank >= ${len(args)}")
+    if q.job is not None:
+        args.append(q.job)
+        where.append(f"job = ${len(args)}")
+    if q.since is not None:
+        args.append(q.since)
+        where.append(f"at >= ${len(args)}")
+    args += [q.limit, q.offset]
+    sql = ("SELECT * FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
+           + f" ORDER BY at DESC, id LIMIT ${len(args) - 1} OFFSET ${len(args)}")
+    async with pool.acquire() as conn:
+        rows = [_jsonable(r) for r in await conn.fetch(sql, *args)]
+        if rows:
+            deliveries = await conn.fetch(
+                "SELECT * FROM alert_deliveries WHERE alert_ids && $1::text[] ORDER BY at", [r["id"] for r in rows])
+            for r in rows:
+                r.pop("level_rank", None)
+                r["deliveries"] = [_jsonable(d) for d in deliveries if r["id"] in d["alert_ids"]]
+    return rows

@@ -1,0 +1,161 @@
+"""Dead-man's switch. Overdue: for every cron/interval job, the first scheduled instant after its
+last success (or after it was defined/resumed, or after the notifier first saw it) plus a grace
+must not pass without a success. Expected instants come from the job specs (the catalog), last
+successes from the run events and history, so this works with the timer dead. Silent services:
+a heartbeat in KV older than service_down_after raises service_down; a fresh one resolves it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
+
+from services.notifier.intake import raise_alerts
+from services.notifier.rules import SOURCE
+from services.notifier.state import JobWatch, save_state
+from services.timer.service import schedule_of
+from shared import wire
+from shared.config import JobSpec
+from shared.events import Alert, utcnow
+from shared.notify_config import NotificationsConfig, OverdueConfig
+from shared.queries import LastQuery
+
+if TYPE_CHECKING:
+    from services.notifier.service import NotifierService
+
+log = logging.getLogger("cropcron.notifier")
+
+
+def grace_for(spec: JobSpec, instant: datetime, following: datetime | None, cfg: OverdueConfig) -> float:
+    """Per-job setting, else one global grace, else clamp(period * factor, min_grace, max_grace)."""
+    if spec.name in cfg.jobs:
+        return cfg.jobs[spec.name]
+    if cfg.grace is not None:
+        return cfg.grace
+    period = (following - instant).total_seconds() if following else cfg.max_grace
+    return min(max(period * cfg.factor, cfg.min_grace), cfg.max_grace)
+
+
+def overdue_instant(spec: JobSpec, watch: JobWatch, baseline: datetime, now: datetime,
+                    cfg: OverdueConfig) -> tuple[datetime, float] | None:
+    """The first expected instant after the last success (or baseline) whose grace has passed."""
+    schedule = schedule_of(spec)
+    if schedule is None or spec.job.run_at is not None:
+        return None  # on-demand, file-triggered, one-shot or disabled: nothing is expected
+    since = max(d for d in (baseline, spec.defined_at, watch.last_success) if d is not None)
+    instant = schedule.next_after(since)
+    if instant is None:
+        return None
+    grace = grace_for(spec, instant, schedule.next_after(instant), cfg)
+    return (instant, grace) if instant + timedelta(seconds=grace) <= now else None
+
+
+async def seed_last_success(svc: NotifierService) -> None:
+    """Last successes for jobs this notifier has not seen yet, from history (best effort: without
+    it the notifier's own start time is the baseline, which never raises a false alarm)."""
+    missing = [name for name in svc.catalog.specs if svc.state.jobs.get(name) is None]
+    if not missing:
+        return
+    try:
+        reply = await svc.bus.nc.request(wire.HISTORY_LAST, LastQuery(jobs=missing).model_dump_json().encode(),
+                                         timeout=5)
+        data = json.loads(reply.data)
+    except Exception as exc:
+        log.info("notifier: no last runs from history (%r); overdue checks start from now", exc)
+        return
+    for job, row in (data.get("data") or {}).items() if data.get("ok") else []:
+        if row.get("state") == "succeeded" and (row.get("finished_at") or row.get("at")):
+            when = datetime.fromisoformat(row.get("finished_at") or row["at"])
+            svc.state.jobs.setdefault(job, JobWatch()).last_success = when
+
+
+async def check_overdue(svc: NotifierService, config: NotificationsConfig) -> bool:
+    if not config.overdue.enabled:
+        return False
+    now = utcnow()
+    alerts: list[Alert] = []
+    for name, spec in list(svc.catalog.specs.items()):
+        if svc.catalog.paused(name):
+            continue
+        watch = svc.state.jobs.get(name) or JobWatch()
+        state = svc.catalog.states.get(name)
+        baseline = max(svc.started_at, state.resumed_at) if state and state.resumed_at else svc.started_at
+        if watch.last_success is not None:
+            baseline = min(baseline, watch.last_success)  # a known success is the better baseline
+        found = overdue_instant(spec, watch, baseline, now, config.overdue)
+        if found is None or watch.overdue_for == found[0]:
+            continue
+        instant, grace = found
+        stamp = instant.isoformat().replace("+00:00", "Z")
+        alerts.append(Alert(
+            id=f"overdue.{name}.{stamp}", level="error", kind="overdue", job=name, job_type=spec.job.type,
+            summary=f"{name}: no successful run since its {stamp} instant (grace {grace:g}s)", source=SOURCE, at=now,
+            text="The job was expected to succeed by then. Is the timer running? Are runners up? Is the job stuck?",
+            details={"expected_at": instant.isoformat(), "grace_s": grace,
+                     "last_success": watch.last_success.isoformat() if watch.last_success else None}))
+        watch.overdue_for = instant
+        watch.firing["overdue"] = "error"
+        svc.state.jobs[name] = watch
+    if alerts:
+        await raise_alerts(svc, alerts)
+        log.warning("notifier: overdue: %s", ", ".join(a.job or "" for a in alerts))
+    return bool(alerts)
+
+
+async def check_services(svc: NotifierService, config: NotificationsConfig) -> bool:
+    kv = await svc.bus.js.key_value(wire.KV_SERVICES)
+    now = utcnow()
+    try:
+        keys = set(await kv.keys())
+    except NoKeysError:
+        keys = set()
+    alerts: list[Alert] = []
+    for key in sorted(keys | set(svc.state.down)):
+        beat = None
+        if key in keys:
+            with contextlib.suppress(KeyNotFoundError, KeyDeletedError, ValueError):
+                entry = await kv.get(key)
+                beat = json.loads(entry.value or b"{}")
+        at = datetime.fromisoformat(beat["at"]) if beat and beat.get("at") else None
+        silent = at is not None and (now - at).total_seconds() > config.service_down_after
+        service = (beat or {}).get("service") or key.split(".", 1)[0]
+        fingerprint = f"service_down:{key}"
+        if silent and key not in svc.state.down:
+            assert at is not None
+            alerts.append(Alert(id=f"service_down.{key}.{at.isoformat()}", level="critical", kind="service_down",
+                                summary=f"service {service} ({key}) silent for {(now - at).total_seconds():.0f}s",
+                                text="Its heartbeat stopped: the process died, hangs, or lost the bus.",
+                                source=SOURCE, at=now, fingerprint=fingerprint,
+                                details={"service": service, "instance_key": key, "last_heartbeat": at.isoformat()}))
+            svc.state.down[key] = "critical"
+        elif not silent and key in svc.state.down:
+            how = "back" if at is not None else "stopped cleanly"
+            alerts.append(Alert(id=f"service_up.{key}.{at.isoformat() if at else now.isoformat()}", level="critical",
+                                kind="service_down", resolved=True, summary=f"service {service} ({key}) {how}",
+                                source=SOURCE, at=now, fingerprint=fingerprint, details={"instance_key": key}))
+            del svc.state.down[key]
+    if alerts:
+        await raise_alerts(svc, alerts)
+    return bool(alerts)
+
+
+async def loop(svc: NotifierService, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), svc.ns.deadman_interval)
+        if stop.is_set() or svc.config is None:
+            continue
+        try:
+            changed = await check_overdue(svc, svc.config)
+            changed = await check_services(svc, svc.config) or changed
+            if changed and svc.kv is not None:
+                await save_state(svc.kv, svc.state)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("notifier: dead-man check failed (%r); next in %.0fs", exc, svc.ns.deadman_interval)

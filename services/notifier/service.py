@@ -1,0 +1,164 @@
+"""The notifier: run events and raised alerts -> rules -> groups -> per-channel deliveries.
+
+    CROPCRON_RUNS --(consumer "notifier")--> alerts for dead/timeout/missed/... runs, resolutions
+        |                                         | published on cropcron.alert.<level>.<kind>
+    dead-man's switch (overdue jobs, silent services) -----'
+    CROPCRON_ALERTS --(consumer "notifier")--> groups (KV) --> CROPCRON_NOTIFY (work queue, the outbox)
+    CROPCRON_NOTIFY --(consumer "deliver")--> email / Slack / log; DeliveryRecord per attempt
+
+Every hop acks its input only once its output is durable (published with a deterministic
+Nats-Msg-Id, or saved in KV), so a notifier killed anywhere loses nothing; a notification killed
+mid-send is sent again with the same id (and email Message-ID). One active notifier at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+from services.notifier import deadman, deliver, intake
+from services.notifier.channels import EmailSender, LogSender, Sender, SlackSender, TokenBucket
+from services.notifier.groups import Group, Timing
+from services.notifier.settings import NotifierSettings
+from services.notifier.state import JobsState, load_config, load_groups, load_state
+from shared import wire
+from shared.bus import Bus
+from shared.catalog import Catalog
+from shared.events import utcnow
+from shared.notify_config import EmailChannel, NotificationsConfig, SlackChannel, channel_problems
+from shared.settings import ServiceSettings
+
+log = logging.getLogger("cropcron.notifier")
+
+
+class NotifierService:
+    def __init__(self, bus: Bus, catalog: Catalog, settings: ServiceSettings,
+                 notifier: NotifierSettings | None = None) -> None:
+        self.bus = bus
+        self.catalog = catalog
+        self.settings = settings
+        self.ns = notifier or NotifierSettings()
+        self.config: NotificationsConfig | None = None
+        self.senders: dict[str, Sender] = {}
+        self.broken: dict[str, str] = {}  # channel -> why it cannot send (reported, not fatal)
+        self.buckets: dict[str, TokenBucket] = {}
+        self.groups: dict[str, Group] = {}
+        self.state = JobsState()
+        self.kv: KeyValue | None = None
+        self.started_at = utcnow()
+        self.counts = {"alerts": 0, "notifications": 0, "sent": 0, "retries": 0, "failed": 0}
+        self.ready = asyncio.Event()
+
+    def status(self) -> dict[str, Any]:
+        return {**self.counts, "channels": sorted(self.senders), "broken": sorted(self.broken),
+                "open_groups": sum(1 for g in self.groups.values() if g.active)}
+
+    @property
+    def timing(self) -> Timing:
+        c = self.config or NotificationsConfig()
+        return Timing(c.group_window, c.group_interval, c.repeat_interval, self.ns.notify_max_alerts)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.kv = await self.bus.js.key_value(wire.KV_NOTIFY)
+        self.groups = await load_groups(self.kv)
+        self.state = await load_state(self.kv)
+        await self.apply_config(await load_config(self.kv))
+        await deadman.seed_last_success(self)
+        subs = {
+            "runs": await self.bus.js.pull_subscribe_bind(durable=wire.NOTIFIER_RUNS_CONSUMER, stream=wire.STREAM_RUNS),
+            "alerts": await self.bus.js.pull_subscribe_bind(durable=wire.NOTIFIER_ALERTS_CONSUMER,
+                                                            stream=wire.STREAM_ALERTS),
+            "deliver": await self.bus.js.pull_subscribe_bind(durable=wire.DELIVER_CONSUMER, stream=wire.STREAM_NOTIFY),
+        }
+        tasks = [
+            asyncio.create_task(self._follow_config(stop)),
+            asyncio.create_task(self._pull(stop, subs, "runs", wire.STREAM_RUNS, wire.NOTIFIER_RUNS_CONSUMER, 256,
+                                           lambda msgs: intake.on_run_events(self, msgs))),
+            asyncio.create_task(self._pull(stop, subs, "alerts", wire.STREAM_ALERTS, wire.NOTIFIER_ALERTS_CONSUMER,
+                                           256, lambda msgs: intake.on_alerts(self, msgs),
+                                           after=lambda: intake.flush_due(self))),
+            asyncio.create_task(deliver.deliver_loop(self, stop, subs)),
+            asyncio.create_task(deadman.loop(self, stop)),
+        ]
+        self.ready.set()
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for sender in self.senders.values():
+                with contextlib.suppress(Exception):
+                    await sender.close()
+
+    async def apply_config(self, config: NotificationsConfig | None) -> None:
+        """New senders for a new config. A channel whose secret is missing or malformed is
+        reported and marked broken; the others keep working."""
+        if config is None or config == self.config:
+            return
+        old = self.senders
+        self.config = config
+        self.senders, self.broken = {}, {}
+        for name, channel in config.channels.items():
+            for problem in channel_problems(name, channel):
+                self.broken[name] = problem
+                log.error("notifier: %s (deliveries to it fail and are escalated)", problem)
+            sender: Sender
+            if isinstance(channel, EmailChannel):
+                sender = EmailSender(name, channel, self.ns.dashboard_url)
+            elif isinstance(channel, SlackChannel):
+                bucket = self.buckets.setdefault(name, TokenBucket(self.ns.slack_rate, self.ns.slack_burst))
+                sender = SlackSender(name, channel, self.ns.dashboard_url, bucket, self.ns.notify_retry_after_cap)
+            else:
+                sender = LogSender(name, channel, self.ns.dashboard_url)
+            self.senders[name] = sender
+        for sender in old.values():
+            with contextlib.suppress(Exception):
+                await sender.close()
+        log.info("notifier: config applied: channels %s, %d rule(s)", ", ".join(config.channels) or "none",
+                 len(config.rules))
+
+    async def _follow_config(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                assert self.kv is not None
+                watcher = await self.kv.watch(wire.NOTIFY_CONFIG_KEY)
+                async for entry in watcher:
+                    if entry is not None and entry.value:
+                        await self.apply_config(await load_config(self.kv))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("notifier: config watch failed (%r); retrying", exc)
+                await asyncio.sleep(2)
+
+    async def _pull(self, stop: asyncio.Event, subs: dict[str, Any], name: str, stream: str, durable: str,
+                    batch: int, handle: Callable[[list[Msg]], Awaitable[None]],
+                    after: Callable[[], Awaitable[None]] | None = None) -> None:
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                if subs.get(name) is None:
+                    subs[name] = await self.bus.js.pull_subscribe_bind(durable=durable, stream=stream)
+                try:
+                    msgs = await subs[name].fetch(batch, timeout=self.ns.notify_tick)
+                except TimeoutError:
+                    msgs = []
+                if msgs:
+                    await handle(msgs)
+                if after is not None:
+                    await after()
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("notifier: %s loop failed (%r); re-subscribing in %.1fs", name, exc, delay, exc_info=True)
+                subs[name] = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
