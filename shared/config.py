@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -36,6 +37,30 @@ JOB_TYPES: tuple[str, ...] = get_args(JobType)
 # Names usable as {placeholders} in `run:` arguments. Each is substituted inside one argv
 # element, so no value can become two arguments or a shell fragment.
 PLACEHOLDERS = frozenset({"run_id", "job", "type", "scheduled_at", "attempt", "trigger", "python"})
+# Only in `on_file` jobs: the arrived file (path = absolute, checked inside the watch root by the runner).
+FILE_PLACEHOLDERS = frozenset({"file.path", "file.rel_path", "file.name", "file.size", "file.id", "file.watch"})
+# Only in `on_batch` jobs: manifest = a JSON file listing the batch's files (argv cannot hold 2,000 paths).
+BATCH_PLACEHOLDERS = frozenset({"batch.manifest", "batch.id", "batch.count", "batch.partial", "batch.folder"})
+ALL_PLACEHOLDERS = PLACEHOLDERS | FILE_PLACEHOLDERS | BATCH_PLACEHOLDERS
+
+
+def placeholder_sample() -> dict[str, Any]:
+    """Values for a trial substitution: `{file.path}` is attribute access on "file"."""
+    sample: dict[str, Any] = dict.fromkeys(PLACEHOLDERS, "x")
+    for group, names in (("file", FILE_PLACEHOLDERS), ("batch", BATCH_PLACEHOLDERS)):
+        sample[group] = SimpleNamespace(**{n.split(".", 1)[1]: "x" for n in names})
+    return sample
+
+
+def placeholders_in(argv: list[str]) -> set[str]:
+    """The placeholder names used in `run:` (unparseable arguments are reported elsewhere)."""
+    found: set[str] = set()
+    for arg in argv:
+        try:
+            found.update(name for _, name, _, _ in string.Formatter().parse(arg) if name)
+        except ValueError:
+            continue
+    return found
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -155,17 +180,17 @@ class JobConfig(BaseModel):
             return None
         if not argv or not argv[0].strip():
             raise ValueError("must be a non-empty list: [program, arg, ...]")
-        sample = dict.fromkeys(PLACEHOLDERS, "x")
+        sample = placeholder_sample()
         for arg in argv:
             try:
                 fields = list(string.Formatter().parse(arg))
             except ValueError as exc:
                 raise ValueError(f"bad braces in {arg!r}: {exc} (write {{{{ and }}}} for literal braces)") from None
             for _, name, _, _ in fields:
-                if name is not None and name not in PLACEHOLDERS:
+                if name is not None and name not in ALL_PLACEHOLDERS:
                     raise ValueError(
                         f"unknown placeholder {{{name}}} in {arg!r}; known: "
-                        + ", ".join(sorted(PLACEHOLDERS))
+                        + ", ".join(sorted(ALL_PLACEHOLDERS))
                         + " (write {{ and }} for literal braces)"
                     )
             try:  # values are strings: a format spec like {attempt:d} would fail at run time
@@ -206,9 +231,12 @@ class JobConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_of(self) -> JobConfig:
-        problem = shape_problem(self.model_dump())
+        problem = shape_problem(self.model_dump(exclude_unset=True))  # as written: defaults are no choice
         if problem:
             raise ValueError(problem)
+        if (self.on_file or self.on_batch) and "overlap" not in self.model_fields_set:
+            # every arrival must run: a file arriving while the previous one runs waits its turn
+            self.overlap = Overlap.QUEUE
         return self
 
 
@@ -223,6 +251,18 @@ def shape_problem(job: dict[str, Any]) -> str | None:
         return f"give only one of {', '.join(WHENS)} (got {', '.join(whens)})"
     if (job.get("run") is None) == (job.get("call") is None):
         return "give exactly one of run (a command) or call (a Python function)"
+    if (job.get("on_file") is not None or job.get("on_batch") is not None) and job.get("overlap") == "skip":
+        return ("overlap: skip would drop files that arrive while a run is going on; file-triggered jobs "
+                "take queue (the default for them) or allow")
+    run = job.get("run")
+    if isinstance(run, list) and all(isinstance(a, str) for a in run):
+        used = placeholders_in(run)
+        for names, when, what in ((FILE_PLACEHOLDERS, "on_file", "the arrived file"),
+                                  (BATCH_PLACEHOLDERS, "on_batch", "a flight batch")):
+            wrong = sorted(used & names)
+            if wrong and job.get(when) is None:
+                return (f"placeholder {{{wrong[0]}}} in run: needs `{when}:` (it stands for {what}); "
+                        f"this job is not triggered by {when}")
     return None
 
 

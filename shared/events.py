@@ -131,6 +131,48 @@ def file_event_id(watch: str, rel_path: bytes, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()[:32]
 
 
+def file_run_id(job: str, file_id: str) -> str:
+    """The run of `job` for one file version: sha256("file-run\0<job>\0<file id>")[:32]. Derived per
+    job, so two on_file jobs of one watch get two runs, and the same arrival always the same run."""
+    return hashlib.sha256(f"file-run\0{job}\0{file_id}".encode()).hexdigest()[:32]
+
+
+def batch_id(job: str, first_file_id: str) -> str:
+    """A flight batch (and its run) is named by its job and its first file:
+    sha256("batch\0<job>\0<first file id>")[:32]. A restarted dispatcher derives the same id."""
+    return hashlib.sha256(f"batch\0{job}\0{first_file_id}".encode()).hexdigest()[:32]
+
+
+class BatchFile(BaseModel):
+    """One file of a flight batch, as the batch trigger carries it (compact: no absolute path)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    rel_path: str
+    rel_path_b64: str | None = None  # exact bytes, when the name is not UTF-8 (as in FileEvent)
+    size: int = Field(ge=0)
+    mtime_ns: int = Field(ge=0)
+
+
+BatchClose = Literal["quiet", "manifest", "count", "max_wait", "full"]
+
+
+class BatchInfo(BaseModel):
+    """`Trigger.data["batch"]` of a batch run (kind "batch"): which files, and why it closed."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    watch: str
+    folder: str  # first-level folder under the root (group_by: folder); "" for gap batches / root files
+    partial: bool  # closed by max_wait (or by the size limit) rather than by quiet/manifest/count
+    reason: BatchClose
+    opened_at: datetime
+    closed_at: datetime
+    files: list[BatchFile]
+
+
 AlertLevel = Literal["info", "warning", "error", "critical"]
 
 

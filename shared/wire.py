@@ -74,6 +74,17 @@ def file_subject(watch: str) -> str:
 
 KV_WATCHES: Final = "cropcron_watches"  # key: watch name -> WatchSpec JSON (from `apply`)
 KV_BATCHES: Final = "cropcron_batches"  # open flight batches, so they survive restarts
+# Keys in KV_BATCHES: "h.<batch id>" -> the batch's header, "f.<batch id>.<file id>" -> one file.
+# A closed batch is purged from the bucket's stream (NATS names it "KV_<bucket>"): no tombstones.
+KV_BATCHES_STREAM: Final = f"KV_{KV_BATCHES}"
+
+
+def batch_header_key(batch_id: str) -> str:
+    return f"h.{batch_id}"
+
+
+def batch_file_key(batch_id: str, file_id: str) -> str:
+    return f"f.{batch_id}.{file_id}"
 
 # -- alerts and notifications (issue 4) ---------------------------------------------------
 # Any service or module raises an Alert on `cropcron.alert.<level>.<kind>`; the notifier groups

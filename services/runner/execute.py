@@ -36,9 +36,10 @@ class Outcome:
     result: Any = None
 
 
-def render_argv(argv: list[str], values: dict[str, str]) -> list[str]:
+def render_argv(argv: list[str], values: dict[str, Any]) -> list[str]:
     """Substitute {placeholders} inside each argument separately: a value can never become two
-    arguments, and nothing is ever parsed by a shell. Raises ValueError naming the argument."""
+    arguments, and nothing is ever parsed by a shell. Raises ValueError naming the argument.
+    `{file.path}`-style names are attribute lookups on values["file"] (services/runner/inputs.py)."""
     out = []
     for arg in argv:
         try:

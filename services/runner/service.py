@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from cropcron.jobs import RunContext
 from services.runner.backoff import retry_delay
 from services.runner.execute import Outcome, render_argv, run_callable, run_command
+from services.runner.inputs import RunInputs, prepare, watches_for
 from services.runner.leases import Leases
 from services.runner.slots import PrioritySlots
 from shared import wire
@@ -33,6 +34,7 @@ from shared.bus import Bus, publish_until_acked
 from shared.catalog import Catalog
 from shared.config import JobSpec, Overlap
 from shared.events import Rejected, RunEvent, RunState, Trigger, decode, utcnow
+from shared.files import PathRefused
 from shared.settings import BusSettings, ServiceSettings
 
 log = logging.getLogger("cropcron.runner")
@@ -214,13 +216,24 @@ class RunnerService:
                                     "the last attempt did not report back (runner lost)")
             await self._finish(msg, ev, "term")
             return
-        if spec.job.overlap is not Overlap.ALLOW and not await self._take_lease(msg, spec, trigger, attempt):
+        try:  # file and batch runs: the paths are checked here, on the machine that runs the job
+            inputs = prepare(spec, trigger, await watches_for(self.bus.js, self.catalog.watches, trigger))
+        except PathRefused as exc:
+            await self._refuse(msg, spec, trigger, attempt, str(exc))
             return
+        if inputs is not None and inputs.refused:
+            await self._refused_files(msg, spec, trigger, inputs.refused)
         try:
-            await self._attempt(msg, spec, trigger, attempt)
+            if spec.job.overlap is not Overlap.ALLOW and not await self._take_lease(msg, spec, trigger, attempt):
+                return
+            try:
+                await self._attempt(msg, spec, trigger, attempt, inputs)
+            finally:
+                if spec.job.overlap is not Overlap.ALLOW and self.leases is not None:
+                    await self.leases.release(spec.name, trigger.run_id)
         finally:
-            if spec.job.overlap is not Overlap.ALLOW and self.leases is not None:
-                await self.leases.release(spec.name, trigger.run_id)
+            if inputs is not None:
+                inputs.close()
 
     async def _take_lease(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int) -> bool:
         assert self.leases is not None
@@ -239,7 +252,8 @@ class RunnerService:
             await asyncio.sleep(0.25)
         return True
 
-    async def _attempt(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int) -> None:
+    async def _attempt(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int,
+                       inputs: RunInputs | None = None) -> None:
         started = utcnow()
         self.stats["started"] += 1
         started_ev = self._event(spec, trigger, RunState.STARTED, attempt, started_at=started)
@@ -249,7 +263,7 @@ class RunnerService:
         key = object()
         self.inflight[key] = _InFlight(msg, spec, trigger, asyncio.get_running_loop().time())
         try:
-            outcome = await self._execute(spec, trigger, attempt)
+            outcome = await self._execute(spec, trigger, attempt, inputs)
         except asyncio.CancelledError:
             # shutting down: the job was killed; hand the trigger to another runner now
             with contextlib.suppress(Exception):
@@ -284,21 +298,25 @@ class RunnerService:
                                reason=f"all {attempt} attempts failed", **common)
             await self._finish(msg, [failed, dead], "term")
 
-    async def _execute(self, spec: JobSpec, trigger: Trigger, attempt: int) -> Outcome:
+    async def _execute(self, spec: JobSpec, trigger: Trigger, attempt: int,
+                       inputs: RunInputs | None = None) -> Outcome:
         job = spec.job
         scheduled = trigger.scheduled_at.isoformat() if trigger.scheduled_at else ""
-        values = {"run_id": trigger.run_id, "job": job.name, "type": job.type, "scheduled_at": scheduled,
-                  "attempt": str(attempt), "trigger": trigger.kind, "python": sys.executable}
+        values: dict[str, Any] = {"run_id": trigger.run_id, "job": job.name, "type": job.type,
+                                  "scheduled_at": scheduled, "attempt": str(attempt), "trigger": trigger.kind,
+                                  "python": sys.executable, **(inputs.values if inputs else {})}
         if job.run is not None:
             env = {**_job_environ(), **job.env, "CROPCRON_RUN_ID": trigger.run_id, "CROPCRON_JOB": job.name,
-                   "CROPCRON_ATTEMPT": str(attempt), "CROPCRON_SCHEDULED_AT": scheduled}
+                   "CROPCRON_ATTEMPT": str(attempt), "CROPCRON_SCHEDULED_AT": scheduled,
+                   **(inputs.env if inputs else {})}
             try:
                 argv = render_argv(job.run, values)
             except ValueError as exc:
                 return Outcome(ok=False, error=str(exc))
             return await run_command(argv, spec.cwd, env, job.timeout, self.settings.kill_grace, job.output_lines)
         ctx = RunContext(run_id=trigger.run_id, job=job.name, job_type=job.type, attempt=attempt,
-                         kind=trigger.kind, scheduled_at=trigger.scheduled_at, data=dict(trigger.data))
+                         kind=trigger.kind, scheduled_at=trigger.scheduled_at,
+                         data={**trigger.data, **(inputs.data if inputs else {})})
         return await run_callable(job.call or "", ctx, job.timeout, spec.cwd)
 
     async def _heartbeats(self) -> None:
@@ -348,6 +366,31 @@ class RunnerService:
             await msg.nak(delay=delay)
         else:
             await msg.term()
+
+    async def _refuse(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int, reason: str) -> None:
+        """A file or batch run whose path must not be used: a `rejected` event (source "runner",
+        on cropcron.rejected.file) and the run recorded as dead with the reason. Terminal: retrying
+        cannot make a path that leaves the root acceptable, and a changed file is its own arrival."""
+        self.stats["rejected"] += 1
+        log.error("runner: refused run %s of %s: %s", trigger.run_id, spec.name, reason)
+        body = Rejected(source="runner", subject=msg.subject, reason=f"job {spec.name!r}: {reason}", at=utcnow(),
+                        payload_excerpt=msg.data[:500].decode("utf-8", "replace"))
+        await publish_until_acked(self.bus, [(wire.rejected_subject("file"), body.to_bytes(),
+                                              f"refused.{trigger.run_id}")], "runner: refusal")
+        ev = self._event(spec, trigger, RunState.DEAD, attempt, reason=f"refused: {reason}")
+        self.stats["dead"] += 1
+        await self._finish(msg, ev, "term")
+
+    async def _refused_files(self, msg: Msg, spec: JobSpec, trigger: Trigger, refused: list[tuple[str, str]]) -> None:
+        """Batch files left out of the manifest (the run goes ahead with the rest)."""
+        now = utcnow()
+        items = []
+        for index, (rel, reason) in enumerate(refused):
+            log.error("runner: batch %s of %s: left out %r: %s", trigger.run_id, spec.name, rel, reason)
+            body = Rejected(source="runner", subject=msg.subject, reason=f"job {spec.name!r}: {reason}", at=now,
+                            payload_excerpt=rel[:500])
+            items.append((wire.rejected_subject("file"), body.to_bytes(), f"refused.{trigger.run_id}.{index}"))
+        await publish_until_acked(self.bus, items, "runner: batch refusals")
 
     async def _reject(self, msg: Msg, reason: str) -> None:
         """Malformed or unusable triggers are terminated (no redelivery loop) and reported."""

@@ -1,0 +1,212 @@
+"""The dispatcher: FileEvents -> runs. Part of the watcher service (`cropcron watcher`).
+
+A pull consumer on the durable `dispatch` consumer of CROPCRON_FILES. For each FileEvent:
+- refused (malformed, subject/watch mismatch, unknown watch, a relative path that could leave the
+  root) -> a `Rejected` on cropcron.rejected.file with the reason, and the message is termed;
+- each enabled job with `on_file: <watch>` -> one Trigger (kind "file", data = the event),
+  run id = Nats-Msg-Id = file_run_id(job, event id);
+- each enabled job with `on_batch.watch == <watch>` -> the file joins that job's open flight
+  batch (services/watcher/batches.py), which closes into one Trigger (kind "batch").
+The FileEvent is acked only after the triggers and batch records are acknowledged by JetStream,
+so a crash at any point means a redelivery, never a lost arrival; ids make redeliveries no-ops.
+
+One dispatcher per system: open batches are kept in this process (mirrored in KV), so two
+dispatchers sharing the consumer would split a flight between them (docs/watcher-dispatch.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.watcher.batches import BatchKeeper, Publish
+from shared import wire
+from shared.bus import Bus, publish_until_acked
+from shared.catalog import Catalog
+from shared.config import JobSpec
+from shared.events import FileEvent, Rejected, Trigger, decode, file_run_id, utcnow
+from shared.files import PathRefused, check_relative, rel_bytes
+from shared.settings import ServiceSettings
+from shared.watch_config import BatchRule, WatchConfig
+
+log = logging.getLogger("cropcron.dispatch")
+
+
+class DispatchSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CROPCRON_DISPATCH_", extra="ignore")
+
+    fetch_batch: int = 500  # FileEvents taken per fetch (one PubAck wait for all their triggers)
+    fetch_timeout: float = 1.0  # long-poll on an empty stream (seconds)
+    batch_check: float = 0.5  # how often open batches are checked for quiet / max_wait (seconds)
+    # a batch's file list travels inside its trigger; NATS refuses messages over max_payload (1 MB),
+    # so a batch whose list reaches this many bytes closes (partial) and the rest opens a new one
+    batch_max_bytes: int = 700_000
+
+
+class Dispatcher:
+    def __init__(self, bus: Bus, catalog: Catalog, settings: ServiceSettings,
+                 dispatch: DispatchSettings | None = None) -> None:
+        self.bus = bus
+        self.catalog = catalog
+        self.settings = settings
+        self.conf = dispatch or DispatchSettings()
+        self.keeper = BatchKeeper(bus, self.conf.batch_max_bytes)
+        self.lock = asyncio.Lock()  # intake and the batch closer both change the open batches
+        self.ready = asyncio.Event()
+        self.stats = {"events": 0, "triggers": 0, "rejected": 0}
+
+    def status(self) -> dict[str, Any]:
+        return {**self.stats, "open_batches": len(self.keeper.open), "batches_closed": self.keeper.closed}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.keeper.load(self._rule)
+        tasks = [asyncio.create_task(self._intake(stop), name="dispatch-intake"),
+                 asyncio.create_task(self._closer(stop), name="dispatch-batches")]
+        self.ready.set()
+        try:
+            done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task in done:
+                    task.result()  # a crash stops the service (and the process, for compose)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- intake --------------------------------------------------------------------------
+    async def _intake(self, stop: asyncio.Event) -> None:
+        psub: JetStreamContext.PullSubscription | None = None
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                if psub is None:
+                    psub = await self.bus.js.pull_subscribe_bind(durable=wire.DISPATCH_CONSUMER,
+                                                                 stream=wire.STREAM_FILES)
+                msgs = await psub.fetch(self.conf.fetch_batch, timeout=self.conf.fetch_timeout)
+            except TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnecting; a pull subscription can go quiet after it
+                log.warning("dispatch: fetch failed (%r); re-subscribing in %.1fs", exc, delay)
+                if psub is not None:
+                    with contextlib.suppress(Exception):
+                        await psub.unsubscribe()
+                psub = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.2
+            async with self.lock:
+                await self._dispatch(msgs, stop)
+
+    async def _dispatch(self, msgs: list[Msg], stop: asyncio.Event) -> None:
+        now = time.time()
+        pending: list[Publish] = []
+        settle: list[tuple[Msg, bool]] = []  # (message, ack? else term)
+        for msg in msgs:
+            self.stats["events"] += 1
+            try:
+                reason = await self._route(msg, now, pending, stop)
+            except _Stopping:
+                return  # nothing acked: the events come back to the next dispatcher
+            if reason is not None:
+                self.stats["rejected"] += 1
+                log.error("dispatch: rejected file event on %s: %s", msg.subject, reason)
+                body = Rejected(source="dispatch", subject=msg.subject, reason=reason, at=utcnow(),
+                                payload_excerpt=msg.data[:500].decode("utf-8", "replace"))
+                pending.append((wire.rejected_subject("file"), body.to_bytes(),
+                                f"rejected.file.{msg.metadata.sequence.stream}"))
+            settle.append((msg, reason is None))
+        if await publish_until_acked(self.bus, pending, "dispatch", stop):
+            return  # stopping: nothing acked, the events come back to the next dispatcher
+        for msg, ok in settle:
+            await (msg.ack() if ok else msg.term())
+        await self._close_due(stop, immediate=True)
+
+    async def _route(self, msg: Msg, now: float, pending: list[Publish], stop: asyncio.Event) -> str | None:
+        """Queue this event's triggers and batch records; the reason if it is refused."""
+        try:
+            event: FileEvent = decode(FileEvent, msg.data)
+        except (ValidationError, ValueError) as exc:
+            return f"malformed file event: {_short(exc)}"
+        if msg.subject != wire.file_subject(event.watch):
+            return f"event for watch {event.watch!r} arrived on subject {msg.subject!r}"
+        try:
+            check_relative(rel_bytes(event))
+        except PathRefused as exc:
+            return f"rel_path {event.rel_path!r}: {exc}"
+        if await self._watch(event.watch) is None:
+            return f"unknown watch {event.watch!r} (not in the applied config)"
+        for spec in list(self.catalog.specs.values()):
+            job = spec.job
+            if not job.enabled:
+                continue
+            if job.on_file == event.watch:
+                run_id = file_run_id(job.name, event.id)
+                trigger = Trigger(run_id=run_id, job=job.name, kind="file", created_at=utcnow(),
+                                  data=event.model_dump(mode="json", exclude_none=True))
+                subject = wire.trigger_subject(wire.band_for_priority(job.priority), job.name)
+                pending.append((subject, trigger.to_bytes(), run_id))
+                self.stats["triggers"] += 1
+            rule = job.on_batch
+            if rule is not None and rule.watch == event.watch:
+                due = self.keeper.due(job.name, rule, event, now)
+                if due is not None:  # quiet/max_wait passed since the closer last looked
+                    if await publish_until_acked(self.bus, pending, "dispatch", stop):
+                        raise _Stopping
+                    pending.clear()
+                    await self.keeper.close(due[0], due[1], spec, stop)
+                pending.extend(self.keeper.add(job.name, rule, event, now))
+        return None
+
+    async def _watch(self, name: str) -> WatchConfig | None:
+        watch = self.catalog.watches.get(name)
+        if watch is not None:
+            return watch
+        # applied a moment ago, and the catalog's KV watcher has not delivered it yet
+        try:
+            entry = await (await self.bus.js.key_value(wire.KV_WATCHES)).get(name)
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        return WatchConfig.model_validate_json(entry.value) if entry.value else None
+
+    # -- batches -------------------------------------------------------------------------
+    def _spec(self, job: str) -> JobSpec | None:
+        return self.catalog.specs.get(job)
+
+    def _rule(self, job: str) -> BatchRule | None:
+        spec = self.catalog.specs.get(job)
+        return spec.job.on_batch if spec is not None and spec.job.enabled else None
+
+    async def _closer(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.conf.batch_check)
+            async with self.lock:
+                await self._close_due(stop, immediate=False)
+
+    async def _close_due(self, stop: asyncio.Event, immediate: bool) -> None:
+        for batch, reason in self.keeper.ready(self._rule, time.time()):
+            if immediate and reason not in ("manifest", "count", "full"):
+                continue  # right after intake only what a new file completed; the closer does the rest
+            if not await self.keeper.close(batch, reason, self._spec(batch.job), stop):
+                return
+
+
+class _Stopping(Exception):
+    """The service is stopping while publishes are unacknowledged."""
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).replace("\n", "; ")[:300]
