@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one or more of: " + ", ".join(SERVICE_NAMES))
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_serve)
-    for name in ("timer", "runner", "dashboard", "notifier"):
+    for name in ("timer", "runner", "dashboard", "watcher", "notifier"):
         p = sub.add_parser(name, help=f"run the {name} service (same as `serve {name}`)")
         p.add_argument("-v", "--verbose", action="store_true")
         p.set_defaults(fn=cmd_serve, services=[name])

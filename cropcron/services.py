@@ -20,6 +20,8 @@ from services.history.store import create_pool
 from services.notifier.service import NotifierService
 from services.runner.service import RunnerService
 from services.timer.service import TimerService
+from services.watcher.dispatch import Dispatcher
+from services.watcher.service import WatcherService
 from shared.bus import connect, ensure_topology
 from shared.catalog import Catalog
 from shared.health import heartbeat_loop
@@ -27,7 +29,7 @@ from shared.settings import BusSettings, ServiceSettings
 
 log = logging.getLogger("cropcron")
 
-SERVICE_NAMES = ("timer", "runner", "history", "dashboard", "notifier")
+SERVICE_NAMES = ("timer", "runner", "history", "dashboard", "watcher", "notifier")
 
 
 class Service(Protocol):
@@ -63,6 +65,9 @@ async def run_services(names: list[str], settings: ServiceSettings, stop: asynci
             services["runner"] = RunnerService(bus, catalog, settings, bus_settings)
         if "timer" in names:
             services["timer"] = TimerService(bus, catalog, settings)
+        if "watcher" in names:
+            services["watcher"] = WatcherService(bus, catalog, settings)  # CROPCRON_WATCHER_* settings
+            services["dispatcher"] = Dispatcher(bus, catalog, settings)  # CROPCRON_DISPATCH_* settings
         if "notifier" in names:
             services["notifier"] = NotifierService(bus, catalog, settings)  # CROPCRON_NOTIFY_* settings
         if "dashboard" in names:
