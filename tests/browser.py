@@ -69,6 +69,7 @@ class Dashboard:
 
 
 async def start_dashboard(system: System, monkeypatch: pytest.MonkeyPatch, config: str = CONFIG,
+                          base_dir: Path | None = None,
                           services: tuple[str, ...] = ("history", "runner", "timer", "dashboard")) -> Dashboard:
     port = free_port()
     monkeypatch.setenv("CROPCRON_DASHBOARD_TOKEN", TOKEN)
@@ -76,7 +77,7 @@ async def start_dashboard(system: System, monkeypatch: pytest.MonkeyPatch, confi
     monkeypatch.setenv("CROPCRON_DASHBOARD_SSE_KEEPALIVE", "2")
     bus = await connect(system.nats_url, "dashboard-test")
     await system.start("history")  # creates the topology and migrates before the config lands
-    await apply_yaml(bus, config)
+    await apply_yaml(bus, config, base_dir)
     await system.start(*[s for s in services if s != "history"])
     dash = Dashboard(url=f"http://127.0.0.1:{port}", token=TOKEN, bus=bus, system=system)
 

@@ -33,7 +33,7 @@ class LiveEvents:
         self.bus = bus
         self.queue_size = queue_size
         self.keepalive = keepalive
-        self.clients: set[asyncio.Queue[str]] = set()
+        self.clients: set[asyncio.Queue[str | None]] = set()
         self.stopping = asyncio.Event()
         self._sub: Subscription | None = None
         self.delivered = 0
@@ -43,6 +43,9 @@ class LiveEvents:
 
     async def stop(self) -> None:
         self.stopping.set()
+        for queue in list(self.clients):  # end every open stream, so the server can shut down
+            _drain(queue)
+            queue.put_nowait(None)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -63,24 +66,19 @@ class LiveEvents:
         self.delivered += 1
 
     async def stream(self) -> AsyncIterator[str]:
-        queue: asyncio.Queue[str] = asyncio.Queue(self.queue_size)
+        queue: asyncio.Queue[str | None] = asyncio.Queue(self.queue_size)
         self.clients.add(queue)
         try:
             yield "retry: 2000\n" + _frame("hello", {})  # the page reloads its lists on every (re)connect
-            stopping = asyncio.create_task(self.stopping.wait())
-            try:
-                while not self.stopping.is_set():
-                    getter = asyncio.create_task(queue.get())
-                    done, _ = await asyncio.wait({getter, stopping}, timeout=self.keepalive,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                    if getter in done:
-                        yield getter.result()
-                    else:
-                        getter.cancel()
-                        if not self.stopping.is_set():
-                            yield ": keepalive\n\n"
-            finally:
-                stopping.cancel()
+            while not self.stopping.is_set():
+                try:
+                    frame = await asyncio.wait_for(queue.get(), self.keepalive)
+                except TimeoutError:
+                    yield ": keepalive\n\n"
+                    continue
+                if frame is None:  # the dashboard is stopping
+                    return
+                yield frame
         finally:
             self.clients.discard(queue)
 
@@ -94,6 +92,6 @@ def _frame(kind: str, data: dict[str, Any]) -> str:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def _drain(queue: asyncio.Queue[str]) -> None:
+def _drain(queue: asyncio.Queue[str | None]) -> None:
     while not queue.empty():
         queue.get_nowait()

@@ -47,11 +47,14 @@ def cron_words(expr: str) -> str:
     if len(fields) != 5:
         return f"cron {expr}"
     minute, hour, dom, month, dow = fields
+    at = f"{int(hour):02d}:{int(minute):02d}" if minute.isdigit() and hour.isdigit() else None
+    if at and dom.isdigit() and month == "*" and dow == "*":
+        return f"monthly on day {int(dom)} at {at}"
     if dom != "*" or month != "*":
         return f"cron {expr}"
     days = _days(dow)
-    if minute.isdigit() and hour.isdigit() and days:
-        return f"{days} at {int(hour):02d}:{int(minute):02d}"
+    if at and days:
+        return f"{days} at {at}"
     if hour == "*" and dow == "*":
         if minute.isdigit():
             return f"every hour at minute {int(minute)}"

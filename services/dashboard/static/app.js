@@ -104,8 +104,8 @@ async function reload(tbody) {
   toggleEmpty(tbody);
 }
 
-let refreshTimer = null;
-function later(fn, ms) { clearTimeout(refreshTimer); refreshTimer = setTimeout(fn, ms); }
+const timers = {};
+function later(key, fn, ms) { clearTimeout(timers[key]); timers[key] = setTimeout(fn, ms); }  // debounced
 
 async function refreshOverview() {
   const o = await api("GET", "/api/overview");
@@ -119,8 +119,14 @@ async function refreshOverview() {
 function onRun(r) {
   for (const tbody of tables()) upsert(tbody, r);
   const page = document.body.dataset.page;
-  if (page === "overview" && !ACTIVE.has(r.state)) later(() => refreshOverview().catch(() => {}), 500);
-  if (page === "run" && document.getElementById("run")?.dataset.runId === r.run_id) later(() => location.reload(), 300);
+  const done = !ACTIVE.has(r.state);
+  if (page === "overview" && done) later("overview", () => refreshOverview().catch(() => {}), 500);
+  if (page === "run" && document.getElementById("run")?.dataset.runId === r.run_id) later("run", () => location.reload(), 300);
+  // charts follow too; history stores an event a moment after it is published, hence the delay
+  const dur = document.getElementById("durations");
+  if (done && dur && dur.dataset.job === r.job) later("durations", () => drawDurations(dur), 1500);
+  const hourly = document.getElementById("hourly");
+  if (done && hourly) later("hourly", () => drawHourly(hourly), 5000);
   const cell = document.querySelector(`tr[data-job="${CSS.escape(r.job)}"] td[data-col="last"]`);
   if (cell) { cell.textContent = stateText(r.state); cell.className = `state s-${r.state}`; }
 }
@@ -175,6 +181,7 @@ async function hourlyChart(node) {
   const opts = {width: chartWidth(node), height: 260, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
     series: [{}, ...SERIES.map(([name, stroke, dash]) => ({label: `${ICONS[name]} ${name}`, stroke, dash, width: 2}))],
     axes: [{}, {label: "runs per hour"}]};
+  node.replaceChildren();
   new uPlot(opts, [xs, ...SERIES.map(([name]) => data.series[name] || xs.map(() => 0))], node);
 }
 
@@ -185,15 +192,25 @@ async function durationChart(node) {
   const opts = {width: chartWidth(node), height: 240, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
     series: [{}, {label: "duration (s)", stroke: "#0969da", width: 2, points: {show: true, size: 6}}],
     axes: [{}, {label: "seconds"}]};
+  node.replaceChildren();
   new uPlot(opts, [xs, data.runs.map((r) => r.duration_s)], node);
 }
 
-function charts() {
+function drawHourly(node) {
   if (typeof uPlot === "undefined") return;
+  hourlyChart(node).catch((e) => { node.textContent = `✗ chart unavailable: ${e.message}`; });
+}
+
+function drawDurations(node) {
+  if (typeof uPlot === "undefined") return;
+  durationChart(node).catch((e) => { node.textContent = `✗ chart unavailable: ${e.message}`; });
+}
+
+function charts() {
   const hourly = document.getElementById("hourly");
-  if (hourly) hourlyChart(hourly).catch((e) => { hourly.textContent = `✗ chart unavailable: ${e.message}`; });
+  if (hourly) drawHourly(hourly);
   const dur = document.getElementById("durations");
-  if (dur) durationChart(dur).catch((e) => { dur.textContent = `✗ chart unavailable: ${e.message}`; });
+  if (dur) drawDurations(dur);
 }
 
 connectLive();
