@@ -31,8 +31,8 @@ args = sys.argv[4:]
 rec = {"argv_hex": [os.fsencode(a).hex() for a in args],
        "env": {k: os.fsencode(v).hex() for k, v in os.environ.items()
                if k.startswith(("CROPCRON_FILE_", "CROPCRON_BATCH_"))}}
-if "--" in args:
-    operand = args[args.index("--") + 1]
+if "--" in args:  # the file operand is the last argument (a name may itself be "--")
+    operand = args[-1]
     with open(operand, "rb") as f:
         rec["sha256"] = hashlib.sha256(f.read()).hexdigest()
     if touch:

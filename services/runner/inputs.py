@@ -81,6 +81,10 @@ def _watch(name: str, wanted: str | None, watches: dict[str, WatchConfig]) -> Wa
 def _checked(watch: WatchConfig, rel: bytes, size: int, mtime_ns: int) -> bytes:
     path = resolve_inside(watch.path, rel, allow_empty=watch.zero_byte is ZeroBytePolicy.ACCEPT)
     info = os.lstat(path)
+    if info.st_nlink > 1:
+        # a hard link is the same file as another name, which may be outside the root (a canary,
+        # /etc/...): a job writing to it would write there too (RELIABILITY §7.2 item 28)
+        raise PathRefused(f"file has {info.st_nlink} hard links (another name may lie outside the watch root)")
     if (info.st_size, info.st_mtime_ns) != (size, mtime_ns):
         # the announced version is gone; if it was rewritten, the new version is its own arrival
         raise PathRefused(f"file changed since it was announced (size {size} -> {info.st_size}, "
