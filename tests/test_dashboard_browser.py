@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from browser import TOKEN, Dashboard, chromium, save_screenshot, start_dashboard  # noqa: F401  (fixtures)
-from conftest import ROOT, System, wait_for
+from conftest import ROOT, Spawner, System, wait_for
 
 EXAMPLE = (ROOT / "examples" / "farm.yaml").read_text()
 FREQUENT = "edge_heartbeat"  # the example's every-5-s job
@@ -148,3 +148,61 @@ async def test_browser_live_run_now_and_pause(farm: Dashboard, chromium: Any, tm
     await context.close()
     assert not errors, f"errors in the browser console: {errors}"
     print(f"screenshots in {shots}")
+
+
+async def test_page_reconnects_after_the_dashboard_is_killed(system: System, spawn: Spawner, chromium: Any,  # noqa: F811
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard as its own process, killed -9 and started again on the same port: the open page
+    notices, reconnects by itself (EventSource), keeps its login (the session is stateless) and shows
+    new runs again without a reload."""
+    from browser import CONFIG
+    from conftest import apply_yaml
+
+    from cropcron.embedded import free_port
+    from shared.bus import connect
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    bus = await connect(system.nats_url, "reconnect-test")
+    try:
+        await system.start("history")
+        await apply_yaml(bus, CONFIG)
+        await system.start("runner", "timer")
+        settings = {"dashboard_token": TOKEN, "dashboard_port": port, "dashboard_port_fallback": "false"}
+        first = spawn.start("dashboard", **settings)
+        page = await chromium.new_page()
+        page.set_default_timeout(45 * MS)
+        await _up(url)
+        await page.goto(f"{url}/login")
+        await page.fill("#token", TOKEN)
+        await page.click("button[type=submit]")
+        await page.goto(f"{url}/runs?job=pulse")
+        await page.wait_for_selector("#live.on")
+        await page.evaluate("window.__notReloaded = true")
+
+        first.kill()  # SIGKILL, by the PID this test started
+        first.wait(10)
+        await page.wait_for_selector("#live.off")  # the page noticed
+        spawn.start("dashboard", **settings)
+        await page.wait_for_selector("#live.on", timeout=60 * MS)  # ... and reconnected by itself
+        seen = set(await page.eval_on_selector_all("tbody[data-live] tr", "rows => rows.map(r => r.dataset.runId)"))
+        await page.wait_for_function(
+            """before => [...document.querySelectorAll('tbody[data-live] tr')].some(r => !before.includes(r.dataset.runId))""",
+            arg=list(seen), timeout=30 * MS)
+        assert await page.evaluate("window.__notReloaded === true")
+        await page.close()
+    finally:
+        await bus.close()
+
+
+async def _up(url: str) -> bool:
+    import httpx
+
+    async def answering() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2) as c:
+                return (await c.get(f"{url}/login")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return bool(await wait_for(answering, 60, f"the dashboard at {url}", every=0.3))
