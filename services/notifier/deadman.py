@@ -101,6 +101,7 @@ async def check_overdue(svc: NotifierService, config: NotificationsConfig) -> bo
         watch.overdue_for = instant
         watch.firing["overdue"] = "error"
         svc.state.jobs[name] = watch
+        svc.state.touch(name, urgent=True)
     if alerts:
         await raise_alerts(svc, alerts)
         log.warning("notifier: overdue: %s", ", ".join(a.job or "" for a in alerts))
@@ -133,12 +134,14 @@ async def check_services(svc: NotifierService, config: NotificationsConfig) -> b
                                 source=SOURCE, at=now, fingerprint=fingerprint,
                                 details={"service": service, "instance_key": key, "last_heartbeat": at.isoformat()}))
             svc.state.down[key] = "critical"
+            svc.state.down_dirty = True
         elif not silent and key in svc.state.down:
             how = "back" if at is not None else "stopped cleanly"
             alerts.append(Alert(id=f"service_up.{key}.{at.isoformat() if at else now.isoformat()}", level="critical",
                                 kind="service_down", resolved=True, summary=f"service {service} ({key}) {how}",
                                 source=SOURCE, at=now, fingerprint=fingerprint, details={"instance_key": key}))
             del svc.state.down[key]
+            svc.state.down_dirty = True
     if alerts:
         await raise_alerts(svc, alerts)
     return bool(alerts)
@@ -151,10 +154,10 @@ async def loop(svc: NotifierService, stop: asyncio.Event) -> None:
         if stop.is_set() or svc.config is None:
             continue
         try:
-            changed = await check_overdue(svc, svc.config)
-            changed = await check_services(svc, svc.config) or changed
-            if changed and svc.kv is not None:
-                await save_state(svc.kv, svc.state)
+            await check_overdue(svc, svc.config)
+            await check_services(svc, svc.config)
+            if svc.kv is not None:
+                await save_state(svc.kv, svc.state, everything=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -36,7 +36,6 @@ async def on_run_events(svc: NotifierService, msgs: list[Msg]) -> None:
     config = svc.config or NotificationsConfig()
     alerts: list[Alert] = []
     good: list[Msg] = []
-    changed = False
     for msg in msgs:
         try:
             ev: RunEvent = decode(RunEvent, msg.data)
@@ -56,16 +55,16 @@ async def on_run_events(svc: NotifierService, msgs: list[Msg]) -> None:
             alerts += [resolved_alert(ev, kind, level) for kind, level in sorted(cleared.items())]
             watch.firing = {k: v for k, v in watch.firing.items() if k not in cleared}
             watch.overdue_for = None
-            changed = True
+            svc.state.touch(ev.job, urgent=bool(cleared))
         alert = alert_from_run(ev, config)
         if alert is not None:
             alerts.append(alert)
             if alert.kind in CLEARED_BY_SUCCESS and watch.firing.get(alert.kind) != alert.level:
                 watch.firing[alert.kind] = alert.level
-                changed = True
+                svc.state.touch(ev.job, urgent=True)
     if alerts:
         await raise_alerts(svc, alerts)
-    if changed and svc.kv is not None:
+    if svc.kv is not None:  # what is firing is durable before the events are acked
         await save_state(svc.kv, svc.state)
     for msg in good:
         await msg.ack()

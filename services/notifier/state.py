@@ -1,5 +1,5 @@
 """What the notifier remembers across restarts, in the KV bucket cropcron_notify: the applied
-config (key "config"), each group ("group.<channel>.<hash>"), per-job state ("state.jobs": last
+config (key "config"), each group ("group.<channel>.<hash>"), per-job state ("job.<name>": last
 success, the kinds firing) and the services reported down ("state.down")."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from shared.notify_config import NotificationsConfig
 
 log = logging.getLogger("cropcron.notifier")
 
-JOBS_KEY = "state.jobs"
+JOB_PREFIX = "job."
 DOWN_KEY = "state.down"
 
 
@@ -30,9 +30,21 @@ class JobWatch(BaseModel):
     overdue_for: datetime | None = None  # the instant an overdue alert was raised for
 
 
-class JobsState(BaseModel):
-    jobs: dict[str, JobWatch] = Field(default_factory=dict)
-    down: dict[str, str] = Field(default_factory=dict)  # service key -> alert level raised
+class JobsState:
+    """Per-job watch state (KV key "job.<name>") and the services reported down ("state.down").
+    A change to what is firing is written before the input is acked; a last success that merely
+    moved is written with the next periodic save (history can re-seed it after a crash), so a
+    busy system costs no KV write per successful run."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobWatch] = {}
+        self.down: dict[str, str] = {}  # service key -> alert level raised
+        self.dirty: set[str] = set()
+        self.lazy: set[str] = set()
+        self.down_dirty = False
+
+    def touch(self, job: str, urgent: bool) -> None:
+        (self.dirty if urgent else self.lazy).add(job)
 
 
 async def load_groups(kv: KeyValue) -> dict[str, Group]:
@@ -55,18 +67,38 @@ async def load_groups(kv: KeyValue) -> dict[str, Group]:
 
 
 async def load_state(kv: KeyValue) -> JobsState:
-    raw = await _get(kv, JOBS_KEY)
-    if raw is None:
-        return JobsState()
+    state = JobsState()
     try:
-        return JobsState.model_validate_json(raw)
-    except ValidationError as exc:
-        log.error("notifier: starting with empty job state; the stored one is unreadable: %s", exc)
-        return JobsState()
+        keys = await kv.keys()
+    except NoKeysError:
+        return state
+    for key in keys:
+        if not key.startswith(JOB_PREFIX) and key != DOWN_KEY:
+            continue
+        raw = await _get(kv, key)
+        if raw is None:
+            continue
+        try:
+            if key == DOWN_KEY:
+                state.down = {str(k): str(v) for k, v in json.loads(raw).items()}
+            else:
+                state.jobs[key.removeprefix(JOB_PREFIX)] = JobWatch.model_validate_json(raw)
+        except (ValidationError, ValueError, AttributeError) as exc:
+            log.error("notifier: ignoring unreadable state %s: %s", key, exc)
+    return state
 
 
-async def save_state(kv: KeyValue, state: JobsState) -> None:
-    await kv.put(JOBS_KEY, state.model_dump_json().encode())
+async def save_state(kv: KeyValue, state: JobsState, everything: bool = False) -> None:
+    names = state.dirty | (state.lazy if everything else set())
+    for name in sorted(names):
+        watch = state.jobs.get(name)
+        if watch is not None:
+            await kv.put(JOB_PREFIX + name, watch.model_dump_json().encode())
+    state.dirty -= names
+    state.lazy -= names
+    if state.down_dirty:
+        await kv.put(DOWN_KEY, json.dumps(state.down).encode())
+        state.down_dirty = False
 
 
 async def load_config(kv: KeyValue) -> NotificationsConfig | None:
