@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cropcron import cli_alerts, commands
+from cropcron import cli_alerts, cli_files, commands
 from cropcron.commands import CommandError, UserError
 from cropcron.embedded import EmbeddedError, default_data_dir, read_runtime, runtime_file, write_runtime
 from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
@@ -322,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", parents=[common], help="run statistics per job and type")
     p.add_argument("--days", type=_positive, default=7.0)
     p.set_defaults(fn=cmd_stats)
+    p = sub.add_parser("publish-file", parents=[common], help="announce complete files of a watch, as an upload "
+                       "tool would (paths must lie inside the watch root)")
+    p.add_argument("watch", metavar="WATCH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files inside the watch root (use -- before names "
+                   "starting with -)")
+    p.set_defaults(fn=lambda a: _with_bus(a, lambda bus: cli_files.publish_files(bus, a)))
     p = sub.add_parser("cleanup", parents=[common], help="delete history older than N days")
     p.add_argument("--older-than-days", type=_positive, required=True)
     p.set_defaults(fn=cmd_cleanup)
