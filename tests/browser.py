@@ -22,7 +22,8 @@ from cropcron.embedded import free_port
 from shared import wire
 from shared.bus import Bus, connect
 
-TOKEN = "test-dashboard-token-5f1c2a9e"  # a test secret: no response may ever contain it
+TOKEN = "test-dashboard-token-5f1c2a9e"  # test secrets: no response may ever contain them
+VIEWER_TOKEN = "test-viewer-token-8d0b7c31"
 CHROMIUM = os.environ.get("CROPCRON_CHROMIUM", "/usr/bin/chromium")
 
 CONFIG = """
@@ -73,6 +74,7 @@ async def start_dashboard(system: System, monkeypatch: pytest.MonkeyPatch, confi
                           services: tuple[str, ...] = ("history", "runner", "timer", "dashboard")) -> Dashboard:
     port = free_port()
     monkeypatch.setenv("CROPCRON_DASHBOARD_TOKEN", TOKEN)
+    monkeypatch.setenv("CROPCRON_DASHBOARD_VIEWER_TOKEN", VIEWER_TOKEN)
     monkeypatch.setenv("CROPCRON_DASHBOARD_PORT", str(port))
     monkeypatch.setenv("CROPCRON_DASHBOARD_SSE_KEEPALIVE", "2")
     bus = await connect(system.nats_url, "dashboard-test")

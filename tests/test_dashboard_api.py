@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from browser import TOKEN, Dashboard, dashboard  # noqa: F401  (fixture)
+from browser import TOKEN, VIEWER_TOKEN, Dashboard, dashboard  # noqa: F401  (fixture)
 from conftest import wait_for
 
 API_GETS = ["/api/overview", "/api/health", "/api/jobs", "/api/jobs/pulse", "/api/runs", "/api/runs/x",
@@ -21,8 +21,9 @@ API_GETS = ["/api/overview", "/api/health", "/api/jobs", "/api/jobs/pulse", "/ap
 
 def no_secret(responses: list[httpx.Response]) -> None:
     for r in responses:
-        assert TOKEN not in r.text, f"{r.request.method} {r.request.url} rendered the token"
-        assert TOKEN not in json.dumps(dict(r.headers))
+        for secret in (TOKEN, VIEWER_TOKEN):
+            assert secret not in r.text, f"{r.request.method} {r.request.url} rendered a token"
+            assert secret not in json.dumps(dict(r.headers))
 
 
 async def login(c: httpx.AsyncClient) -> str:
@@ -93,6 +94,24 @@ async def test_access_401_403_and_no_secrets(dashboard: Dashboard) -> None:  # n
             assert r.headers["x-frame-options"] == "DENY"
         r = await browser.post("/logout", headers=same)
         assert r.status_code == 303
+
+    # the viewer token reads, and is refused every action
+    async with dashboard.client(headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}) as viewer:
+        assert (await viewer.get("/api/jobs")).status_code == 200
+        for action in ("run", "pause", "resume"):
+            r = await viewer.post(f"/api/jobs/pulse/{action}")
+            seen.append(r)
+            assert r.status_code == 403 and "read-only" in r.json()["error"], action
+    async with dashboard.client() as viewer:
+        r = await viewer.post("/login", data={"token": VIEWER_TOKEN, "next": "/jobs"})
+        assert r.status_code == 303
+        page = await viewer.get("/jobs")
+        seen.append(page)
+        assert "view only" in page.text and 'data-action="run"' not in page.text
+        csrf = re.search(r'name="csrf-token" content="([0-9a-f]+)"', page.text).group(1)  # type: ignore[union-attr]
+        r = await viewer.post("/api/jobs/pulse/run", headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 403 and "read-only" in r.json()["error"]
+        assert (await viewer.post("/logout", headers={"X-CSRF-Token": csrf})).status_code == 303
 
     # failed logins are limited per address
     async with dashboard.client() as anon:

@@ -11,10 +11,16 @@ from pathlib import Path
 import pytest
 from starlette.requests import Request
 
-from services.dashboard.auth import SESSION_COOKIE, Auth, Principal, cross_site, csrf_ok
+from services.dashboard.auth import OPERATOR, SESSION_COOKIE, VIEWER, Auth, Principal, cross_site, csrf_ok
 from services.dashboard.backend import success_rate
 from services.dashboard.params import BadParams, RunsParams, parse
-from services.dashboard.settings import DashboardSettings, TokenError, ensure_token_file, load_token
+from services.dashboard.settings import (
+    DashboardSettings,
+    TokenError,
+    ensure_token_file,
+    load_token,
+    load_viewer_token,
+)
 from services.dashboard.words import cron_words
 
 TOKEN = "unit-test-token-0123456789"
@@ -67,20 +73,29 @@ def _request(headers: dict[str, str], cookies: dict[str, str] | None = None) -> 
 def test_sessions_and_csrf() -> None:
     auth = Auth(TOKEN, session_ttl=60, login_attempts=3)
     assert auth.principal(_request({})) is None
-    assert auth.principal(_request({"Authorization": f"Bearer {TOKEN}"})) == Principal("bearer", "")
+    assert auth.principal(_request({"Authorization": f"Bearer {TOKEN}"})) == Principal("bearer", OPERATOR, "")
     assert auth.principal(_request({"Authorization": "Bearer nope"})) is None
-    session = auth.new_session()
+    assert auth.principal(_request({"Authorization": "Bearer "})) is None
+    assert auth.check_token("") is None  # no viewer token configured: the empty one is not it
+    session = auth.new_session(OPERATOR)
     assert TOKEN not in session
     who = auth.principal(_request({}, {SESSION_COOKIE: session}))
-    assert who is not None and who.via == "session" and len(who.csrf) == 32
+    assert who is not None and who.via == "session" and who.role == OPERATOR and len(who.csrf) == 32
     assert csrf_ok(who, _request({"X-CSRF-Token": who.csrf}))
     assert not csrf_ok(who, _request({})) and not csrf_ok(who, _request({"X-CSRF-Token": "x" * 32}))
     # tampering, another token's session, expiry
-    expires, nonce, mac = session.split(".")
-    assert auth.principal(_request({}, {SESSION_COOKIE: f"{int(expires) + 999}.{nonce}.{mac}"})) is None
+    expires, role, nonce, mac = session.split(".")
+    assert auth.principal(_request({}, {SESSION_COOKIE: f"{int(expires) + 999}.{role}.{nonce}.{mac}"})) is None
     assert Auth("another-token-0123456789", 60, 3).principal(_request({}, {SESSION_COOKIE: session})) is None
-    old = Auth(TOKEN, session_ttl=-1, login_attempts=3).new_session()
+    old = Auth(TOKEN, session_ttl=-1, login_attempts=3).new_session(OPERATOR)
     assert auth.principal(_request({}, {SESSION_COOKIE: old})) is None
+    # a viewer reads; its session cannot be promoted by editing the role
+    both = Auth(TOKEN, 60, 3, viewer_token="viewer-token-0123456789")
+    assert both.check_token("viewer-token-0123456789") == VIEWER and both.check_token(TOKEN) == OPERATOR
+    viewer = both.new_session(VIEWER)
+    assert both.principal(_request({}, {SESSION_COOKIE: viewer})).role == VIEWER  # type: ignore[union-attr]
+    assert both.principal(_request({}, {SESSION_COOKIE: viewer.replace(".viewer.", ".operator.")})) is None
+    assert both.principal(_request({}, {SESSION_COOKIE: session})) is None  # adding a viewer token ends sessions
     # login rate limit
     for _ in range(3):
         assert not auth.login_blocked("10.0.0.1")
@@ -118,6 +133,8 @@ def test_token_file_for_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert ensure_token_file(tmp_path / "other") is None  # configured: nothing generated
     with pytest.raises(TokenError, match="at least 16"):
         load_token(DashboardSettings())
+    with pytest.raises(TokenError, match="must differ"):
+        load_viewer_token(DashboardSettings(viewer_token=TOKEN), TOKEN)
     monkeypatch.delenv("CROPCRON_DASHBOARD_TOKEN")
     monkeypatch.setenv("CROPCRON_DASHBOARD_TOKEN_FILE", str(tmp_path / "missing"))
     with pytest.raises(TokenError, match="cannot read"):

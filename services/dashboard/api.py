@@ -39,7 +39,8 @@ def _backend(request: Request) -> Backend:
 
 def _who(request: Request) -> str:
     client = request.client.host if request.client else "?"
-    return f"dashboard ({request.state.principal.via}, {client})"
+    principal = request.state.principal
+    return f"dashboard ({principal.role}, {principal.via}, {client})"
 
 
 def _job_name(request: Request) -> str:

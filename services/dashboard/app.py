@@ -23,7 +23,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.dashboard import api, pages
-from services.dashboard.auth import SAFE_METHODS, Auth, cross_site, csrf_ok
+from services.dashboard.auth import OPERATOR, SAFE_METHODS, Auth, cross_site, csrf_ok
 from services.dashboard.backend import Backend
 from services.dashboard.errors import HANDLERS, error_response
 from services.dashboard.live import LiveEvents
@@ -86,6 +86,8 @@ class Guard:
         request.scope.setdefault("state", {})["principal"] = principal
         if changing and not csrf_ok(principal, request):
             return error_response(request, 403, "missing or wrong CSRF token (X-CSRF-Token)")
+        if changing and principal.role != OPERATOR and path != "/logout":
+            return error_response(request, 403, "read-only access: this token may view, not act")
         return None
 
 

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from services.dashboard.auth import SESSION_COOKIE, Auth
+from services.dashboard.auth import OPERATOR, SESSION_COOKIE, Auth
 from services.dashboard.backend import Backend
 from services.dashboard.errors import ApiError
 from services.dashboard.params import NoParams, RunsParams, parse
@@ -47,7 +47,8 @@ def _render(request: Request, name: str, context: dict[str, Any], status: int = 
     backend: Backend = request.app.state.backend
     principal = getattr(request.state, "principal", None)
     tz = backend.catalog.system.timezone
-    base = {"csrf": principal.csrf if principal else "", "tz": tz, "states": [s.value for s in RunState],
+    base = {"csrf": principal.csrf if principal else "", "tz": tz,
+            "can_act": bool(principal and principal.role == OPERATOR), "role": principal.role if principal else "", "states": [s.value for s in RunState],
             "fmt": lambda v: _fmt_time(v, tz), "path": request.url.path}
     response: Response = request.app.state.templates.TemplateResponse(request, name, {**base, **context},
                                                                         status_code=status)
@@ -74,11 +75,12 @@ async def login(request: Request) -> Response:
     form = parse_qs(body[:MAX_LOGIN_BODY].decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0].strip()
     target = _safe_next((form.get("next") or ["/"])[0])
-    if not token or not auth.check_token(token):
+    role = auth.check_token(token) if token else None
+    if role is None:
         auth.login_failed(client)
         return _render(request, "login.html", {"next": target, "error": "wrong token"}, 401)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(SESSION_COOKIE, auth.new_session(), max_age=int(auth.session_ttl), httponly=True,
+    response.set_cookie(SESSION_COOKIE, auth.new_session(role), max_age=int(auth.session_ttl), httponly=True,
                         samesite="strict", secure=bool(request.app.state.secure_cookie), path="/")
     return response
 

@@ -21,7 +21,7 @@ from services.dashboard.app import build_app
 from services.dashboard.auth import Auth
 from services.dashboard.backend import Backend
 from services.dashboard.live import LiveEvents
-from services.dashboard.settings import DashboardSettings, load_token
+from services.dashboard.settings import DashboardSettings, load_token, load_viewer_token
 from shared.bus import Bus
 from shared.catalog import Catalog
 
@@ -41,10 +41,11 @@ class DashboardService:
     def __init__(self, bus: Bus, catalog: Catalog, settings: DashboardSettings | None = None) -> None:
         self.settings = settings or DashboardSettings()
         token = load_token(self.settings)  # TokenError (clear message) before anything starts
+        viewer = load_viewer_token(self.settings, token)
         self.live = LiveEvents(bus, self.settings.sse_queue, self.settings.sse_keepalive)
         self.backend = Backend(bus, catalog, self.settings)
         self.app = build_app(self.backend, self.live,
-                             Auth(token, self.settings.session_ttl, self.settings.login_attempts),
+                             Auth(token, self.settings.session_ttl, self.settings.login_attempts, viewer),
                              self.settings.secure_cookie)
         self.url: str | None = None
         self.ready = asyncio.Event()

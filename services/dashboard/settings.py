@@ -32,8 +32,10 @@ class DashboardSettings(BaseSettings):
     host: str = "127.0.0.1"  # loopback by default (RELIABILITY §5.4): expose only behind a TLS proxy
     port: int = 8080
     port_fallback: bool = True  # the port is taken: use a free one and log it (`cropcron up` must start)
-    token: str | None = None
+    token: str | None = None  # the operator's: may run, pause and resume jobs
     token_file: Path | None = None
+    viewer_token: str | None = None  # optional second token that may only look
+    viewer_token_file: Path | None = None
     session_ttl: float = 12 * 3600.0  # seconds a login lasts
     secure_cookie: bool = False  # set when served over HTTPS (behind a proxy), so the cookie needs TLS
     request_timeout: float = 5.0  # history queries and KV reads per request
@@ -44,21 +46,31 @@ class DashboardSettings(BaseSettings):
     service_stale_factor: float = 3.0  # a heartbeat older than this many intervals: service down
 
 
-def load_token(settings: DashboardSettings) -> str:
-    """The configured token; a clear error if none is configured or it is unusable."""
-    token = settings.token
-    if token is None and settings.token_file is not None:
+def _read(value: str | None, file: Path | None, name: str) -> str | None:
+    if value is None and file is not None:
         try:
-            token = settings.token_file.read_text().strip()
+            value = file.read_text().strip()
         except OSError as exc:
-            raise TokenError(f"cannot read CROPCRON_DASHBOARD_TOKEN_FILE {settings.token_file}: "
-                             f"{exc.strerror}") from None
+            raise TokenError(f"cannot read {name}_FILE {file}: {exc.strerror}") from None
+    if value is not None and len(value) < MIN_TOKEN_LENGTH:
+        raise TokenError(f"{name} must be at least {MIN_TOKEN_LENGTH} characters")
+    return value
+
+
+def load_token(settings: DashboardSettings) -> str:
+    """The configured operator token; a clear error if none is configured or it is unusable."""
+    token = _read(settings.token, settings.token_file, "CROPCRON_DASHBOARD_TOKEN")
     if token is None:
         raise TokenError("the dashboard needs an access token: set CROPCRON_DASHBOARD_TOKEN_FILE (a file holding "
                          "it) or CROPCRON_DASHBOARD_TOKEN; `cropcron up` generates one in its data dir")
-    if len(token) < MIN_TOKEN_LENGTH:
-        raise TokenError(f"the dashboard token must be at least {MIN_TOKEN_LENGTH} characters")
     return token
+
+
+def load_viewer_token(settings: DashboardSettings, token: str) -> str | None:
+    viewer = _read(settings.viewer_token, settings.viewer_token_file, "CROPCRON_DASHBOARD_VIEWER_TOKEN")
+    if viewer is not None and viewer == token:
+        raise TokenError("CROPCRON_DASHBOARD_VIEWER_TOKEN must differ from the operator's token")
+    return viewer
 
 
 def ensure_token_file(data_dir: Path) -> Path | None:
