@@ -147,3 +147,38 @@ def test_batch_run_writes_a_manifest_and_leaves_out_refused_files(tmp_path: Path
     assert file_event_id("w", b"f\xff/a.jpg", 1, a.mtime_ns) == a.id  # type: ignore[attr-defined]
     inputs.close()
     assert not os.path.exists(argv[1]), "the manifest is removed after the run"
+
+
+def test_example_jobs_checksum_a_hostile_name_and_index_a_flight_manifest(tmp_path: Path) -> None:
+    import hashlib
+    import struct
+    import subprocess
+    import sys
+
+    root = tmp_path / "root"
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + struct.pack(">II", 640, 480) + b"\x00" * 32
+    watch, a = _event(root, b"flight 1/-rf \xff.png", png)
+    _, b = _event(root, b"flight 1/b.jpg", b"\xff\xd8\xff\xc0\x00\x11\x08\x01\xe0\x02\x80" + b"\x00" * 20)
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    ledger = tmp_path / "ledger.jsonl"
+    path = os.path.join(os.fsencode(root), b"flight 1/-rf \xff.png")
+    subprocess.run([sys.executable, examples / "jobs" / "checksum_image.py", "--ledger", ledger, "--",
+                    os.fsdecode(path)], check=True, capture_output=True)
+    entry = json.loads(ledger.read_text())
+    assert entry["sha256"] == hashlib.sha256(png).hexdigest() and entry["pixels"] == [640, 480]
+    info = BatchInfo(id="B1", watch="w", folder="flight 1", partial=False, reason="manifest",
+                     opened_at=datetime.now(UTC), closed_at=datetime.now(UTC),
+                     files=[batch_file(e) for e in (a, b)])  # type: ignore[arg-type]
+    spec = _spec("on_batch: {watch: w}", ["t", "--", "{batch.manifest}"])
+    trigger = Trigger(run_id="B1", job="j", kind="batch", created_at=datetime.now(UTC),
+                      data={"batch": info.model_dump(mode="json", exclude_none=True)})
+    inputs = prepare(spec, trigger, {"w": watch})
+    assert inputs is not None
+    try:
+        subprocess.run([sys.executable, examples / "jobs" / "flight_summary.py", "--out", tmp_path / "flights", "--",
+                        inputs.values["batch"].manifest], check=True, capture_output=True)
+    finally:
+        inputs.close()
+    index = json.loads((tmp_path / "flights" / "B1.json").read_text())
+    assert index["files"] == 2 and index["missing"] == [] and index["by_extension"] == {".png": 1, ".jpg": 1}
+    assert index["bytes"] == len(png) + 31
