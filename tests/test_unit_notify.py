@@ -9,7 +9,7 @@ import pytest
 from services.notifier import groups as g
 from services.notifier import render
 from services.notifier.channels import TokenBucket
-from services.notifier.deadman import grace_for, overdue_instant
+from services.notifier.deadman import grace_for, overdue_instant, since_when
 from services.notifier.rules import alert_from_run, route
 from services.notifier.state import JobWatch
 from shared.config import ConfigError, JobConfig, JobSpec, parse_config
@@ -166,12 +166,18 @@ def test_grace_defaults_from_the_schedule() -> None:
 def test_overdue_instant_from_last_success_and_schedule() -> None:
     spec = _spec(interval=600)
     cfg = OverdueConfig()
-    watch = JobWatch(last_success=T0)
+    since = since_when(spec, JobWatch(last_success=T0), None, T0 + timedelta(days=1))
+    assert since == T0, "a known last success wins over the notifier's start"
     # next expected 06:10, grace 300 s: not overdue at 06:14, overdue at 06:15
-    assert overdue_instant(spec, watch, T0, T0 + timedelta(minutes=14), cfg) is None
-    assert overdue_instant(spec, watch, T0, T0 + timedelta(minutes=15), cfg) == (T0 + timedelta(minutes=10), 300)
-    assert overdue_instant(_spec(), watch, T0, T0 + timedelta(days=9), cfg) is None  # on demand
-    assert overdue_instant(_spec(interval=600, enabled=False), watch, T0, T0 + timedelta(days=9), cfg) is None
+    assert overdue_instant(spec, since, T0 + timedelta(minutes=14), cfg) is None
+    assert overdue_instant(spec, since, T0 + timedelta(minutes=15), cfg) == (T0 + timedelta(minutes=10), 300)
+    assert overdue_instant(_spec(), since, T0 + timedelta(days=9), cfg) is None  # on demand
+    assert overdue_instant(_spec(interval=600, enabled=False), since, T0 + timedelta(days=9), cfg) is None
+    # resumed after a week's pause: expected from the resumption, not from the old success
+    resumed = T0 + timedelta(days=7)
+    assert since_when(spec, JobWatch(last_success=T0), resumed, T0) == resumed
+    # no success known: from when the notifier started watching (no false alarm about the past)
+    assert since_when(spec, JobWatch(), None, T0 + timedelta(hours=1)) == T0 + timedelta(hours=1)
 
 
 def test_token_bucket_paces_and_holds_for_retry_after() -> None:

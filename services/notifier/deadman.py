@@ -41,13 +41,19 @@ def grace_for(spec: JobSpec, instant: datetime, following: datetime | None, cfg:
     return min(max(period * cfg.factor, cfg.min_grace), cfg.max_grace)
 
 
-def overdue_instant(spec: JobSpec, watch: JobWatch, baseline: datetime, now: datetime,
+def since_when(spec: JobSpec, watch: JobWatch, resumed_at: datetime | None, started_at: datetime) -> datetime:
+    """From when a success is expected: the last success (or, not knowing one, when this notifier
+    started watching), but never before the schedule was applied or the job resumed."""
+    since = watch.last_success if watch.last_success is not None else started_at
+    return max(d for d in (since, spec.defined_at, resumed_at) if d is not None)
+
+
+def overdue_instant(spec: JobSpec, since: datetime, now: datetime,
                     cfg: OverdueConfig) -> tuple[datetime, float] | None:
-    """The first expected instant after the last success (or baseline) whose grace has passed."""
+    """The first expected instant after `since` whose grace has passed without a success."""
     schedule = schedule_of(spec)
     if schedule is None or spec.job.run_at is not None:
         return None  # on-demand, file-triggered, one-shot or disabled: nothing is expected
-    since = max(d for d in (baseline, spec.defined_at, watch.last_success) if d is not None)
     instant = schedule.next_after(since)
     if instant is None:
         return None
@@ -84,10 +90,8 @@ async def check_overdue(svc: NotifierService, config: NotificationsConfig) -> bo
             continue
         watch = svc.state.jobs.get(name) or JobWatch()
         state = svc.catalog.states.get(name)
-        baseline = max(svc.started_at, state.resumed_at) if state and state.resumed_at else svc.started_at
-        if watch.last_success is not None:
-            baseline = min(baseline, watch.last_success)  # a known success is the better baseline
-        found = overdue_instant(spec, watch, baseline, now, config.overdue)
+        since = since_when(spec, watch, state.resumed_at if state else None, svc.started_at)
+        found = overdue_instant(spec, since, now, config.overdue)
         if found is None or watch.overdue_for == found[0]:
             continue
         instant, grace = found

@@ -103,6 +103,11 @@ async def flush_due(svc: NotifierService) -> None:
     now = utcnow()
     assert svc.kv is not None
     for key, group in list(svc.groups.items()):
+        if svc.config is not None and group.channel not in svc.config.channels:
+            # the channel was removed from the config: its groups (and their repeats) go with it
+            await svc.kv.delete(key)
+            del svc.groups[key]
+            continue
         due = grouping.next_due(group, timing)
         if due is None or due > now:
             continue
