@@ -149,3 +149,26 @@ async def test_slack_rate_at_most_about_one_per_second(system: System, bus: Bus,
         times = [r.at for r in slack.requests]
         # burst 1, 1 message/s: five messages take at least four seconds
         assert times[-1] - times[0] >= 3.5, f"5 messages in {times[-1] - times[0]:.2f}s"
+
+
+async def test_slack_500_retried_404_permanent_and_escalated_by_email_once(system: System, bus: Bus,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    fast_notify(monkeypatch)
+    script = [(500, {}, "internal_error"), (200, {}, "ok"), (404, {}, "no_service")]
+    with MailServer() as mail, SlackServer(script) as slack:
+        monkeypatch.setenv("TEST_SLACK_WEBHOOK", slack.url)
+        notify = notifications(mail.port, rules=[{"channels": ["slack"]}])
+        notify["channels"]["slack"]["escalate_to"] = "mail"
+        await apply_all(bus, "", notify)
+        await system.start("history", "notifier")
+        await raise_alert(bus, _alert("first"))
+        await wait_for(lambda: _now(slack.ok()), 30, "the first alert on Slack after a 500")
+        assert [r.status for r in slack.requests] == [500, 200]
+        await raise_alert(bus, _alert("second"))  # the webhook is revoked now: 404
+        await wait_for(lambda: _now(mail.handler.delivered()), 30, "the escalation by email")
+        await asyncio.sleep(3)
+        assert [r.status for r in slack.requests] == [500, 200, 404], "404 is permanent: not retried"
+        assert len(mail.handler.delivered()) == 1
+        text = mail.handler.delivered()[0].text()
+        assert "Delivery via 'slack' failed permanently (Slack 404" in text and "second" in text
+        assert "secret-token" not in text, "the webhook URL is a secret"
