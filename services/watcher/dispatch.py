@@ -111,13 +111,12 @@ class Dispatcher:
                 await self._dispatch(msgs, stop)
 
     async def _dispatch(self, msgs: list[Msg], stop: asyncio.Event) -> None:
-        now = time.time()
         pending: list[Publish] = []
         settle: list[tuple[Msg, bool]] = []  # (message, ack? else term)
         for msg in msgs:
             self.stats["events"] += 1
-            try:
-                reason = await self._route(msg, now, pending, stop)
+            try:  # each file's own arrival time: a long round must not age the files it carries
+                reason = await self._route(msg, time.time(), pending, stop)
             except _Stopping:
                 return  # nothing acked: the events come back to the next dispatcher
             if reason is not None:
