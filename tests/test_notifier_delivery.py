@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 from conftest import System, wait_for
@@ -152,7 +153,9 @@ async def test_slack_rate_at_most_about_one_per_second(system: System, bus: Bus,
 
 
 async def test_slack_500_retried_404_permanent_and_escalated_by_email_once(system: System, bus: Bus,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     fast_notify(monkeypatch)
     script = [(500, {}, "internal_error"), (200, {}, "ok"), (404, {}, "no_service")]
     with MailServer() as mail, SlackServer(script) as slack:
@@ -172,3 +175,5 @@ async def test_slack_500_retried_404_permanent_and_escalated_by_email_once(syste
         text = mail.handler.delivered()[0].text()
         assert "Delivery via 'slack' failed permanently (Slack 404" in text and "second" in text
         assert "secret-token" not in text, "the webhook URL is a secret"
+        assert "secret-token" not in caplog.text, "the webhook URL must never be logged"
+        assert "Slack 404" in caplog.text

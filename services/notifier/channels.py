@@ -27,6 +27,8 @@ from shared.notify_config import (
 
 log = logging.getLogger("cropcron.notifier")
 alert_log = logging.getLogger("cropcron.alerts")
+# httpx logs every request line, URL included, at INFO: the webhook URL is a bearer credential
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class DeliveryError(Exception):
