@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from browser import TOKEN, VIEWER_TOKEN, Dashboard, dashboard  # noqa: F401  (fixture)
-from conftest import wait_for
+import pytest
+from browser import CONFIG, TOKEN, VIEWER_TOKEN, Dashboard, dashboard  # noqa: F401  (fixture)
+from conftest import System, apply_yaml, wait_for
 
 API_GETS = ["/api/overview", "/api/health", "/api/jobs", "/api/jobs/pulse", "/api/runs", "/api/runs/x",
             "/api/charts/hourly", "/api/charts/durations?job=pulse", "/api/alerts", "/api/events",
@@ -159,6 +160,10 @@ async def test_endpoints_filters_paging_404_422(dashboard: Dashboard) -> None:  
         assert not {x["run_id"] for x in p1["runs"]} & {x["run_id"] for x in p2["runs"]}
         assert (await c.get("/api/runs?job=pulse&limit=1000&offset=100000")).json() == {
             "runs": [], "limit": 1000, "offset": 100000, "next_offset": None}
+        page = await c.get("/runs", params={"job": "pulse", "state": "succeeded", "limit": 1, "offset": 1})
+        assert page.status_code == 200 and page.text.count('<tr data-run-id="') == 1
+        assert 'href="?job=pulse&amp;state=succeeded&amp;limit=1&amp;offset=2">older' in page.text
+        assert 'href="?job=pulse&amp;state=succeeded&amp;limit=1&amp;offset=0">← newer' in page.text
 
         # jobs
         jobs = {j["name"]: j for j in (await c.get("/api/jobs")).json()["jobs"]}
@@ -252,3 +257,39 @@ async def test_endpoints_filters_paging_404_422(dashboard: Dashboard) -> None:  
                     break
             assert kinds[0] == "hello" and kinds[-1] == "run"
     no_secret(seen)
+
+
+async def test_without_history_pages_still_answer(system: System, monkeypatch: pytest.MonkeyPatch) -> None:
+    """History not running: the API says 503 naming the query, the pages still render what KV and
+    the heartbeats know (jobs, next runs, health) with a notice, and alerts read "unavailable"."""
+    from cropcron.embedded import free_port
+    from shared.bus import connect
+
+    port = free_port()
+    monkeypatch.setenv("CROPCRON_DASHBOARD_TOKEN", TOKEN)
+    monkeypatch.setenv("CROPCRON_DASHBOARD_PORT", str(port))
+    monkeypatch.setenv("CROPCRON_DASHBOARD_REQUEST_TIMEOUT", "1")
+    bus = await connect(system.nats_url, "no-history-test")
+    try:
+        await apply_yaml(bus, CONFIG)
+        await system.start("dashboard")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                                     headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+            r = await c.get("/api/runs")
+            assert r.status_code == 503 and "cropcron.history.runs" in r.json()["error"]
+            r = await c.get("/runs")
+            assert r.status_code == 503 and "text/html" in r.headers["content-type"]
+            o = (await c.get("/api/overview")).json()
+            assert o["errors"] and o["today"] == {} and o["success_rate_7d"] is None
+            assert o["health"]["postgres"]["ok"] is None
+            assert {s["service"]: s["ok"] for s in o["health"]["services"]}["history"] is False
+            assert o["alerts"]["available"] is False and "pulse" in [n["job"] for n in o["next_runs"]]
+            page = await c.get("/")
+            assert page.status_code == 200 and "alerts unavailable" in page.text and "✗ history" in page.text
+            jobs = (await c.get("/api/jobs")).json()["jobs"]
+            assert {j["name"] for j in jobs} == {"pulse", "process_images", "broken"}
+            assert all(j["history_available"] is False and j["last_state"] is None for j in jobs)
+            page = await c.get("/jobs")
+            assert page.status_code == 200 and "history is not answering" in page.text
+    finally:
+        await bus.close()

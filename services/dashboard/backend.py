@@ -4,6 +4,7 @@ through the same subjects and buckets the CLI uses."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -69,9 +70,9 @@ class Backend:
         history_ok = True
         if specs:
             try:
-                last = await self.ask(wire.HISTORY_LAST, LastQuery(jobs=list(specs)))
-                per_job = (await self.ask(wire.HISTORY_STATS, StatsQuery(days=7)))["jobs"]
-                stats = {r["job"]: r for r in per_job}
+                answers: tuple[Any, Any] = await asyncio.gather(self.ask(wire.HISTORY_LAST, LastQuery(jobs=list(specs))),
+                                                               self.ask(wire.HISTORY_STATS, StatsQuery(days=7)))
+                last, stats = answers[0], {r["job"]: r for r in answers[1]["jobs"]}
             except Unavailable as exc:
                 log.warning("dashboard: %s", exc)
                 history_ok = False
@@ -155,19 +156,23 @@ class Backend:
         tz = ZoneInfo(self.catalog.system.timezone)
         midnight = datetime.now(tz).replace(hour=0, minute=0, second=0, microsecond=0)
         out: dict[str, Any] = {"timezone": str(tz), "day_start": midnight.isoformat(), "errors": []}
-        out["health"] = await self.health()
-        try:
-            out["today"] = await self.ask(wire.HISTORY_REPORT_COUNTS, CountsQuery(since=midnight))
-            week = (await self.ask(wire.HISTORY_STATS, StatsQuery(days=7)))["total"]
-            out["success_rate_7d"] = success_rate(week)
-            out["week"] = week
-            out["running"] = await self.runs(RunsQuery(state=RunState.STARTED, limit=50, offset=0))
-            out["retrying"] = await self.runs(RunsQuery(state=RunState.RETRYING, limit=50, offset=0))
-        except Unavailable as exc:
-            out["errors"].append(str(exc))
+        # independent questions, asked at once: the page waits for the slowest, not their sum
+        health, alerts, history = await asyncio.gather(self.health(), self.alerts(10), asyncio.gather(
+            self.ask(wire.HISTORY_REPORT_COUNTS, CountsQuery(since=midnight)),
+            self.ask(wire.HISTORY_STATS, StatsQuery(days=7)),
+            self.runs(RunsQuery(state=RunState.STARTED, limit=50, offset=0)),
+            self.runs(RunsQuery(state=RunState.RETRYING, limit=50, offset=0)), return_exceptions=True))
+        out.update(health=health, alerts=alerts, next_runs=self.next_runs())
+        failed = [r for r in history if isinstance(r, BaseException)]
+        if failed:
+            if not all(isinstance(r, Unavailable) for r in failed):
+                raise next(r for r in failed if not isinstance(r, Unavailable))
+            out["errors"].append(str(failed[0]))
             out.update(today={}, success_rate_7d=None, week={}, running=[], retrying=[])
-        out["next_runs"] = self.next_runs()
-        out["alerts"] = await self.alerts(10)
+            return out
+        today, week, running, retrying = history
+        out.update(today=today, week=week["total"], success_rate_7d=success_rate(week["total"]), running=running,
+                   retrying=retrying)
         return out
 
     async def health(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
@@ -125,9 +125,14 @@ async def runs(request: Request) -> Response:
     backend: Backend = request.app.state.backend
     rows = await backend.runs(RunsQuery(**p.model_dump()))
     filters = {k: request.query_params.get(k, "") for k in ("job", "state", "since", "until")}
-    return _render(request, "runs.html", {"runs": rows, "p": p, "filters": filters,
-                                          "jobs": sorted(backend.catalog.specs),
-                                          "more": len(rows) == p.limit})
+
+    def page_at(offset: int) -> str:
+        return "?" + urlencode({**{k: v for k, v in filters.items() if v}, "limit": p.limit, "offset": offset})
+
+    return _render(request, "runs.html", {
+        "runs": rows, "p": p, "filters": filters, "jobs": sorted(backend.catalog.specs),
+        "newer": page_at(max(p.offset - p.limit, 0)) if p.offset else None,
+        "older": page_at(p.offset + p.limit) if len(rows) == p.limit else None})
 
 
 async def run(request: Request) -> Response:
