@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ROOT, Spawner, System, wait_for, wait_service
+from conftest import ROOT, Spawner, System, fetch, wait_for, wait_service
 from notify_helpers import (
     apply_all,
     fast_notify,
@@ -241,7 +241,7 @@ async def test_bad_channel_settings_clear_errors_and_the_notifier_keeps_going(
         assert "Message-ID" in res.stdout and len(mail.handler.delivered()) == 1
 
 
-async def test_alerts_command_lists_alerts_with_deliveries(system: System, bus: Bus, nats_server,
+async def test_alerts_command_lists_alerts_with_deliveries(system: System, bus: Bus, nats_server, db_url: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     fast_notify(monkeypatch)
     with MailServer() as mail:
@@ -251,7 +251,14 @@ async def test_alerts_command_lists_alerts_with_deliveries(system: System, bus: 
                                      source="test", at=utcnow()))
         await raise_alert(bus, Alert(id="c.2", level="warning", kind="missed", summary="j: missed", job="j",
                                      source="test", at=utcnow()))
-        await wait_for(lambda: _value(len(mail.handler.delivered()) >= 2), 30, "two emails")
+        # garbage on an alert subject: refused with the reason, kept, and the next alert still goes out
+        await bus.js.publish("cropcron.alert.error.garbled", b'{"level": "loud"')
+        await raise_alert(bus, Alert(id="c.3", level="error", kind="dead", summary="k: dead", job="k",
+                                     source="test", at=utcnow()))
+        await wait_for(lambda: _value(len(mail.handler.delivered()) >= 3), 30, "three emails")
+        rejected = await wait_for(lambda: fetch(db_url, "SELECT * FROM rejections WHERE source = 'alert'"), 30,
+                                  "the garbled alert kept as a rejection")
+        assert rejected[0]["subject"] == "cropcron.alert.error.garbled" and "json" in rejected[0]["reason"].lower()
 
         async def listed() -> list:
             res = await asyncio.to_thread(_cli, "alerts", "--json", "--level", "error", env={"NATS_URL": nats_server.url})
@@ -259,7 +266,7 @@ async def test_alerts_command_lists_alerts_with_deliveries(system: System, bus: 
             return rows if rows and rows[0]["deliveries"] else []
 
         rows = await wait_for(listed, 30, "`cropcron alerts` showing the delivered alert")
-        assert [r["id"] for r in rows] == ["c.1"], "--level error: error and above only"
+        assert [r["id"] for r in rows if r["id"] != "c.3"] == ["c.1"], "--level error: error and above only"
         assert rows[0]["deliveries"][0]["outcome"] == "sent" and rows[0]["deliveries"][0]["message_id"]
         # in a thread: the history service answering it runs in this test's event loop
         res = await asyncio.to_thread(_cli, "alerts", "--since", "1h", env={"NATS_URL": nats_server.url})

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from shared import wire
 from shared.bus import Bus
-from shared.events import Alert, DeliveryRecord, decode
+from shared.events import Alert, DeliveryRecord, Rejected, decode
 from shared.notify_config import LEVEL_RANK
 from shared.queries import AlertsQuery
 
@@ -48,8 +48,13 @@ def _delivery_row(d: DeliveryRecord) -> tuple[Any, ...]:
             d.message_id, d.at)
 
 
-async def store_batch(pool: asyncpg.Pool, alerts: list[Alert], deliveries: list[DeliveryRecord]) -> None:
+async def store_batch(pool: asyncpg.Pool, alerts: list[Alert], deliveries: list[DeliveryRecord],
+                      rejected: list[Rejected]) -> None:
     async with pool.acquire() as conn, conn.transaction():
+        if rejected:  # unreadable alerts are kept like refused triggers: never silently lost
+            await conn.executemany(
+                "INSERT INTO rejections (source, subject, reason, payload_excerpt, at) VALUES ($1, $2, $3, $4, $5)",
+                [(r.source, r.subject, _text(r.reason), _text(r.payload_excerpt), r.at) for r in rejected])
         if alerts:
             await conn.executemany(INSERT_ALERT, [_alert_row(a) for a in alerts])
         if deliveries:
@@ -81,19 +86,21 @@ async def ingest(bus: Bus, pool: asyncpg.Pool, batch: int, stop: asyncio.Event) 
 async def _store(pool: asyncpg.Pool, msgs: list[Msg]) -> None:
     alerts: list[Alert] = []
     deliveries: list[DeliveryRecord] = []
-    good: list[Msg] = []
+    rejected: list[Rejected] = []
     for msg in msgs:
         try:
             if msg.subject.startswith(DELIVERY_PREFIX):
                 deliveries.append(decode(DeliveryRecord, msg.data))
             else:
                 alerts.append(decode(Alert, msg.data))
-            good.append(msg)
         except (ValidationError, ValueError) as exc:
             log.error("history: unreadable alert message on %s: %s", msg.subject, str(exc)[:300])
-            await msg.term()
+            rejected.append(Rejected(source="alert", subject=msg.subject, reason=str(exc)[:500],
+                                     at=msg.metadata.timestamp,
+                                     payload_excerpt=msg.data[:500].decode("utf-8", "replace")))
+    good = msgs  # the unreadable ones too: they are stored as rejections in the same transaction
     try:
-        await store_batch(pool, alerts, deliveries)
+        await store_batch(pool, alerts, deliveries, rejected)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         log.error("history: cannot write %d alert records (%r); they will be redelivered", len(good), exc)
         for msg in good:
