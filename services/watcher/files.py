@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 
@@ -19,23 +20,27 @@ CHUNK = 1 << 20
 
 class NameFilter:
     """Extensions apply to the final name; ignore patterns to every path component (so a file in
-    `flight1.part/` or in a dot-directory is ignored as well)."""
+    `flight1.part/` or in a dot-directory is ignored as well). The patterns are compiled into one
+    regular expression: a scan tests 100,000 names."""
 
     def __init__(self, watch: WatchConfig) -> None:
         self.recursive = watch.recursive
         self.extensions = tuple(e.encode() for e in watch.extensions)
-        self.ignore = [os.fsencode(p) for p in watch.ignore]
+        joined = "|".join(f"(?:{fnmatch.translate(p)})" for p in watch.ignore)
+        self._ignore = re.compile(os.fsencode(joined)) if joined else None
 
     def ignored_component(self, name: bytes) -> bool:
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)
+        return self._ignore is not None and self._ignore.match(name) is not None
+
+    def wants_name(self, name: bytes) -> bool:
+        """The final name alone (its folders were already checked while descending)."""
+        return not self.ignored_component(name) and (not self.extensions or name.lower().endswith(self.extensions))
 
     def wants(self, rel: bytes) -> bool:
         parts = rel.split(b"/")
         if not self.recursive and len(parts) > 1:
             return False
-        if any(self.ignored_component(p) for p in parts):
-            return False
-        return not self.extensions or parts[-1].lower().endswith(self.extensions)
+        return not any(self.ignored_component(p) for p in parts[:-1]) and self.wants_name(parts[-1])
 
 
 def rel_of(root: bytes, path: bytes) -> bytes | None:
@@ -59,6 +64,8 @@ def list_tree(root: bytes, names: NameFilter, start: bytes = b"") -> list[Entry]
     """Every wanted name under root (or under root/start). Directories are descended only if the
     watch is recursive and never through a symlink; raises OSError if the root itself is gone."""
     out: list[Entry] = []
+    if start and (not names.recursive or any(names.ignored_component(p) for p in start.split(b"/"))):
+        return out  # an ignored folder, or any folder of a flat watch: nothing in it is wanted
     stack = [start]
     while stack:
         sub = stack.pop()
@@ -79,7 +86,7 @@ def list_tree(root: bytes, names: NameFilter, start: bytes = b"") -> list[Entry]
                     if names.recursive and not names.ignored_component(entry.name):
                         stack.append(rel)
                     continue
-                if names.wants(rel):
+                if names.wants_name(entry.name):
                     out.append(Entry(rel, stat.S_ISREG(info.st_mode), info.st_size, info.st_mtime_ns,
                                      info.st_ctime_ns))
     return out
