@@ -141,3 +141,39 @@ async def test_polling_mode_waits_for_size_and_mtime_to_settle(
     await collector.wait_events(1)
     assert time.monotonic() - started >= 4 + 2 - 0.5  # after the last write, plus settle
     assert collector.events[0].size == 8000
+
+
+async def test_inotify_thread_dying_later_is_noticed_and_replaced_by_polling(
+        nats_server: Any, bus: Bus, collector: Collector, watcher_env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """watchdog's thread dies on an error it cannot report (e.g. ENOSPC adding a watch for a new
+    folder): the watch notices, tries inotify again, and polls when that fails too."""
+    real = inotify.start_observer
+    started: list[Any] = []
+
+    def first_works_then_exhausted(root: bytes, recursive: bool, handler: inotify.Bridge) -> Any:
+        if started:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+        started.append(real(root, recursive, handler))
+        return started[0]
+
+    monkeypatch.setattr(inotify, "start_observer", first_works_then_exhausted)
+    root = tmp_path / "uploads"
+    root.mkdir()
+    w = InProcessWatcher(nats_server.url)
+    await w.start()
+    try:
+        await set_watches(bus, watch("uploads", root))
+        await _watch_status(bus, "uploads", lambda s: s["root_available"] and s["mode"] == "events", "inotify")
+        write_file(root / "before.jpg", b"1")
+        await collector.wait_events(1)
+        for emitter in list(started[0].emitters):
+            emitter.stop()  # the thread ends, as it does on an exception inside watchdog
+        st = await _watch_status(bus, "uploads", lambda s: s["mode"] == "polling", "polling after the thread died")
+        assert "max_user_watches" in st["fallback"]
+        write_file(root / "after.jpg", b"2")
+        await collector.wait_events(2)
+        await asyncio.sleep(2)
+        assert collector.counts() == {b"before.jpg": 1, b"after.jpg": 1}
+    finally:
+        await w.close()
