@@ -23,6 +23,7 @@ from watch_helpers import (  # noqa: F401 - the *_fixture names register fixture
 )
 
 from shared.bus import Bus
+from shared.files import rel_bytes
 
 QUIET = 4.0  # longer than settle (2 s) + a rescan (3 s) would need to show a spurious event
 
@@ -142,3 +143,27 @@ async def test_writer_that_never_closes_visibly_is_caught_by_settle(
     await set_watches(bus, watch("imgs", root))
     await _settled(collector, 20)
     assert len(collector.counts()) == 20 and set(collector.counts().values()) == {1}
+
+
+HOSTILE = [b"-rf", b"--output=x.jpg", b"a b.jpg", b"new\nline.jpg", b"tab\there.jpg", b"quote'\".jpg",
+           b"$(touch CANARY).jpg", b"`id`.jpg", b"semi;colon&amp|pipe>.jpg", b"back\\slash.jpg",
+           b"\xff\xfe not utf8.jpg", b"caf\xc3\xa9.jpg", b"\xe2\x80\xae gpj.exe", b"*?[].jpg",
+           b"x" * 250 + b".jpg", b" leading and trailing space ", b"~tilde", b"-", b"\x01ctl.jpg"]
+
+
+async def test_hostile_names_are_announced_byte_exact(
+        bus: Bus, watcher: InProcessWatcher, collector: Collector, tmp_path: Path) -> None:
+    root = tmp_path / "incoming"
+    (root / "-sub dir").mkdir(parents=True)
+    await set_watches(bus, watch("imgs", root))
+    await asyncio.sleep(1)
+    wanted: dict[bytes, str] = {}
+    for i, name in enumerate(HOSTILE):
+        rel = name if i % 2 else b"-sub dir/" + name
+        with open(os.path.join(os.fsencode(root), rel), "wb") as f:  # noqa: ASYNC230 - the upload under test
+            f.write(b"content %d" % i)
+        wanted[rel] = hashlib.sha256(b"content %d" % i).hexdigest()
+    await _settled(collector, len(HOSTILE))
+    # every name came through byte-exact, with the content written under that very name
+    assert {rel_bytes(e): e.sha256 for e in collector.events} == wanted and len(collector.events) == len(HOSTILE)
+    assert not (Path.cwd() / "CANARY").exists() and not (root / "CANARY").exists()
