@@ -72,6 +72,8 @@ def test_examine_hashes_rejects_and_skips_known(tmp_path: Path) -> None:
     assert "symbolic link" in (examine(root, b"link.jpg", ZeroBytePolicy.REJECT).reason or "")
     assert "FIFO" in (examine(root, b"fifo.jpg", ZeroBytePolicy.REJECT).reason or "")  # and did not block
     assert examine(root, b"gone.jpg", ZeroBytePolicy.REJECT).vanished
+    os.link(tmp_path / "a.jpg", tmp_path.parent / f"{tmp_path.name}-outside.jpg")
+    assert "2 hard links" in (examine(root, b"a.jpg", ZeroBytePolicy.REJECT).reason or "")
 
 
 def _entry(rel: bytes, size: int, mtime: int, ctime: int | None = None, regular: bool = True) -> Entry:

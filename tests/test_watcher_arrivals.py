@@ -100,6 +100,7 @@ async def test_odd_files_rejected_once_with_a_reason(
     await set_watches(bus, watch("imgs", root))
     await asyncio.sleep(1)
     os.symlink(secret, root / "link.jpg")  # a symlink out of the root
+    os.link(secret, root / "hard.jpg")  # a hard link to a file outside the root
     os.mkfifo(root / "pipe.jpg")  # opening it would block a naive watcher forever
     write_file(root / "empty.jpg", b"")  # zero bytes, policy reject (the default)
     write_file(root / "ok.jpg", b"fine")
@@ -109,10 +110,11 @@ async def test_odd_files_rejected_once_with_a_reason(
     await collector.wait_rejected(lambda r: r.startswith("link.jpg: ") and "symbolic link" in r, "symlink")
     await collector.wait_rejected(lambda r: r.startswith("pipe.jpg: ") and "FIFO" in r, "FIFO")
     await collector.wait_rejected(lambda r: r.startswith("empty.jpg: ") and "zero bytes" in r, "zero-byte")
+    await collector.wait_rejected(lambda r: r.startswith("hard.jpg: ") and "2 hard links" in r, "hard link")
     await _settled(collector, 1)
     assert collector.counts() == {b"ok.jpg": 1}
     # several scans later, each odd file was still reported exactly once
-    assert len(collector.rejected) == 3, collector.reasons()
+    assert len(collector.rejected) == 4, collector.reasons()
     assert secret.read_bytes() == b"canary"
 
 

@@ -121,10 +121,14 @@ def examine(root: str, rel: bytes, zero_byte: ZeroBytePolicy, known: tuple[int, 
             return Examined(rel, vanished=True)
         info = _lstat(root, rel)
         return Examined(rel, info=info, reason=str(exc))
-    if zero_byte is ZeroBytePolicy.REJECT:
-        info = _lstat(root, rel)
-        if info is not None and info.st_size == 0:
-            return Examined(rel, info=info, reason="file is empty (zero bytes; policy zero_byte: reject)")
+    info = _lstat(root, rel)
+    if info is not None and info.st_nlink > 1:
+        # the runner refuses these too (services/runner/inputs.py): the same file under another
+        # name, possibly outside the root; announcing it would only produce a refused run
+        return Examined(rel, info=info, reason=f"file has {info.st_nlink} hard links "
+                                               "(another name may lie outside the watch root)")
+    if zero_byte is ZeroBytePolicy.REJECT and info is not None and info.st_size == 0:
+        return Examined(rel, info=info, reason="file is empty (zero bytes; policy zero_byte: reject)")
     try:
         return _hash(rel, path)
     except FileNotFoundError:
