@@ -180,7 +180,7 @@ async def test_each_on_file_job_runs_once_per_file_version(
         assert attempts[0]["n"] == 40, "no file ran twice"
 
 
-async def test_file_changed_or_vanished_since_announced_is_refused(
+async def test_file_resized_or_vanished_since_announced_is_refused_but_a_touch_still_runs(
         system: System, bus: Bus, db_url: str, nats_server, tmp_path: Path) -> None:
     root = tmp_path / "incoming"
     root.mkdir()
@@ -189,20 +189,25 @@ async def test_file_changed_or_vanished_since_announced_is_refused(
     await system.start("history", "runner")
     (root / "gone.jpg").write_bytes(b"x")
     (root / "grows.jpg").write_bytes(b"x")
+    (root / "touched.jpg").write_bytes(b"same")
     os.mkfifo(root / "pipe.jpg")
     gone = file_event("incoming", root, b"gone.jpg")
     grows = file_event("incoming", root, b"grows.jpg")
     pipe = file_event("incoming", root, b"pipe.jpg")
+    touched = file_event("incoming", root, b"touched.jpg")
+    os.utime(root / "touched.jpg", ns=(touched.mtime_ns + 5 * 10**9, touched.mtime_ns + 5 * 10**9))
     (root / "gone.jpg").unlink()
     (root / "grows.jpg").write_bytes(b"x more")
     async with dispatching(nats_server.url):
-        await publish_events(bus, [gone, grows, pipe])
-        runs = {r["run_id"]: r for r in await wait_runs(db_url, "checksum", 3, 60)}
+        await publish_events(bus, [gone, grows, pipe, touched])
+        runs = {r["run_id"]: r for r in await wait_runs(db_url, "checksum", 4, 60)}
+    # an identical rewrite or touch changes only the mtime and is not announced again: it still runs
+    assert runs.pop(file_run_id("checksum", touched.id))["state"] == "succeeded"
     assert "vanished" in runs[file_run_id("checksum", gone.id)]["reason"]
     assert "changed since it was announced" in runs[file_run_id("checksum", grows.id)]["reason"]
     assert "FIFO" in runs[file_run_id("checksum", pipe.id)]["reason"]
     assert all(r["state"] == "dead" and r["attempt"] == 1 for r in runs.values()), "a refusal is never retried"
-    assert receipts(out) == {}
+    assert list(receipts(out)) == [file_run_id("checksum", touched.id)]
 
 
 def test_rel_path_b64_round_trip_matches_the_documented_recipe() -> None:

@@ -1,7 +1,7 @@
 """What a file- or batch-triggered run receives besides the job's own fields, checked on the
 runner's machine just before the run (RELIABILITY §5.3): the arrived file's path, re-resolved
 inside its watch root, or a manifest file listing the batch's files. A path that leaves the root,
-is a symlink/FIFO/device, vanished or changed since it was announced is refused with a reason;
+is a symlink/FIFO/device, vanished or changed size since it was announced is refused with a reason;
 it never reaches a job.
 
 Placeholders: `{file.path}` etc. are attribute lookups on the "file"/"batch" values here; each
@@ -78,17 +78,19 @@ def _watch(name: str, wanted: str | None, watches: dict[str, WatchConfig]) -> Wa
     return watch
 
 
-def _checked(watch: WatchConfig, rel: bytes, size: int, mtime_ns: int) -> bytes:
+def _checked(watch: WatchConfig, rel: bytes, size: int) -> bytes:
     path = resolve_inside(watch.path, rel, allow_empty=watch.zero_byte is ZeroBytePolicy.ACCEPT)
     info = os.lstat(path)
     if info.st_nlink > 1:
         # a hard link is the same file as another name, which may be outside the root (a canary,
         # /etc/...): a job writing to it would write there too (RELIABILITY §7.2 item 28)
         raise PathRefused(f"file has {info.st_nlink} hard links (another name may lie outside the watch root)")
-    if (info.st_size, info.st_mtime_ns) != (size, mtime_ns):
-        # the announced version is gone; if it was rewritten, the new version is its own arrival
-        raise PathRefused(f"file changed since it was announced (size {size} -> {info.st_size}, "
-                          f"mtime_ns {mtime_ns} -> {info.st_mtime_ns})")
+    if info.st_size != size:
+        # the announced version is gone (or a rewrite is still in progress); the new content is
+        # announced as its own arrival once complete. Only the size is compared: an identical
+        # rewrite or a `touch` changes the mtime but is, rightly, not announced again, so
+        # refusing it would lose the file's only run.
+        raise PathRefused(f"file changed since it was announced (size {size} -> {info.st_size} bytes)")
     return path
 
 
@@ -99,7 +101,7 @@ def _file_inputs(spec: JobSpec, trigger: Trigger, watches: dict[str, WatchConfig
         raise PathRefused(f"malformed file details in the trigger: {exc.error_count()} problem(s)") from None
     watch = _watch(event.watch, spec.job.on_file, watches)
     rel = rel_bytes(event)
-    path = _checked(watch, rel, event.size, event.mtime_ns)
+    path = _checked(watch, rel, event.size)
     text = {"path": os.fsdecode(path), "rel_path": os.fsdecode(rel), "name": os.fsdecode(os.path.basename(rel)),
             "size": str(event.size), "id": event.id, "watch": event.watch}
     env = {f"CROPCRON_FILE_{k.upper()}": v for k, v in text.items()}
@@ -128,7 +130,7 @@ def _batch_inputs(spec: JobSpec, trigger: Trigger, watches: dict[str, WatchConfi
         try:
             rel = base64.b64decode(item.rel_path_b64, validate=True) if item.rel_path_b64 else item.rel_path.encode()
             check_relative(rel)
-            path = _checked(watch, rel, item.size, item.mtime_ns)
+            path = _checked(watch, rel, item.size)
         except (PathRefused, ValueError) as exc:
             refused.append((item.rel_path, str(exc)))
             continue
