@@ -74,26 +74,31 @@ async def on_alerts(svc: NotifierService, msgs: list[Msg]) -> None:
     config = svc.config or NotificationsConfig()
     timing = svc.timing
     now = utcnow()
-    dirty: set[str] = set()
+    # updated copies: if saving fails, memory still matches KV and the redelivered alerts count
+    updated: dict[str, grouping.Group] = {}
+    changed: set[str] = set()
     good: list[Msg] = []
     for msg in msgs:
         try:
             alert: Alert = decode(Alert, msg.data)
         except (ValidationError, ValueError) as exc:
             log.error("notifier: unreadable alert on %s: %s", msg.subject, str(exc)[:300])
-            await msg.term()  # history keeps it as it came (it reads the same stream)
+            await msg.term()  # history keeps it as a rejection (it reads the same stream)
             continue
         good.append(msg)
         svc.counts["alerts"] += 1
         for channel in route(config, alert):
             key = grouping.group_kv_key(channel, alert.group_key())
-            group = svc.groups.get(key) or grouping.Group(channel=channel, key=alert.group_key())
-            if grouping.add(group, alert, now, timing):
-                svc.groups[key] = group
-                dirty.add(key)
+            if key not in updated:
+                current = svc.groups.get(key)
+                updated[key] = (current.model_copy(deep=True) if current is not None
+                                else grouping.Group(channel=channel, key=alert.group_key()))
+            if grouping.add(updated[key], alert, now, timing):
+                changed.add(key)
     assert svc.kv is not None
-    for key in dirty:  # the group holds the alert now: only then is the alert acknowledged
-        await svc.kv.put(key, svc.groups[key].model_dump_json().encode())
+    for key in changed:  # the group holds the alert now: only then is the alert acked
+        await svc.kv.put(key, updated[key].model_dump_json().encode())
+    svc.groups.update({key: updated[key] for key in changed})
     for msg in good:
         await msg.ack()
 
