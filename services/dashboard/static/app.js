@@ -30,13 +30,14 @@ function el(tag, attrs, ...children) {
 function runRow(r) {
   const why = `${r.exit_code !== undefined && r.exit_code !== null ? `exit ${r.exit_code} ` : ""}${r.error || r.reason || ""}`;
   const tr = el("tr", {"data-run-id": r.run_id, "data-state": r.state},
-    el("td", {class: `state s-${r.state}`}, stateText(r.state)),
-    el("td", {}, el("a", {href: `/jobs/${encodeURIComponent(r.job)}`}, r.job)),
-    el("td", {}, r.trigger_kind || "—"),
-    el("td", {}, el("a", {href: `/runs/${encodeURIComponent(r.run_id)}`}, fmtTime(r.started_at || r.scheduled_at || r.at || r.updated_at))),
-    el("td", {}, fmtDuration(r.duration_s)),
-    el("td", {}, String(r.attempt ?? "")),
-    el("td", {class: "why"}, why));
+    el("td", {class: `state s-${r.state}`, "data-label": "State"}, stateText(r.state)),
+    el("td", {"data-label": "Job"}, el("a", {href: `/jobs/${encodeURIComponent(r.job)}`}, r.job)),
+    el("td", {"data-label": "Trigger"}, r.trigger_kind || "—"),
+    el("td", {"data-label": "When"}, el("a", {href: `/runs/${encodeURIComponent(r.run_id)}`},
+      fmtTime(r.started_at || r.scheduled_at || r.at || r.updated_at))),
+    el("td", {"data-label": "Duration"}, fmtDuration(r.duration_s)),
+    el("td", {"data-label": "Attempt"}, String(r.attempt ?? "")),
+    el("td", {class: "why", "data-label": "Exit / reason"}, why));
   return tr;
 }
 
