@@ -44,7 +44,8 @@ jobs:
   - name: broken
     type: report_generation
     max_retries: 0
-    run: ["{python}", "-c", "import sys; print('no disk'); sys.exit(3)"]
+    # its output is hostile HTML: pages must show it as text
+    run: ["{python}", "-c", "import sys; print('<script>alert(1)</script><img src=x onerror=alert(2)> no disk'); sys.exit(3)"]
 """
 
 

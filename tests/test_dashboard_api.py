@@ -6,6 +6,7 @@ parameters, and no response ever containing the token."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -121,7 +122,8 @@ async def test_access_401_403_and_no_secrets(dashboard: Dashboard) -> None:  # n
     no_secret(seen)
 
 
-async def test_endpoints_filters_paging_404_422(dashboard: Dashboard) -> None:  # noqa: F811
+async def test_endpoints_filters_paging_404_422(dashboard: Dashboard, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    caplog.set_level(logging.INFO, logger="cropcron.dashboard")
     async def pulses() -> list[dict[str, Any]]:
         rows = await dashboard.runs(job="pulse", state="succeeded")
         return rows if len(rows) >= 3 else []
@@ -142,6 +144,14 @@ async def test_endpoints_filters_paging_404_422(dashboard: Dashboard) -> None:  
         run = await wait_for(dead, 60, "the manual run of the failing job to end dead")
         assert run["trigger_kind"] == "manual" and run["exit_code"] == 3 and "no disk" in run["output_tail"]
         assert [a["attempt"] for a in run["attempts"]] == [1] and run["attempts"][0]["exit_code"] == 3
+        # the run's page: its facts, and its hostile output as text, never as markup
+        page = await c.get(f"/runs/{run_id}")
+        assert page.status_code == 200 and "✖ dead" in page.text and "exited with code 3" in page.text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "<script>alert" not in page.text
+        assert "<img src=x" not in page.text
+        # the action is in the audit log, with who asked
+        assert any(f"manual run {run_id} of broken requested by dashboard (operator, bearer, 127.0.0.1)" in r.message
+                   for r in caplog.records), [r.message for r in caplog.records if "audit" in r.message]
 
         # filters
         r = await c.get("/api/runs", params={"job": "pulse", "state": "succeeded"})
