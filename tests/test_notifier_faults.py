@@ -154,7 +154,11 @@ async def test_notifier_sigkill_mid_delivery_no_loss_at_most_one_duplicate(
         notifier.send_signal(signal.SIGKILL)
         notifier.wait(5)
         mail.handler.hold = 0
-        spawn.start("notifier", instance="n2")
+        spawn.start("notifier", instance="n2")  # restarted: active once the dead one's lease expires
+        await wait_for(lambda: _role(bus, "n2", "active"), 30, "the restarted notifier active")
+        # a second notifier stands by: one active at a time, or every message would go out twice
+        spawn.start("notifier", instance="n3")
+        await wait_for(lambda: _role(bus, "n3", "standby"), 30, "the second notifier standing by")
 
         def ids() -> list[str]:
             return [r.message_id for r in mail.handler.received]
@@ -170,6 +174,11 @@ async def test_notifier_sigkill_mid_delivery_no_loss_at_most_one_duplicate(
         subjects = " ".join(str(r.message["Subject"]) for r in mail.handler.received)
         for job in ("irrigation", "backup", "report"):
             assert job in subjects
+
+
+async def _role(bus: Bus, instance: str, role: str) -> bool:
+    beat = await wait_service(bus, "notifier", instance)
+    return beat.get("role") == role
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

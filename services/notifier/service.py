@@ -27,6 +27,7 @@ from services.notifier.channels import EmailSender, LogSender, Sender, SlackSend
 from services.notifier.groups import Group, Timing
 from services.notifier.settings import NotifierSettings
 from services.notifier.state import JobsState, load_config, load_groups, load_state
+from services.timer.leader import LeaderLease
 from shared import wire
 from shared.bus import Bus
 from shared.catalog import Catalog
@@ -53,10 +54,11 @@ class NotifierService:
         self.kv: KeyValue | None = None
         self.started_at = utcnow()
         self.counts = {"alerts": 0, "notifications": 0, "sent": 0, "retries": 0, "failed": 0}
+        self.role = "starting"
         self.ready = asyncio.Event()
 
     def status(self) -> dict[str, Any]:
-        return {**self.counts, "channels": sorted(self.senders), "broken": sorted(self.broken),
+        return {**self.counts, "role": self.role, "channels": sorted(self.senders), "broken": sorted(self.broken),
                 "open_groups": sum(1 for g in self.groups.values() if g.active)}
 
     @property
@@ -65,37 +67,86 @@ class NotifierService:
         return Timing(c.group_window, c.group_interval, c.repeat_interval, self.ns.notify_max_alerts)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Active while holding the lease in KV (one notifier at a time: two would each group and
+        send); a second notifier stands by and takes over once the lease expires."""
         self.kv = await self.bus.js.key_value(wire.KV_NOTIFY)
+        lease = LeaderLease(self.kv, self.settings.instance, self.settings.leader_ttl)
+        try:
+            while not stop.is_set():
+                try:
+                    acquired = await lease.try_acquire()
+                except Exception as exc:  # the bus may be reconnecting
+                    log.warning("notifier: cannot read the lease (%r); retrying", exc)
+                    acquired = False
+                if acquired:
+                    self.role = "active"
+                    log.info("notifier %s: active", self.settings.instance)
+                    await self._active(stop, lease)
+                    if not stop.is_set():
+                        log.warning("notifier %s: lost the lease; standing by", self.settings.instance)
+                elif self.role != "standby":
+                    self.role = "standby"
+                    log.info("notifier %s: another notifier is active; standing by", self.settings.instance)
+                self.ready.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.leader_ttl / 3)
+        finally:
+            with contextlib.suppress(Exception):
+                await lease.release()
+
+    async def _active(self, stop: asyncio.Event, lease: LeaderLease) -> None:
+        assert self.kv is not None
         self.groups = await load_groups(self.kv)
         self.state = await load_state(self.kv)
         await self.apply_config(await load_config(self.kv))
         await deadman.seed_last_success(self)
-        subs = {
+        subs: dict[str, Any] = {
             "runs": await self.bus.js.pull_subscribe_bind(durable=wire.NOTIFIER_RUNS_CONSUMER, stream=wire.STREAM_RUNS),
             "alerts": await self.bus.js.pull_subscribe_bind(durable=wire.NOTIFIER_ALERTS_CONSUMER,
                                                             stream=wire.STREAM_ALERTS),
             "deliver": await self.bus.js.pull_subscribe_bind(durable=wire.DELIVER_CONSUMER, stream=wire.STREAM_NOTIFY),
         }
+        until = asyncio.Event()  # stop, or the lease lost
         tasks = [
-            asyncio.create_task(self._follow_config(stop)),
-            asyncio.create_task(self._pull(stop, subs, "runs", wire.STREAM_RUNS, wire.NOTIFIER_RUNS_CONSUMER, 256,
+            asyncio.create_task(self._follow_config(until)),
+            asyncio.create_task(self._pull(until, subs, "runs", wire.STREAM_RUNS, wire.NOTIFIER_RUNS_CONSUMER, 256,
                                            lambda msgs: intake.on_run_events(self, msgs))),
-            asyncio.create_task(self._pull(stop, subs, "alerts", wire.STREAM_ALERTS, wire.NOTIFIER_ALERTS_CONSUMER,
+            asyncio.create_task(self._pull(until, subs, "alerts", wire.STREAM_ALERTS, wire.NOTIFIER_ALERTS_CONSUMER,
                                            256, lambda msgs: intake.on_alerts(self, msgs),
                                            after=lambda: intake.flush_due(self))),
-            asyncio.create_task(deliver.deliver_loop(self, stop, subs)),
-            asyncio.create_task(deadman.loop(self, stop)),
+            asyncio.create_task(deliver.deliver_loop(self, until, subs)),
+            asyncio.create_task(deadman.loop(self, until)),
+            asyncio.create_task(self._keep_lease(stop, lease, until)),
         ]
         self.ready.set()
         try:
-            await stop.wait()
+            await until.wait()
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for sub in subs.values():
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
             for sender in self.senders.values():
                 with contextlib.suppress(Exception):
                     await sender.close()
+            self.senders, self.config = {}, None
+
+    async def _keep_lease(self, stop: asyncio.Event, lease: LeaderLease, until: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.leader_ttl / 3)
+            if stop.is_set():
+                break
+            try:
+                renewed = await lease.renew()
+            except Exception as exc:  # a bus hiccup: try again before the lease runs out
+                log.warning("notifier: lease renewal failed (%r)", exc)
+                continue
+            if not renewed:
+                break
+        until.set()
 
     async def apply_config(self, config: NotificationsConfig | None) -> None:
         """New senders for a new config. A channel whose secret is missing or malformed is
