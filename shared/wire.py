@@ -79,6 +79,9 @@ KV_BATCHES: Final = "cropcron_batches"  # open flight batches, so they survive r
 KV_BATCHES_STREAM: Final = f"KV_{KV_BATCHES}"
 
 
+DISPATCH_LEADER_KEY: Final = "leader"  # in KV_BATCHES: the active dispatcher's lease (one at a time)
+
+
 def batch_header_key(batch_id: str) -> str:
     return f"h.{batch_id}"
 

@@ -67,6 +67,13 @@ class RunningDispatcher:
                  catalog: Catalog) -> None:
         self.dispatcher, self.task, self.stop_event, self.bus, self.catalog = dispatcher, task, stop, bus, catalog
 
+    async def crash(self) -> None:
+        """Die without any shutdown path: no lease release, no acks, the connection dropped."""
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.bus.nc.close()
+        await self.catalog.stop()
+
     async def stop(self) -> None:
         self.stop_event.set()
         with contextlib.suppress(Exception):
@@ -75,12 +82,13 @@ class RunningDispatcher:
         await self.bus.close()
 
 
-async def start_dispatcher(nats_url: str, **overrides: Any) -> RunningDispatcher:
+async def start_dispatcher(nats_url: str, instance: str = "d1", **overrides: Any) -> RunningDispatcher:
     bus = await connect(nats_url, "test-dispatcher")
     catalog = Catalog(bus.js)
     await catalog.start()
-    conf = DispatchSettings(**{"batch_check": 0.2, "fetch_timeout": 0.5, **overrides})
-    dispatcher = Dispatcher(bus, catalog, ServiceSettings(nats_url=nats_url), conf)  # type: ignore[call-arg]
+    conf = DispatchSettings(**{"batch_check": 0.2, "fetch_timeout": 0.5, "leader_ttl": 2.0, **overrides})
+    dispatcher = Dispatcher(bus, catalog, ServiceSettings(nats_url=nats_url, instance=instance),  # type: ignore[call-arg]
+                            conf)
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))
     await asyncio.wait_for(dispatcher.ready.wait(), 30)

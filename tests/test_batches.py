@@ -155,11 +155,7 @@ async def test_open_batch_survives_a_dispatcher_crash_neither_lost_nor_duplicate
             return False
 
     await wait_for(recorded, 30, "100 files recorded in the open batch")
-    # crash: no shutdown path runs (the task is cancelled, the connection dropped)
-    first.task.cancel()
-    await asyncio.gather(first.task, return_exceptions=True)
-    await first.bus.nc.close()
-    await first.catalog.stop()
+    await first.crash()  # no shutdown path runs: the lease is not released, it expires
     await publish_events(bus, events[100:])
     async with dispatching(nats_server.url) as second:
         found = await _receipts(out, 1)
@@ -170,6 +166,45 @@ async def test_open_batch_survives_a_dispatcher_crash_neither_lost_nor_duplicate
     assert [f["id"] for f in manifest["files"]] == [e.id for e in events]
     assert manifest["batch_id"] == batch_id("mosaic", events[0].id)
     assert len(await fetch(db_url, "SELECT run_id FROM runs WHERE job = 'mosaic'")) == 1
-    kv = await bus.js.key_value(wire.KV_BATCHES)
-    info = await bus.js.stream_info(wire.KV_BATCHES_STREAM)
-    assert info.state.messages == 0, f"closed batch purged from {kv._name}"
+    info = await bus.js.stream_info(wire.KV_BATCHES_STREAM, subjects_filter=f"$KV.{wire.KV_BATCHES}.>")
+    left = [s for s in (info.state.subjects or {}) if not s.endswith("." + wire.DISPATCH_LEADER_KEY)]
+    assert left == [] and info.state.messages <= 1, "the closed batch is purged (only the lease is left)"
+
+
+async def test_a_standby_dispatcher_takes_over_a_crashed_ones_open_batches(
+        system: System, bus: Bus, db_url: str, nats_server, tmp_path: Path) -> None:
+    root = tmp_path / "drone"
+    script, out = recorder(tmp_path)
+    await apply_yaml(bus, _config(root, script, out, "quiet: 4s"))
+    await system.start("history", "runner")
+    flights = {name: _files(root, name, 100) for name in ("north", "south", "east")}
+    interleaved = [e for trio in zip(*flights.values(), strict=True) for e in trio]
+    first = await start_dispatcher(nats_server.url, instance="d1")
+    second = await start_dispatcher(nats_server.url, instance="d2")
+    try:
+        await wait_for(lambda: _roles(first, second, {"active", "standby"}), 30, "one active, one standby")
+        active, standby = (first, second) if first.dispatcher.role == "active" else (second, first)
+        await publish_events(bus, interleaved[:150])
+        await wait_for(lambda: _open_files(active, 150), 30, "150 files in open batches")
+        await active.crash()
+        await publish_events(bus, interleaved[150:])
+        found = await _receipts(out, 3)
+        await asyncio.sleep(5)
+        assert standby.dispatcher.role == "active"
+        assert len(receipts(out)) == 3, "no flight split between the two dispatchers"
+    finally:
+        for d in (first, second):
+            if not d.task.done():
+                await d.stop()
+    for receipt in found.values():
+        manifest = receipt["manifest"]
+        assert [f["id"] for f in manifest["files"]] == [e.id for e in flights[manifest["folder"]]]
+    assert len(await fetch(db_url, "SELECT run_id FROM runs WHERE job = 'mosaic'")) == 3
+
+
+async def _roles(a: Any, b: Any, wanted: set[str]) -> bool:
+    return {a.dispatcher.role, b.dispatcher.role} == wanted
+
+
+async def _open_files(d: Any, n: int) -> bool:
+    return sum(len(b.files) for b in d.dispatcher.keeper.open.values()) >= n

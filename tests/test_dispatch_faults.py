@@ -42,7 +42,7 @@ jobs:
 """)
     spawn.start("runner", "history", concurrency=8)
     watcher_env = {"watcher_state_dir": tmp_path / "watcher-state", "watcher_root_retry": 0.3,
-                   "watcher_settle_check": 0.2, "dispatch_batch_check": 0.2}
+                   "watcher_settle_check": 0.2, "dispatch_batch_check": 0.2, "dispatch_leader_ttl": 2}
     first = spawn.start("watcher", **watcher_env)
     await wait_service(bus, "dispatcher", first.instance, 60)  # type: ignore[attr-defined]
     names = [f"flight_7/IMG_{i:04d}.jpg" for i in range(200)]

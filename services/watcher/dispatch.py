@@ -10,8 +10,8 @@ A pull consumer on the durable `dispatch` consumer of CROPCRON_FILES. For each F
 The FileEvent is acked only after the triggers and batch records are acknowledged by JetStream,
 so a crash at any point means a redelivery, never a lost arrival; ids make redeliveries no-ops.
 
-One dispatcher per system: open batches are kept in this process (mirrored in KV), so two
-dispatchers sharing the consumer would split a flight between them (docs/watcher-dispatch.md).
+One active dispatcher at a time (services/watcher/dispatch_lease.py): open batches are kept in its
+memory (mirrored in KV), so two sharing the consumer would split a flight; others stand by.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.watcher.batches import BatchKeeper, Publish
+from services.watcher.dispatch_lease import Lease
 from shared import wire
 from shared.bus import Bus, publish_until_acked
 from shared.catalog import Catalog
@@ -50,6 +51,9 @@ class DispatchSettings(BaseSettings):
     # a batch's file list travels inside its trigger; NATS refuses messages over max_payload (1 MB),
     # so a batch whose list reaches this many bytes closes (partial) and the rest opens a new one
     batch_max_bytes: int = 700_000
+    # one active dispatcher (open batches are in its memory); a standby takes over this long
+    # after the active one stopped renewing
+    leader_ttl: float = 10.0
 
 
 class Dispatcher:
@@ -62,22 +66,53 @@ class Dispatcher:
         self.keeper = BatchKeeper(bus, self.conf.batch_max_bytes)
         self.lock = asyncio.Lock()  # intake and the batch closer both change the open batches
         self.ready = asyncio.Event()
+        self.role = "starting"  # active | standby | stopped
         self.stats = {"events": 0, "triggers": 0, "rejected": 0}
 
     def status(self) -> dict[str, Any]:
-        return {**self.stats, "open_batches": len(self.keeper.open), "batches_closed": self.keeper.closed}
+        return {**self.stats, "role": self.role, "open_batches": len(self.keeper.open),
+                "batches_closed": self.keeper.closed}
 
     async def run(self, stop: asyncio.Event) -> None:
+        kv = await self.bus.js.key_value(wire.KV_BATCHES)
+        lease = Lease(kv, wire.DISPATCH_LEADER_KEY, self.settings.instance, self.conf.leader_ttl)
+        self.ready.set()  # live either way: active, or standing by for the active one
+        try:
+            while not stop.is_set():
+                try:
+                    acquired = await lease.try_acquire()
+                except Exception as exc:  # the bus is reconnecting
+                    log.warning("dispatch: cannot reach the lease (%r)", exc)
+                    acquired = False
+                if not acquired:
+                    self.role = "standby"
+                    await _wait(stop, self.conf.leader_ttl / 3)
+                    continue
+                self.role = "active"
+                log.info("dispatch: %s is the active dispatcher", self.settings.instance)
+                await self._lead(stop, lease)
+        finally:
+            self.role = "stopped"
+            with contextlib.suppress(Exception):
+                await lease.release()
+
+    async def _lead(self, stop: asyncio.Event, lease: Lease) -> None:
+        """Dispatch until stopped or the lease is lost (then stand by again)."""
+        self.keeper = BatchKeeper(self.bus, self.conf.batch_max_bytes)  # open batches: from KV, as left
         await self.keeper.load(self._rule)
         tasks = [asyncio.create_task(self._intake(stop), name="dispatch-intake"),
                  asyncio.create_task(self._closer(stop), name="dispatch-batches")]
-        self.ready.set()
         try:
-            done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
-                                         return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                if task in done:
-                    task.result()  # a crash stops the service (and the process, for compose)
+            while not stop.is_set():
+                await asyncio.wait(tasks, timeout=self.conf.leader_ttl / 3)
+                for task in tasks:
+                    if task.done():
+                        task.result()  # a crash stops the service (and the process, for compose)
+                try:
+                    if not await lease.renew():
+                        return  # another dispatcher took over: drop our in-memory batches
+                except Exception as exc:  # bus down: nobody else can take the lease meanwhile
+                    log.warning("dispatch: renewing the lease failed (%r)", exc)
         finally:
             for task in tasks:
                 task.cancel()
@@ -201,6 +236,11 @@ class Dispatcher:
                 continue  # right after intake only what a new file completed; the closer does the rest
             if not await self.keeper.close(batch, reason, self._spec(batch.job), stop):
                 return
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 class _Stopping(Exception):
