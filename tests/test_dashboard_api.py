@@ -16,6 +16,9 @@ import pytest
 from browser import CONFIG, TOKEN, VIEWER_TOKEN, Dashboard, dashboard  # noqa: F401  (fixture)
 from conftest import System, apply_yaml, wait_for
 
+from shared import wire
+from shared.events import Alert
+
 API_GETS = ["/api/overview", "/api/health", "/api/jobs", "/api/jobs/pulse", "/api/runs", "/api/runs/x",
             "/api/charts/hourly", "/api/charts/durations?job=pulse", "/api/alerts", "/api/events",
             "/api/openapi.json"]
@@ -213,8 +216,20 @@ async def test_endpoints_filters_paging_404_422(dashboard: Dashboard, caplog: py
         assert durations["job"] == "pulse" and all(x["duration_s"] > 0 for x in durations["runs"])
         ats = [x["at"] for x in durations["runs"]]
         assert ats == sorted(ats) and len(ats) >= 3
-        alerts = (await c.get("/api/alerts?limit=5")).json()
-        assert isinstance(alerts["alerts"], list) and isinstance(alerts["available"], bool)
+        # an alert raised on the bus (the notifier's contract) shows on the overview, linked to its run
+        alert = Alert(id=f"{run_id}.dead", level="error", kind="dead", summary="broken is dead <b>x</b>",
+                      job="broken", run_id=run_id, source="test", at=datetime.now(UTC))
+        await dashboard.bus.js.publish(wire.alert_subject("error", "dead"), alert.to_bytes(),
+                                       headers={wire.HEADER_MSG_ID: alert.id})
+
+        async def listed() -> dict[str, Any] | None:
+            got = (await c.get("/api/alerts?limit=5")).json()
+            return got if got["available"] and any(a["id"] == alert.id for a in got["alerts"]) else None
+
+        alerts = await wait_for(listed, 30, "the raised alert in /api/alerts")
+        assert alerts["error"] is None
+        page = (await c.get("/")).text
+        assert f'<a href="/runs/{run_id}">broken is dead &lt;b&gt;x&lt;/b&gt;</a>' in page
 
         # the OpenAPI description lists every endpoint
         spec = (await c.get("/api/openapi.json")).json()
