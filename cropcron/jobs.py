@@ -21,4 +21,8 @@ class RunContext:
     attempt: int
     kind: str  # tick | manual | file | batch
     scheduled_at: datetime | None
-    data: dict[str, Any]  # trigger details (file, batch) from later trigger kinds
+    # trigger details. kind "file": the FileEvent's fields (docs/events.md), with "path" replaced by
+    # the absolute path the runner checked inside the watch root (a str; os.fsencode(path) gives the
+    # exact bytes). kind "batch": "batch" (id, watch, folder, partial, reason, files, ...) and
+    # "manifest", the path of the manifest file written for this run (docs/watcher-dispatch.md)
+    data: dict[str, Any]

@@ -217,3 +217,35 @@ def test_rel_path_b64_round_trip_matches_the_documented_recipe() -> None:
 
     assert file_event_id("w", rel, 5, 42) == digest
     assert base64.b64decode(base64.b64encode(rel)) == rel
+
+
+async def test_call_job_on_file_gets_the_checked_path_in_its_context(
+        system: System, bus: Bus, db_url: str, nats_server, tmp_path: Path) -> None:
+    root = tmp_path / "incoming"
+    root.mkdir()
+    module = tmp_path / "file_calls_for_dispatch_test.py"
+    module.write_text(
+        "import hashlib, os\n"
+        "def digest(ctx):\n"
+        "    with open(os.fsencode(ctx.data['path']), 'rb') as f:\n"
+        "        return {'sha256': hashlib.sha256(f.read()).hexdigest(), 'rel': ctx.data['rel_path'],"
+        " 'kind': ctx.kind}\n")
+    await apply_yaml(bus, f"""
+folder_watches:
+  - name: incoming
+    path: "{root}"
+jobs:
+  - name: digest
+    type: image_processing
+    on_file: incoming
+    cwd: "{tmp_path}"
+    call: file_calls_for_dispatch_test:digest
+""")
+    await system.start("history", "runner")
+    (root / "a b.tif").write_bytes(b"tiff" * 100)
+    event = file_event("incoming", root, b"a b.tif")
+    async with dispatching(nats_server.url):
+        await publish_events(bus, [event])
+        [run] = await wait_runs(db_url, "digest", 1, 60)
+    assert run["state"] == "succeeded", run
+    assert run["result"] == {"sha256": hashlib.sha256(b"tiff" * 100).hexdigest(), "rel": "a b.tif", "kind": "file"}
