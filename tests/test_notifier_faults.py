@@ -120,6 +120,18 @@ async def test_timer_killed_overdue_alerts_within_expected_time_plus_grace(
         # the timer's silent heartbeat raised its own alert (in history; not routed to Slack here)
         down = [r for r in rows if r["kind"] == "service_down" and not r["resolved"]]
         assert [r["details"]["service"] for r in down] == ["timer"], down
+        # a timer again (a new instance): the jobs succeed, each overdue is resolved once, and so is
+        # the timer's silence
+        spawn.start("timer", instance="t2")
+        await wait_for(lambda: _value(sum("RESOLVED" in r.body["text"] for r in slack.ok()) >= 2), 30,
+                       "a RESOLVED message per job")
+
+        async def timer_back() -> list:
+            rows = await history_alerts(bus, limit=50)
+            return [r for r in rows if r["kind"] == "service_down" and r["resolved"]]
+
+        back = await wait_for(timer_back, 30, "the timer's silence resolved")
+        assert back[0]["summary"] == "service timer back"
 
 
 def _job(body: dict) -> str:

@@ -2,7 +2,8 @@
 last success (or after it was defined/resumed, or after the notifier first saw it) plus a grace
 must not pass without a success. Expected instants come from the job specs (the catalog), last
 successes from the run events and history, so this works with the timer dead. Silent services:
-a heartbeat in KV older than service_down_after raises service_down; a fresh one resolves it."""
+a service whose heartbeats in KV are all older than service_down_after raises service_down; a
+fresh one resolves it."""
 
 from __future__ import annotations
 
@@ -112,39 +113,51 @@ async def check_overdue(svc: NotifierService, config: NotificationsConfig) -> bo
     return bool(alerts)
 
 
-async def check_services(svc: NotifierService, config: NotificationsConfig) -> bool:
+async def _heartbeats(svc: NotifierService) -> dict[str, list[tuple[str, datetime]]]:
+    """service -> [(instance key, last heartbeat)] from KV cropcron_services."""
     kv = await svc.bus.js.key_value(wire.KV_SERVICES)
-    now = utcnow()
     try:
-        keys = set(await kv.keys())
+        keys = await kv.keys()
     except NoKeysError:
-        keys = set()
+        keys = []
+    out: dict[str, list[tuple[str, datetime]]] = {}
+    for key in keys:
+        with contextlib.suppress(KeyNotFoundError, KeyDeletedError, ValueError, KeyError, TypeError):
+            beat = json.loads((await kv.get(key)).value or b"{}")
+            out.setdefault(str(beat.get("service") or key.split(".", 1)[0]), []).append(
+                (key, datetime.fromisoformat(beat["at"])))
+    return out
+
+
+async def check_services(svc: NotifierService, config: NotificationsConfig) -> bool:
+    """Per service: down when it has heartbeats and none is fresh (a standby timer taking over, a
+    restarted process under a new instance name, or other runners still beating all count as up);
+    resolved when a fresh one appears or the last one is removed by a clean stop."""
+    now = utcnow()
+    beats = await _heartbeats(svc)
     alerts: list[Alert] = []
-    for key in sorted(keys | set(svc.state.down)):
-        beat = None
-        if key in keys:
-            with contextlib.suppress(KeyNotFoundError, KeyDeletedError, ValueError):
-                entry = await kv.get(key)
-                beat = json.loads(entry.value or b"{}")
-        at = datetime.fromisoformat(beat["at"]) if beat and beat.get("at") else None
-        silent = at is not None and (now - at).total_seconds() > config.service_down_after
-        service = (beat or {}).get("service") or key.split(".", 1)[0]
-        fingerprint = f"service_down:{key}"
-        if silent and key not in svc.state.down:
-            assert at is not None
-            alerts.append(Alert(id=f"service_down.{key}.{at.isoformat()}", level="critical", kind="service_down",
-                                summary=f"service {service} ({key}) silent for {(now - at).total_seconds():.0f}s",
-                                text="Its heartbeat stopped: the process died, hangs, or lost the bus.",
-                                source=SOURCE, at=now, fingerprint=fingerprint,
-                                details={"service": service, "instance_key": key, "last_heartbeat": at.isoformat()}))
-            svc.state.down[key] = "critical"
+    for service in sorted(beats.keys() | svc.state.down.keys()):
+        instances = beats.get(service, [])
+        latest = max((at for _, at in instances), default=None)
+        down = latest is not None and (now - latest).total_seconds() > config.service_down_after
+        fingerprint = f"service_down:{service}"
+        if down and service not in svc.state.down:
+            assert latest is not None
+            alerts.append(Alert(
+                id=f"service_down.{service}.{latest.isoformat()}", level="critical", kind="service_down",
+                summary=f"service {service} silent for {(now - latest).total_seconds():.0f}s",
+                text="No instance of it is heartbeating: the process died, hangs, or lost the bus.",
+                source=SOURCE, at=now, fingerprint=fingerprint,
+                details={"service": service, "instances": [k for k, _ in instances],
+                         "last_heartbeat": latest.isoformat()}))
+            svc.state.down[service] = "critical"
             svc.state.down_dirty = True
-        elif not silent and key in svc.state.down:
-            how = "back" if at is not None else "stopped cleanly"
-            alerts.append(Alert(id=f"service_up.{key}.{at.isoformat() if at else now.isoformat()}", level="critical",
-                                kind="service_down", resolved=True, summary=f"service {service} ({key}) {how}",
-                                source=SOURCE, at=now, fingerprint=fingerprint, details={"instance_key": key}))
-            del svc.state.down[key]
+        elif not down and service in svc.state.down:
+            how = "back" if latest is not None else "stopped cleanly"
+            alerts.append(Alert(id=f"service_up.{service}.{(latest or now).isoformat()}", level="critical",
+                                kind="service_down", resolved=True, summary=f"service {service} {how}",
+                                source=SOURCE, at=now, fingerprint=fingerprint, details={"service": service}))
+            del svc.state.down[service]
             svc.state.down_dirty = True
     if alerts:
         await raise_alerts(svc, alerts)

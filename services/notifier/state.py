@@ -38,7 +38,7 @@ class JobsState:
 
     def __init__(self) -> None:
         self.jobs: dict[str, JobWatch] = {}
-        self.down: dict[str, str] = {}  # service key -> alert level raised
+        self.down: dict[str, str] = {}  # service name -> alert level raised
         self.dirty: set[str] = set()
         self.lazy: set[str] = set()
         self.down_dirty = False
