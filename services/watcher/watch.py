@@ -32,6 +32,8 @@ from shared.watch_config import WatchConfig, WatchMode
 
 log = logging.getLogger("cropcron.watcher")
 
+ROOT_STAT_TIMEOUT = 10.0  # a root whose stat takes longer is reported as not responding
+
 
 class WatchLoop:
     def __init__(self, watch: WatchConfig, bus: Bus, store: StateStore, settings: WatcherSettings) -> None:
@@ -52,6 +54,7 @@ class WatchLoop:
         self._observer: BaseObserver | None = None
         self._bridge: inotify.Bridge | None = None
         self._identity: tuple[int, int] | None = None
+        self._probe: asyncio.Future[tuple[tuple[int, int] | None, str | None]] | None = None
 
     @property
     def polling(self) -> bool:
@@ -72,20 +75,23 @@ class WatchLoop:
         self.announcer = Announcer(self.watch, self.bus, self.store, self.tracker)
         try:
             while not stop.is_set():
-                if self._root_identity() is None:
+                if await self._root_identity() is None:
                     await _sleep(stop, self.settings.root_retry)
                     continue
                 await self._follow(stop)
         finally:
             await self._stop_observer()
 
-    def _root_identity(self) -> tuple[int, int] | None:
-        """(device, inode) of the root, or None (reported once per outage) if it is unusable."""
+    async def _root_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the root, or None (reported once per outage) if it is unusable.
+        The stat runs in a thread with a deadline: a hung network mount must not freeze the loop
+        (and a stat still hanging from an earlier check is not joined by another one)."""
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(asyncio.to_thread(_stat_root, self.root))
         try:
-            info = os.stat(self.root)
-            error = None if os.path.isdir(self.root) else "is not a directory"
-        except OSError as exc:
-            error = exc.strerror or str(exc)
+            identity, error = await asyncio.wait_for(asyncio.shield(self._probe), ROOT_STAT_TIMEOUT)
+        except TimeoutError:
+            identity, error = None, f"not responding (stat took over {ROOT_STAT_TIMEOUT:.0f}s)"
         if error is not None:
             if not self._outage:
                 self._outage = True
@@ -98,12 +104,12 @@ class WatchLoop:
             self._outage = False
             log.info("watch %s: root %s is available again", self.watch.name, self.watch.path)
         self.root_error = None
-        return info.st_dev, info.st_ino
+        return identity
 
     async def _follow(self, stop: asyncio.Event) -> None:
         """Watch the root until it goes away or is replaced, or until stop."""
         assert self.tracker is not None
-        self._identity = self._root_identity()
+        self._identity = await self._root_identity()
         await self._start_observer()
         await self._scan()
         interval = self.watch.poll_interval if self.polling else self.watch.rescan_interval
@@ -120,7 +126,7 @@ class WatchLoop:
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + tick
-                if self._root_identity() != self._identity:
+                if await self._root_identity() != self._identity:
                     log.warning("watch %s: root %s went away or was replaced; re-watching when it is back",
                                 self.watch.name, self.watch.path)
                     self.tracker.drop_all_waiting()
@@ -235,6 +241,16 @@ class WatchLoop:
                 self.tracker.forget(rel)
             else:
                 self.tracker.seen(entry, now, wall)
+
+
+def _stat_root(root: bytes) -> tuple[tuple[int, int] | None, str | None]:
+    try:
+        info = os.stat(root)
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+    if not stat.S_ISDIR(info.st_mode):
+        return None, "is not a directory"
+    return (info.st_dev, info.st_ino), None
 
 
 def _lstat_all(root: bytes, rels: list[bytes]) -> list[Entry | None]:
