@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -109,6 +109,15 @@ async def _store(pool: asyncpg.Pool, msgs: list[Msg]) -> None:
         return
     for msg in good:
         await msg.ack()
+
+
+async def cleanup(pool: asyncpg.Pool, older_than_days: float) -> dict[str, int]:
+    """Alerts and delivery records older than the retention (system.history_retention)."""
+    cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+    async with pool.acquire() as conn, conn.transaction():
+        a = await conn.execute("DELETE FROM alerts WHERE at < $1", cutoff)
+        d = await conn.execute("DELETE FROM alert_deliveries WHERE at < $1", cutoff)
+    return {"alerts": int(a.split()[-1]), "deliveries": int(d.split()[-1])}
 
 
 def _jsonable(row: asyncpg.Record) -> dict[str, Any]:

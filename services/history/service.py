@@ -177,6 +177,7 @@ class HistoryService:
                     removed = await store.cleanup(self.pool, self.retention_days())
                     if removed["runs"]:
                         log.info("history: retention removed %d runs", removed["runs"])
+                    await alerts.cleanup(self.pool, self.retention_days())  # and old alerts (issue 4)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("history: retention clean-up failed: %r", exc)
             with contextlib.suppress(TimeoutError):
