@@ -173,8 +173,7 @@ async def loop(svc: NotifierService, stop: asyncio.Event) -> None:
         try:
             await check_overdue(svc, svc.config)
             await check_services(svc, svc.config)
-            if svc.kv is not None:
-                await save_state(svc.kv, svc.state, everything=True)
+            await save_state(svc.bus, svc.state, everything=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

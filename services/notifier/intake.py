@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from services.notifier import groups as grouping
 from services.notifier.rules import CLEARED_BY_SUCCESS, alert_from_run, resolved_alert, route
-from services.notifier.state import JobWatch, save_state
+from services.notifier.state import JobWatch, put_many, save_state
 from shared import wire
 from shared.bus import publish_all, publish_until_acked
 from shared.events import Alert, RunEvent, RunState, decode, utcnow
@@ -64,8 +64,7 @@ async def on_run_events(svc: NotifierService, msgs: list[Msg]) -> None:
                 svc.state.touch(ev.job, urgent=True)
     if alerts:
         await raise_alerts(svc, alerts)
-    if svc.kv is not None:  # what is firing is durable before the events are acked
-        await save_state(svc.kv, svc.state)
+    await save_state(svc.bus, svc.state)  # what is firing is durable before the events are acked
     for msg in good:
         await msg.ack()
 
@@ -95,9 +94,8 @@ async def on_alerts(svc: NotifierService, msgs: list[Msg]) -> None:
                                 else grouping.Group(channel=channel, key=alert.group_key()))
             if grouping.add(updated[key], alert, now, timing):
                 changed.add(key)
-    assert svc.kv is not None
-    for key in changed:  # the group holds the alert now: only then is the alert acked
-        await svc.kv.put(key, updated[key].model_dump_json().encode())
+    # the groups hold the alerts now: only then are the alerts acked
+    await put_many(svc.bus, [(key, updated[key].model_dump_json().encode()) for key in sorted(changed)])
     svc.groups.update({key: updated[key] for key in changed})
     for msg in good:
         await msg.ack()

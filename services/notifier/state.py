@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from services.notifier.groups import Group
 from shared import wire
+from shared.bus import Bus, publish_until_acked
 from shared.events import AlertLevel
 from shared.notify_config import NotificationsConfig
 
@@ -88,17 +90,28 @@ async def load_state(kv: KeyValue) -> JobsState:
     return state
 
 
-async def save_state(kv: KeyValue, state: JobsState, everything: bool = False) -> None:
+async def put_many(bus: Bus, entries: list[tuple[str, bytes]]) -> None:
+    """KV puts as one pipelined batch of publishes to $KV.cropcron_notify.<key> (one round trip
+    instead of one per key); returns once every one is stored."""
+    if not entries:
+        return
+    stamp = uuid.uuid4().hex  # unique ids: a later put of the same key must never be dropped as a duplicate
+    items = [(wire.kv_put_subject(wire.KV_NOTIFY, key), value, f"notify.{stamp}.{i}")
+             for i, (key, value) in enumerate(entries)]
+    if await publish_until_acked(bus, items, "notifier: state"):
+        raise ConnectionError("notifier state not stored")
+
+
+async def save_state(bus: Bus, state: JobsState, everything: bool = False) -> None:
     names = state.dirty | (state.lazy if everything else set())
-    for name in sorted(names):
-        watch = state.jobs.get(name)
-        if watch is not None:
-            await kv.put(JOB_PREFIX + name, watch.model_dump_json().encode())
+    entries = [(JOB_PREFIX + name, state.jobs[name].model_dump_json().encode())
+               for name in sorted(names) if name in state.jobs]
+    if state.down_dirty:
+        entries.append((DOWN_KEY, json.dumps(state.down).encode()))
+    await put_many(bus, entries)
     state.dirty -= names
     state.lazy -= names
-    if state.down_dirty:
-        await kv.put(DOWN_KEY, json.dumps(state.down).encode())
-        state.down_dirty = False
+    state.down_dirty = False
 
 
 async def load_config(kv: KeyValue) -> NotificationsConfig | None:
