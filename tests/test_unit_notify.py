@@ -209,3 +209,20 @@ def test_config_round_trips_through_kv_form() -> None:
 
     config = parse_config({"notifications": GOOD}).notifications
     assert NotificationsConfig.model_validate_json(config_bytes(config)) == config
+
+
+async def test_log_channel_logs_at_the_alert_level(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from services.notifier.channels import LogSender
+    from shared.events import Notification
+    from shared.notify_config import LogChannel
+
+    alert = Alert(id="x", level="critical", kind="service_down", summary="timer silent", source="t", at=T0)
+    n = Notification(id="log.h.0", channel="log", group_key="service_down:timer", status="firing", alerts=[alert],
+                     total=1, created_at=T0)
+    with caplog.at_level(logging.INFO, logger="cropcron.alerts"):
+        assert await LogSender("log", LogChannel(type="log"), "http://x").send(n) is None
+        await LogSender("log", LogChannel(type="log"), "http://x").send(n.model_copy(update={"status": "resolved"}))
+    assert [r.levelno for r in caplog.records] == [logging.CRITICAL, logging.INFO]
+    assert "timer silent" in caplog.records[0].getMessage()

@@ -58,8 +58,14 @@ class LogSender(Sender):
         self.dashboard_url = dashboard_url
 
     async def send(self, n: Notification) -> str | None:
-        alert_log.warning("%s\n%s", render.subject(n), render.text_body(n, self.dashboard_url))
+        level = max((LOG_LEVELS[a.level] for a in n.alerts), default=logging.INFO)
+        if n.status in ("resolved", "test"):
+            level = logging.INFO
+        alert_log.log(level, "%s\n%s", render.subject(n), render.text_body(n, self.dashboard_url))
         return None
+
+
+LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
 
 
 class EmailSender(Sender):
