@@ -42,6 +42,7 @@ class EmailChannel(_Channel):
     sender: str = Field(alias="from")
     to: list[str] = Field(min_length=1)
     timeout: Duration = 15.0
+    ca_file: str | None = None  # a CA bundle to trust (a relay with its own certificate); default: the system's
 
     @field_validator("host")
     @classmethod

@@ -71,3 +71,46 @@ class MailServer:
 
     def __exit__(self, *exc: object) -> None:
         self.controller.stop()
+
+
+def self_signed(directory: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 (and its key), made with openssl: (cert path, key path)."""
+    import subprocess
+
+    cert, key = f"{directory}/smtp.crt", f"{directory}/smtp.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+class Accounts:
+    """aiosmtpd authenticator: LOGIN/PLAIN against a fixed user and password."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.user, self.password = user.encode(), password.encode()
+        self.attempts: list[bytes] = []
+
+    def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> Any:
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        self.attempts.append(auth_data.login)
+        ok = auth_data.login == self.user and auth_data.password == self.password
+        return AuthResult(success=ok, handled=False)
+
+
+class TlsMailServer(MailServer):
+    """STARTTLS required, then AUTH (LOGIN/PLAIN) required, with a self-signed certificate."""
+
+    def __init__(self, cert: str, key: str, user: str, password: str, script: list[str] | None = None) -> None:
+        import ssl
+
+        self.handler = MailHandler(script=list(script or []))
+        self.port = free_port()
+        self.accounts = Accounts(user, password)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, tls_context=context,
+                                     require_starttls=True, auth_required=True, authenticator=self.accounts)

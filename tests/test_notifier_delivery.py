@@ -177,3 +177,38 @@ async def test_slack_500_retried_404_permanent_and_escalated_by_email_once(syste
         assert "secret-token" not in text, "the webhook URL is a secret"
         assert "secret-token" not in caplog.text, "the webhook URL must never be logged"
         assert "Slack 404" in caplog.text
+
+
+async def test_starttls_and_login_with_a_password_file_then_535_is_permanent(
+        system: System, bus: Bus, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from peers_mail import TlsMailServer, self_signed
+
+    fast_notify(monkeypatch)
+    cert, key = self_signed(tmp_path)
+    secret = tmp_path / "smtp_password"
+    secret.write_text("s3cret-pw\n")  # a compose secret file ends with a newline
+    with TlsMailServer(cert, key, "alerts", "s3cret-pw") as mail:
+        notify = notifications(mail.port, slack=False, email_extra={
+            "security": "starttls", "username": "alerts", "password_file": str(secret), "ca_file": cert})
+        await apply_all(bus, "", notify)
+        await system.start("history", "notifier")
+        await raise_alert(bus, _alert("tls"))
+        await wait_for(lambda: _now(mail.handler.delivered()), 30, "the email over STARTTLS after login")
+        assert mail.accounts.attempts == [b"alerts"]
+        # the password changes on the server: 535 is a configuration error, never retried
+        secret.write_text("outdated")
+        await raise_alert(bus, _alert("tls2"))
+
+        async def failed() -> list:
+            rows = await history_alerts(bus)
+            return [d for r in rows for d in r["deliveries"] if d["outcome"] == "failed"]
+
+        records = await wait_for(failed, 30, "the 535 recorded as failed")
+        assert "535" in records[0]["error"] and "outdated" not in records[0]["error"]
+        await asyncio.sleep(3)
+        rows = await history_alerts(bus)
+        outcomes = [d["outcome"] for r in rows if r["id"] == _alert("tls2").id for d in r["deliveries"]]
+        assert outcomes == ["failed"], "535 is permanent: one attempt, no retry"
+        # one SMTP conversation (aiosmtplib tries the server's mechanisms, PLAIN then LOGIN, in it)
+        assert len(mail.accounts.attempts) <= 3, mail.accounts.attempts
+        assert len(mail.handler.delivered()) == 1

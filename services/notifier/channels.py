@@ -98,7 +98,7 @@ class EmailSender(Sender):
         try:
             await aiosmtplib.send(msg, hostname=ch.host, port=ch.port, username=ch.username, password=password,
                                   use_tls=ch.security == "tls", start_tls=ch.security == "starttls",
-                                  timeout=ch.timeout)
+                                  cert_bundle=ch.ca_file, timeout=ch.timeout)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             raise DeliveryError(f"SMTP refused the recipients ({'; '.join(str(r) for r in exc.recipients)})",
