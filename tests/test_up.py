@@ -41,7 +41,7 @@ def test_up_on_the_example_shows_runs_within_30s(tmp_path: Path) -> None:
         # port 4222 is taken on these machines (Debian's NATS): up must have picked another
         assert runtime["nats_url"].startswith("nats://127.0.0.1:")
         jobs = _cli(["jobs", "--json"], env)
-        assert jobs.returncode == 0 and len(json.loads(jobs.stdout)) == 7
+        assert jobs.returncode == 0 and len(json.loads(jobs.stdout)) == 9  # 7 scheduled + 2 on drone uploads
         nats = [p for p in psutil.Process(up.pid).children(recursive=True) if "nats-server" in p.name()]
         assert nats, "no embedded nats-server"
         up.send_signal(signal.SIGINT)  # Ctrl-C
