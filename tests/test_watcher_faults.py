@@ -177,3 +177,22 @@ async def test_inotify_thread_dying_later_is_noticed_and_replaced_by_polling(
         assert collector.counts() == {b"before.jpg": 1, b"after.jpg": 1}
     finally:
         await w.close()
+
+
+async def test_events_lost_by_inotify_are_found_by_the_reconciliation_scan(
+        bus: Bus, watcher: InProcessWatcher, collector: Collector, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """inotify drops events silently when its queue overflows (watchdog discards IN_Q_OVERFLOW):
+    here every event is dropped, and the periodic scan still announces each file once."""
+    root = tmp_path / "uploads"
+    root.mkdir()
+    await set_watches(bus, watch("uploads", root))
+    await _watch_status(bus, "uploads", lambda s: s["root_available"] and s["scans"] >= 1, "watch live")
+    monkeypatch.setattr(inotify.Bridge, "on_any_event", lambda self, event: None)  # an overflowing queue
+    for i in range(200):
+        write_file(root / f"img{i:03d}.jpg", b"%d" % i)
+    await collector.wait_events(200)
+    await asyncio.sleep(4)  # another rescan: nothing twice
+    assert len(collector.events) == 200 and len(collector.counts()) == 200
+    st = await _watch_status(bus, "uploads", lambda s: s["found_by_rescan"] == 200, "the scan's count")
+    assert st["published"] == 200

@@ -48,6 +48,7 @@ class WatchLoop:
         self._outage = False  # the current outage was logged (once, not every retry)
         self.last_scan_s: float | None = None
         self.scans = 0
+        self.found_by_rescan = 0  # events mode: complete files only a reconciliation scan found
         self.wake = asyncio.Event()
         self.tracker: Tracker | None = None
         self.announcer: Announcer | None = None
@@ -67,7 +68,7 @@ class WatchLoop:
                 "files_known": len(t.known) if t else 0, "pending": len(t.pending) if t else 0,
                 "published": c.published if c else 0, "rejected": c.rejected if c else 0,
                 "identical_rewrites": c.identical_rewrites if c else 0, "vanished": c.vanished if c else 0,
-                "scans": self.scans, "last_scan_s": self.last_scan_s}
+                "scans": self.scans, "last_scan_s": self.last_scan_s, "found_by_rescan": self.found_by_rescan}
 
     async def run(self, stop: asyncio.Event) -> None:
         known, rejected = await asyncio.to_thread(self.store.load, self.watch.name)
@@ -224,8 +225,16 @@ class WatchLoop:
             log.warning("watch %s: scan of %s failed: %s", self.watch.name, self.watch.path, exc)
             return
         now, wall = time.monotonic(), time.time_ns()
+        before = len(tracker.ready)
         for entry in entries:
             tracker.seen(entry, now, wall)
+        found = len(tracker.ready) - before
+        if found and self.scans and not self.polling:
+            # complete files no event announced: inotify's queue overflowed (silently), a writer
+            # that never closes visibly, or a folder's files written before its watch existed
+            self.found_by_rescan += found
+            log.warning("watch %s: the reconciliation scan found %d complete files the event stream did "
+                        "not report (inotify overflow?)", self.watch.name, found)
         self.scans += 1
         self.last_scan_s = round(time.monotonic() - started, 3)
 
