@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright) against a running
 system with the example config (examples/farm.yaml): log in, watch the frequent job's runs arrive
 live, "Run now" and see that run appear and finish, pause a job and see it stop being scheduled.
-Screenshots of every page go to the test's directory (and the overview to docs/img for the README)."""
+Screenshots of every page go to the test's directory (with CROPCRON_UPDATE_SCREENSHOT=1 the overview
+also replaces docs/img/dashboard-overview.png, the README's picture)."""
 
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ async def test_browser_live_run_now_and_pause(farm: Dashboard, chromium: Any, tm
         assert text in overview, text
     assert "alerts" in overview.lower()
     await page.screenshot(path=str(shots / "overview.png"), full_page=True)
-    if os.environ.get("CROPCRON_UPDATE_SCREENSHOT", "1") == "1":
+    if os.environ.get("CROPCRON_UPDATE_SCREENSHOT") == "1":  # refresh the README's picture on request only
         save_screenshot(shots / "overview.png", ROOT / "docs" / "img" / "dashboard-overview.png")
 
     phone = await chromium.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
