@@ -135,3 +135,28 @@ def test_state_store_round_trip(tmp_path: Path) -> None:
     store.close()
     known, rejected = StateStore(tmp_path).load("w")
     assert known == {b"a\xff": Known(4, 6, "s2")} and rejected == {b"p": (0, 3)}
+
+
+def test_state_store_is_shared_by_watches_recording_at_once(tmp_path: Path) -> None:
+    """Every watch records from its own worker thread through one connection (a transaction
+    started while another is open used to fail: 'cannot start a transaction within a transaction')."""
+    import threading
+
+    store = StateStore(tmp_path)
+    errors: list[BaseException] = []
+
+    def record(watch: str) -> None:
+        try:
+            for i in range(100):
+                store.record(watch, [(b"f%d" % i, Known(i, i, "s"), "id")], [])
+                store.touch(watch, [(b"f%d" % i, i + 1, i + 1)])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record, args=(f"w{n}",)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert all(len(store.load(f"w{n}")[0]) == 100 for n in range(8))

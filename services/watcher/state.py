@@ -8,6 +8,7 @@ not look like a flood of new files (RELIABILITY §3 item 5)."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +34,22 @@ class StateStore:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / "watcher.db"
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # one connection for every watch, used from worker threads: one transaction at a time
+        self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def load(self, watch: str) -> tuple[dict[bytes, Known], dict[bytes, tuple[int, int]]]:
         """(published versions by path, rejected versions by path) for one watch."""
+        with self._lock:
+            return self._load(watch)
+
+    def _load(self, watch: str) -> tuple[dict[bytes, Known], dict[bytes, tuple[int, int]]]:
         known = {bytes(rel): Known(size, mtime, sha) for rel, size, mtime, sha in self._db.execute(
             "SELECT rel, size, mtime_ns, sha256 FROM published WHERE watch = ?", (watch,))}
         rejected = {bytes(rel): (size, mtime) for rel, size, mtime in self._db.execute(
@@ -51,7 +59,7 @@ class StateStore:
     def record(self, watch: str, published: list[tuple[bytes, Known, str]],
                rejected: list[tuple[bytes, int, int, str]]) -> None:
         """One transaction for a round of acknowledged publishes (rel, version, event id)."""
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT INTO published VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (watch, rel) DO UPDATE SET "
@@ -65,7 +73,7 @@ class StateStore:
 
     def touch(self, watch: str, versions: list[tuple[bytes, int, int]]) -> None:
         """Identical rewrites: remember the new (size, mtime) so scans do not hash them again."""
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany("UPDATE published SET size = ?, mtime_ns = ? WHERE watch = ? AND rel = ?",
                                  [(size, mtime, watch, rel) for rel, size, mtime in versions])
