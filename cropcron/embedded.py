@@ -8,11 +8,13 @@ The address of what runs is written to <data-dir>/runtime.json so the other CLI 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -125,6 +127,13 @@ def write_nats_config(store_dir: Path, port: int, conf: Path, sync: str | None =
     )
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the process that started it dies, so a
+    `cropcron up` killed with SIGKILL leaves no orphan broker holding the store."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start_nats(data_dir: Path, port: int | None = None) -> NatsServer:
     binary = nats_server_binary()
     if port is None:
@@ -136,7 +145,11 @@ def start_nats(data_dir: Path, port: int | None = None) -> NatsServer:
     conf = data_dir / "nats-server.conf"
     write_nats_config(data_dir / "nats", port, conf)
     logfile = open(data_dir / "nats-server.log", "ab")  # noqa: SIM115 - the child writes it for its lifetime
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=logfile, stderr=subprocess.STDOUT)
+    # Its own session: Ctrl-C in the terminal signals the whole foreground process group, and the
+    # broker must outlive the services' shutdown (stop fetching, nak in-flight work, flush) rather
+    # than vanish under them. It still dies with `up` if `up` is killed outright (_die_with_parent).
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=logfile, stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509
     logfile.close()
     try:
         wait_port(port, time.monotonic() + 15, proc)
