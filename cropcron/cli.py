@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -25,7 +25,7 @@ from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
 from cropcron.tables import print_json, print_table
 from shared.bus import Bus
 from shared.config import ConfigError, load_config
-from shared.durations import parse_duration
+from shared.durations import parse_since
 from shared.events import RunState
 from shared.queries import RunsQuery
 from shared.settings import ServiceSettings
@@ -62,14 +62,9 @@ def _with_bus(args: argparse.Namespace, fn: Callable[[Bus], Awaitable[int]]) -> 
 def _since(text: str) -> datetime:
     """'2h' (ago), or an ISO date/time."""
     try:
-        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a duration like 2h or an ISO time, got {text!r}") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text: str) -> float:

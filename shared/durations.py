@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer
@@ -41,6 +41,21 @@ def parse_duration(value: Any) -> float:
     if seconds < 0:
         raise ValueError(f"duration must not be negative, got {value!r}")
     return seconds
+
+
+def parse_since(text: str) -> datetime:
+    """A point in time given as a duration ago ("2h") or an ISO time (UTC when it has no offset).
+    Raises ValueError naming the bad text. Shared by the CLI's --since and the dashboard's filters."""
+    text = text.strip()
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"expected a duration like 2h or an ISO time like 2026-11-27T06:00, got {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def format_duration(seconds: float) -> str:

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from shared.durations import parse_duration
+from shared.durations import parse_since
 from shared.events import RunState
 
 
@@ -21,16 +21,7 @@ class BadParams(ValueError):
 def _when(value: Any) -> Any:
     if not isinstance(value, str) or not value.strip():
         return None if value == "" else value
-    text = value.strip()
-    try:
-        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"expected an ISO time (2026-11-27T06:00) or a duration ago (2h), got {text!r}") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    return parse_since(value)
 
 
 def _blank(value: Any) -> Any:
