@@ -70,7 +70,7 @@ class NotifierService:
         """Active while holding the lease in KV (one notifier at a time: two would each group and
         send); a second notifier stands by and takes over once the lease expires."""
         self.kv = await self.bus.js.key_value(wire.KV_NOTIFY)
-        lease = LeaderLease(self.kv, self.settings.instance, self.settings.leader_ttl)
+        lease = LeaderLease(self.kv, self.settings.instance, self.settings.leader_ttl, "notifier")
         try:
             while not stop.is_set():
                 try:

@@ -10,7 +10,7 @@ A pull consumer on the durable `dispatch` consumer of CROPCRON_FILES. For each F
 The FileEvent is acked only after the triggers and batch records are acknowledged by JetStream,
 so a crash at any point means a redelivery, never a lost arrival; ids make redeliveries no-ops.
 
-One active dispatcher at a time (services/watcher/dispatch_lease.py): open batches are kept in its
+One active dispatcher at a time (shared/lease.py): open batches are kept in its
 memory (mirrored in KV), so two sharing the consumer would split a flight; others stand by.
 """
 
@@ -29,13 +29,13 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.watcher.batches import BatchKeeper, Publish
-from services.watcher.dispatch_lease import Lease
 from shared import wire
 from shared.bus import Bus, publish_until_acked
 from shared.catalog import Catalog
 from shared.config import JobSpec
 from shared.events import FileEvent, Rejected, Trigger, decode, file_run_id, utcnow
 from shared.files import PathRefused, check_relative, rel_bytes
+from shared.lease import Lease
 from shared.settings import ServiceSettings
 from shared.watch_config import BatchRule, WatchConfig
 
@@ -75,7 +75,7 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         kv = await self.bus.js.key_value(wire.KV_BATCHES)
-        lease = Lease(kv, wire.DISPATCH_LEADER_KEY, self.settings.instance, self.conf.leader_ttl)
+        lease = Lease(kv, wire.DISPATCH_LEADER_KEY, self.settings.instance, self.conf.leader_ttl, "dispatcher")
         self.ready.set()  # live either way: active, or standing by for the active one
         try:
             while not stop.is_set():

@@ -1,8 +1,7 @@
-"""One active dispatcher at a time: a lease in the batches KV bucket (key wire.DISPATCH_LEADER_KEY),
-taken and renewed with compare-and-set, as the timer's leader lease. Open flight batches live in
-the active dispatcher's memory (mirrored in KV), so two dispatchers sharing the `dispatch`
-consumer would split a flight; a second watcher process (another machine) stands by instead and
-takes over, loading the open batches from KV, once the lease expires."""
+"""One active instance at a time: a lease in a KV bucket, taken and renewed with compare-and-set.
+Used by the timer (leader), the dispatcher (its open batches live in the active one's memory) and
+the notifier (its groups likewise); the others stand by and take over once the lease expires.
+Deterministic ids still collapse duplicates if two ever overlap (e.g. a paused holder)."""
 
 from __future__ import annotations
 
@@ -13,11 +12,12 @@ import time
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-log = logging.getLogger("cropcron.dispatch")
+log = logging.getLogger("cropcron.lease")
 
 
 class Lease:
-    def __init__(self, kv: KeyValue, key: str, holder: str, ttl: float) -> None:
+    def __init__(self, kv: KeyValue, key: str, holder: str, ttl: float, role: str) -> None:
+        self.role = role  # for the log: "timer", "dispatcher", ...
         self.kv = kv
         self.key = key
         self.holder = holder
@@ -64,7 +64,7 @@ class Lease:
             self._revision = await self.kv.update(self.key, self._value(), last=self._revision)
             return True
         except KeyWrongLastSequenceError:
-            log.warning("dispatcher %s lost the lease; standing by", self.holder)
+            log.warning("%s %s lost the lease; standing by", self.role, self.holder)
             self._revision = None
             return False
 
