@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -251,6 +253,35 @@ async def publish_all(bus: Bus, items: list[tuple[str, bytes, str]], timeout: fl
         if fut is None or fut.cancelled() or fut.exception() is not None:
             failed.append(item)
     return failed
+
+
+async def fetch_batches(bus: Bus, stream: str, durable: str, batch: int, timeout: float, stop: asyncio.Event,
+                        what: str) -> AsyncIterator[list[Msg]]:
+    """Batches from a durable pull consumer until `stop`. Any fetch error (a reconnect: a pull
+    subscription can go quiet after one, nats.py #504) drops the subscription and binds a new one,
+    backing off up to 5 s; an empty fetch is a timeout, not an error."""
+    psub: JetStreamContext.PullSubscription | None = None
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            if psub is None:
+                psub = await bus.js.pull_subscribe_bind(durable=durable, stream=stream)
+            msgs = await psub.fetch(batch, timeout=timeout)
+        except TimeoutError:  # nats' own TimeoutError subclasses it
+            continue
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s: fetch failed (%r); re-subscribing in %.1fs", what, exc, delay)
+            if psub is not None:
+                with contextlib.suppress(Exception):
+                    await psub.unsubscribe()
+            psub = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        delay = 0.2
+        yield msgs
 
 
 async def publish_until_acked(bus: Bus, items: list[tuple[str, bytes, str]], what: str,

@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from shared import wire
-from shared.bus import Bus
+from shared.bus import Bus, fetch_batches
 from shared.events import Alert, DeliveryRecord, Rejected, decode
 from shared.notify_config import LEVEL_RANK
 from shared.queries import AlertsQuery
@@ -62,24 +62,8 @@ async def store_batch(pool: asyncpg.Pool, alerts: list[Alert], deliveries: list[
 
 
 async def ingest(bus: Bus, pool: asyncpg.Pool, batch: int, stop: asyncio.Event) -> None:
-    psub = None
-    delay = 0.2
-    while not stop.is_set():
-        try:
-            if psub is None:
-                psub = await bus.js.pull_subscribe_bind(durable=wire.HISTORY_ALERTS_CONSUMER, stream=wire.STREAM_ALERTS)
-            msgs = await psub.fetch(batch, timeout=2)
-        except TimeoutError:
-            continue
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("history: alert fetch failed (%r); re-subscribing in %.1fs", exc, delay)
-            psub = None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            continue
-        delay = 0.2
+    async for msgs in fetch_batches(bus, wire.STREAM_ALERTS, wire.HISTORY_ALERTS_CONSUMER, batch, 2, stop,
+                                    "history alerts"):
         await _store(pool, msgs)
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from services.history import alerts, reports, store
 from shared import wire
-from shared.bus import Bus
+from shared.bus import Bus, fetch_batches
 from shared.events import Rejected, RunEvent, decode
 from shared.queries import AlertsQuery, CleanupRequest, LastQuery, RunsQuery, StatsQuery, fail, ok
 from shared.settings import ServiceSettings
@@ -72,27 +72,8 @@ class HistoryService:
 
     # -- ingest ------------------------------------------------------------------------
     async def _ingest(self, stop: asyncio.Event) -> None:
-        psub = None
-        delay = 0.2
-        while not stop.is_set():
-            try:
-                if psub is None:
-                    psub = await self.bus.js.pull_subscribe_bind(durable=wire.HISTORY_CONSUMER, stream=wire.STREAM_RUNS)
-                msgs = await psub.fetch(self.settings.history_batch, timeout=2)
-            except TimeoutError:  # nats' own TimeoutError subclasses it: nothing to store yet
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("history: fetch failed (%r); re-subscribing in %.1fs", exc, delay)
-                if psub is not None:
-                    with contextlib.suppress(Exception):
-                        await psub.unsubscribe()
-                psub = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.2
+        async for msgs in fetch_batches(self.bus, wire.STREAM_RUNS, wire.HISTORY_CONSUMER, self.settings.history_batch,
+                                        2, stop, "history"):
             await self._store(msgs)
 
     async def _store(self, msgs: list[Msg]) -> None:

@@ -23,14 +23,13 @@ import time
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.watcher.batches import BatchKeeper, Publish
 from shared import wire
-from shared.bus import Bus, publish_until_acked
+from shared.bus import Bus, fetch_batches, publish_until_acked
 from shared.catalog import Catalog
 from shared.config import JobSpec
 from shared.events import FileEvent, Rejected, Trigger, decode, file_run_id, utcnow
@@ -120,28 +119,8 @@ class Dispatcher:
 
     # -- intake --------------------------------------------------------------------------
     async def _intake(self, stop: asyncio.Event) -> None:
-        psub: JetStreamContext.PullSubscription | None = None
-        delay = 0.2
-        while not stop.is_set():
-            try:
-                if psub is None:
-                    psub = await self.bus.js.pull_subscribe_bind(durable=wire.DISPATCH_CONSUMER,
-                                                                 stream=wire.STREAM_FILES)
-                msgs = await psub.fetch(self.conf.fetch_batch, timeout=self.conf.fetch_timeout)
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # reconnecting; a pull subscription can go quiet after it
-                log.warning("dispatch: fetch failed (%r); re-subscribing in %.1fs", exc, delay)
-                if psub is not None:
-                    with contextlib.suppress(Exception):
-                        await psub.unsubscribe()
-                psub = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.2
+        async for msgs in fetch_batches(self.bus, wire.STREAM_FILES, wire.DISPATCH_CONSUMER, self.conf.fetch_batch,
+                                        self.conf.fetch_timeout, stop, "dispatch"):
             async with self.lock:
                 await self._dispatch(msgs, stop)
 
