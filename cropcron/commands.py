@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -87,14 +88,20 @@ async def job_rows(bus: Bus, with_last: bool = True) -> list[dict[str, Any]]:
     return rows
 
 
-def describe_when(spec: JobSpec) -> str:
+def describe_when(spec: JobSpec, cron: Callable[[str], str] = "cron {}".format) -> str:
+    """What starts the job, in a few words; `cron` renders a cron expression (the dashboard
+    passes one that says it in words)."""
     job = spec.job
     if job.schedule:
-        return f"cron {job.schedule}"
+        return cron(job.schedule)
     if job.interval:
         return f"every {format_duration(job.interval)}"
     if job.run_at:
         return f"once at {job.run_at.isoformat()}"
+    if job.on_file:
+        return f"on each file in {job.on_file}"
+    if job.on_batch:
+        return f"on each flight batch in {job.on_batch.watch}"
     return "on demand"
 
 

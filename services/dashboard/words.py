@@ -3,8 +3,8 @@ it does not phrase. Pure functions, unit-tested in tests/test_dashboard_unit.py.
 
 from __future__ import annotations
 
+from cropcron.commands import describe_when
 from shared.config import JobSpec
-from shared.durations import format_duration
 
 DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 DAY_NAMES = {d[:3].upper(): i for i, d in enumerate(DAYS[:7])}
@@ -65,15 +65,4 @@ def cron_words(expr: str) -> str:
 
 
 def describe(spec: JobSpec) -> str:
-    job = spec.job
-    if job.schedule:
-        return cron_words(job.schedule)
-    if job.interval:
-        return f"every {format_duration(job.interval)}"
-    if job.run_at:
-        return f"once at {job.run_at.isoformat()}"
-    if job.on_file:
-        return f"on each file in {job.on_file}"
-    if job.on_batch:
-        return "on each flight batch"
-    return "on demand"
+    return describe_when(spec, cron_words)
