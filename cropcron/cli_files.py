@@ -21,6 +21,7 @@ from shared import wire
 from shared.bus import Bus, publish_all
 from shared.events import FileEvent
 from shared.files import PathRefused, event_for, resolve_inside
+from shared.kv_read import bucket_entries
 from shared.watch_config import WatchConfig, ZeroBytePolicy
 
 
@@ -32,7 +33,7 @@ async def read_watch(bus: Bus, name: str) -> WatchConfig:
         entry = None
     if entry is None or not entry.value:
         try:
-            known = ", ".join(sorted(await kv.keys())) or "none"
+            known = ", ".join(sorted(await bucket_entries(bus.js, wire.KV_WATCHES))) or "none"
         except Exception:
             known = "none"
         raise UserError(f"unknown watch {name!r} (applied watches: {known})")

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 from pydantic import BaseModel
 
 from services.dashboard.settings import DashboardSettings
@@ -22,6 +21,7 @@ from shared.bus import Bus
 from shared.catalog import Catalog, set_paused
 from shared.config import JobSpec
 from shared.events import RunState, Trigger, manual_run_id, utcnow
+from shared.kv_read import bucket_entries
 from shared.queries import (
     AlertsQuery,
     CountsQuery,
@@ -193,22 +193,14 @@ class Backend:
         }
 
     async def _heartbeats(self) -> list[dict[str, Any]]:
-        kv = await self.bus.js.key_value(wire.KV_SERVICES)
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return []
         now = datetime.now(UTC)
         out = []
-        for key in keys:
+        for key, raw in (await bucket_entries(self.bus.js, wire.KV_SERVICES)).items():
             try:
-                entry = await kv.get(key)
-                beat = json.loads(entry.value or b"{}")
+                beat = json.loads(raw)
                 at = datetime.fromisoformat(beat["at"])
                 age = (now - at).total_seconds()
                 interval = float(beat.get("interval") or 5)
-            except (KeyNotFoundError, KeyDeletedError):
-                continue
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("dashboard: unreadable heartbeat %r: %r", key, exc)
                 continue

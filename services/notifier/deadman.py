@@ -14,8 +14,6 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
-
 from services.notifier.intake import raise_alerts
 from services.notifier.rules import SOURCE
 from services.notifier.state import JobWatch, save_state
@@ -23,6 +21,7 @@ from services.timer.service import schedule_of
 from shared import wire
 from shared.config import JobSpec
 from shared.events import Alert, utcnow
+from shared.kv_read import bucket_entries
 from shared.notify_config import NotificationsConfig, OverdueConfig
 from shared.queries import LastQuery
 
@@ -115,15 +114,10 @@ async def check_overdue(svc: NotifierService, config: NotificationsConfig) -> bo
 
 async def _heartbeats(svc: NotifierService) -> dict[str, list[tuple[str, datetime]]]:
     """service -> [(instance key, last heartbeat)] from KV cropcron_services."""
-    kv = await svc.bus.js.key_value(wire.KV_SERVICES)
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        keys = []
     out: dict[str, list[tuple[str, datetime]]] = {}
-    for key in keys:
-        with contextlib.suppress(KeyNotFoundError, KeyDeletedError, ValueError, KeyError, TypeError):
-            beat = json.loads((await kv.get(key)).value or b"{}")
+    for key, raw in (await bucket_entries(svc.bus.js, wire.KV_SERVICES)).items():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            beat = json.loads(raw)
             out.setdefault(str(beat.get("service") or key.split(".", 1)[0]), []).append(
                 (key, datetime.fromisoformat(beat["at"])))
     return out

@@ -96,8 +96,8 @@ class NotifierService:
 
     async def _active(self, stop: asyncio.Event, lease: LeaderLease) -> None:
         assert self.kv is not None
-        self.groups = await load_groups(self.kv)
-        self.state = await load_state(self.kv)
+        self.groups = await load_groups(self.bus.js)
+        self.state = await load_state(self.bus.js)
         await self.apply_config(await load_config(self.kv))
         await deadman.seed_last_success(self)
         subs: dict[str, Any] = {

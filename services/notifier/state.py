@@ -10,7 +10,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
@@ -18,6 +19,7 @@ from services.notifier.groups import Group
 from shared import wire
 from shared.bus import Bus, publish_until_acked
 from shared.events import AlertLevel
+from shared.kv_read import bucket_entries
 from shared.notify_config import NotificationsConfig
 
 log = logging.getLogger("cropcron.notifier")
@@ -49,18 +51,9 @@ class JobsState:
         (self.dirty if urgent else self.lazy).add(job)
 
 
-async def load_groups(kv: KeyValue) -> dict[str, Group]:
+async def load_groups(js: JetStreamContext) -> dict[str, Group]:
     groups: dict[str, Group] = {}
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return groups
-    for key in keys:
-        if not key.startswith("group."):
-            continue
-        raw = await _get(kv, key)
-        if raw is None:
-            continue
+    for key, raw in (await bucket_entries(js, wire.KV_NOTIFY, "group.")).items():
         try:
             groups[key] = Group.model_validate_json(raw)
         except ValidationError as exc:
@@ -68,17 +61,10 @@ async def load_groups(kv: KeyValue) -> dict[str, Group]:
     return groups
 
 
-async def load_state(kv: KeyValue) -> JobsState:
+async def load_state(js: JetStreamContext) -> JobsState:
     state = JobsState()
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return state
-    for key in keys:
+    for key, raw in (await bucket_entries(js, wire.KV_NOTIFY)).items():
         if not key.startswith(JOB_PREFIX) and key != DOWN_KEY:
-            continue
-        raw = await _get(kv, key)
-        if raw is None:
             continue
         try:
             if key == DOWN_KEY:

@@ -15,8 +15,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
-
 from services.watcher.batch_state import (
     OpenBatch,
     batch_file,
@@ -30,6 +28,7 @@ from shared import wire
 from shared.bus import Bus, publish_until_acked
 from shared.config import JobSpec
 from shared.events import BatchClose, FileEvent, Trigger, utcnow
+from shared.kv_read import bucket_entries
 from shared.watch_config import BatchRule
 
 log = logging.getLogger("cropcron.dispatch")
@@ -46,20 +45,10 @@ class BatchKeeper:
 
     async def load(self, rule_of: Callable[[str], BatchRule | None]) -> None:
         """Rebuild the open batches from KV after a restart."""
-        kv = await self.bus.js.key_value(wire.KV_BATCHES)
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return
         batches: dict[str, OpenBatch] = {}
         entries: list[tuple[str, bytes]] = []
-        for key in keys:
-            try:
-                value = (await kv.get(key)).value
-            except (KeyNotFoundError, KeyDeletedError):
-                continue
-            if not value:
-                continue
+        # in the order written, so each batch's files keep their arrival order
+        for key, value in (await bucket_entries(self.bus.js, wire.KV_BATCHES)).items():
             if key.startswith("h."):
                 batch = OpenBatch.from_header(value)
                 batches[batch.id] = batch
