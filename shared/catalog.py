@@ -14,13 +14,14 @@ from datetime import datetime
 from typing import TypeVar
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared import wire
 from shared.config import JobSpec, SystemConfig
 from shared.events import utcnow
+from shared.kv_read import bucket_entries, bucket_keys
 from shared.watch_config import WatchConfig
 
 log = logging.getLogger("cropcron.catalog")
@@ -52,6 +53,7 @@ class Catalog:
         self._tasks: list[asyncio.Task[None]] = []
         self.jobs_kv: KeyValue | None = None
         self.state_kv: KeyValue | None = None
+        self.load_timeout = 30.0  # seconds for each bucket's initial values
 
     def on_change(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -65,12 +67,21 @@ class Catalog:
         self.jobs_kv = await self._js.key_value(wire.KV_JOBS)
         self.state_kv = await self._js.key_value(wire.KV_JOB_STATE)
         watches_kv = await self._js.key_value(wire.KV_WATCHES)
-        for kv, apply in ((self.jobs_kv, self._apply_job), (self.state_kv, self._apply_state),
-                          (watches_kv, self._apply_watch)):
+        for bucket, kv, apply in ((wire.KV_JOBS, self.jobs_kv, self._apply_job),
+                                  (wire.KV_JOB_STATE, self.state_kv, self._apply_state),
+                                  (wire.KV_WATCHES, watches_kv, self._apply_watch)):
+            # the watcher's own "initial values done" marker can come before entries the server
+            # already sent (shared/kv_read.py), so the load is done once every key listed from the
+            # stream has been seen
+            expected = set(await bucket_keys(self._js, bucket))
             watcher = await kv.watchall()
             ready = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._follow(watcher, apply, ready)))
-            await ready.wait()
+            self._tasks.append(asyncio.create_task(self._follow(watcher, apply, ready, expected)))
+            try:
+                await asyncio.wait_for(ready.wait(), self.load_timeout)
+            except TimeoutError:  # a key purged meanwhile: it will never be seen; go on
+                log.warning("catalog: %s loaded without %d listed key(s): %s", bucket, len(expected),
+                            ", ".join(sorted(expected)[:5]))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -81,14 +92,13 @@ class Catalog:
         self._tasks.clear()
 
     async def _follow(self, watcher: KeyValue.KeyWatcher, apply: Callable[[str, bytes | None], None],
-                      ready: asyncio.Event) -> None:
+                      ready: asyncio.Event, expected: set[str]) -> None:
         async for entry in watcher:
-            if entry is None:  # end of the initial values
-                ready.set()
-                continue
-            deleted = entry.operation in ("DEL", "PURGE")
-            apply(entry.key, None if deleted else entry.value)
-            if entry.delta == 0:
+            if entry is not None:  # None: "end of the initial values", which may come too early
+                deleted = entry.operation in ("DEL", "PURGE")
+                apply(entry.key, None if deleted else entry.value)
+                expected.discard(entry.key)
+            if not expected:
                 ready.set()
 
     def _apply_job(self, key: str, value: bytes | None) -> None:
@@ -157,22 +167,13 @@ def _parse_spec(key: str, value: bytes) -> JobSpec | None:
 
 async def read_bucket(js: JetStreamContext, bucket: str, model: type[M]) -> dict[str, M]:
     """Every entry of a bucket, parsed; the system key and unreadable entries are skipped."""
-    kv = await js.key_value(bucket)
     out: dict[str, M] = {}
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return out
-    for key in keys:
+    for key, value in (await bucket_entries(js, bucket)).items():
         if key == wire.SYSTEM_KEY:
             continue
-        try:
-            entry = await kv.get(key)
-        except (KeyNotFoundError, KeyDeletedError):
-            continue  # deleted between listing and reading
-        if entry.value:
+        if value:
             try:
-                out[key] = model.model_validate_json(entry.value)
+                out[key] = model.model_validate_json(value)
             except ValidationError as exc:
                 log.error("ignoring unreadable %s entry %r: %s", bucket, key, exc)
     return out
