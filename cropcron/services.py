@@ -29,7 +29,9 @@ from shared.settings import BusSettings, ServiceSettings
 
 log = logging.getLogger("cropcron")
 
-SERVICE_NAMES = ("timer", "runner", "history", "dashboard", "watcher", "notifier")
+# "dispatcher" alone: FileEvents -> runs without watching folders here (upload tools publish the
+# events); "watcher" runs both
+SERVICE_NAMES = ("timer", "runner", "history", "dashboard", "watcher", "notifier", "dispatcher")
 
 
 class Service(Protocol):
@@ -55,6 +57,7 @@ def _catalog_services(names: list[str], bus: Bus, catalog: Catalog, settings: Se
         services["timer"] = TimerService(bus, catalog, settings)
     if "watcher" in names:
         services["watcher"] = WatcherService(bus, catalog, settings)  # CROPCRON_WATCHER_* settings
+    if "watcher" in names or "dispatcher" in names:
         services["dispatcher"] = Dispatcher(bus, catalog, settings)  # CROPCRON_DISPATCH_* settings
     if "notifier" in names:
         services["notifier"] = NotifierService(bus, catalog, settings)  # CROPCRON_NOTIFY_* settings

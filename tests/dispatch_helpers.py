@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from conftest import fetch, wait_for
+from conftest import Spawner, fetch, wait_for
 
 from services.watcher.dispatch import Dispatcher, DispatchSettings
 from shared import wire
@@ -19,6 +19,7 @@ from shared.bus import Bus, connect, publish_until_acked
 from shared.catalog import Catalog
 from shared.events import FileEvent
 from shared.files import event_for
+from shared.health import instance_key
 from shared.settings import ServiceSettings
 
 # A real job: records its argv (as bytes, hex), its file/batch environment, the checksum of the
@@ -127,3 +128,48 @@ async def wait_runs(db: str, job: str, count: int, timeout: float, states: tuple
 
 async def rejections(db: str) -> list[dict[str, Any]]:
     return [dict(r) for r in await fetch(db, "SELECT * FROM rejections ORDER BY at")]
+
+
+# -- a dispatcher as its own process (`cropcron serve dispatcher`), for the crash tests ------------
+FAST_DISPATCH = {"dispatch_leader_ttl": 2, "dispatch_batch_check": 0.2, "dispatch_fetch_timeout": 0.5}
+
+
+def spawn_dispatcher(spawn: Spawner, instance: str) -> Any:
+    return spawn.start("dispatcher", instance=instance, **FAST_DISPATCH)
+
+
+async def dispatcher_status(bus: Bus, instance: str) -> dict[str, Any] | None:
+    """The dispatcher's last heartbeat (role, open_batches, open_files, catching_up...)."""
+    kv = await bus.js.key_value(wire.KV_SERVICES)
+    try:
+        entry = await kv.get(instance_key("dispatcher", instance))
+    except Exception:
+        return None
+    return json.loads(entry.value) if entry.value else None
+
+
+async def wait_dispatcher(bus: Bus, instance: str, what: str, check: Any, timeout: float = 30) -> dict[str, Any]:
+    """Until the dispatcher's heartbeat satisfies `check(status)`."""
+    async def probe() -> dict[str, Any] | None:
+        status = await dispatcher_status(bus, instance)
+        return status if status is not None and check(status) else None
+
+    result: dict[str, Any] = await wait_for(probe, timeout, f"dispatcher {instance}: {what}")
+    return result
+
+
+async def wait_quiescent(bus: Bus, timeout: float = 60) -> None:
+    """Until every trigger is run and every run event is in history: the runner and history
+    consumers have nothing undelivered and nothing unacked (the trigger stream is a work queue,
+    so what was published cannot be counted afterwards; the runs table can, once this holds)."""
+    consumers = [(wire.STREAM_TRIGGERS, wire.runner_consumer(band)) for band in wire.BANDS]
+    consumers.append((wire.STREAM_RUNS, wire.HISTORY_CONSUMER))
+
+    async def idle() -> bool:
+        for stream, name in consumers:
+            info = await bus.js.consumer_info(stream, name)
+            if info.num_pending or info.num_ack_pending:
+                return False
+        return True
+
+    await wait_for(idle, timeout, "runner and history idle")

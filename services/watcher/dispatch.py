@@ -12,6 +12,12 @@ so a crash at any point means a redelivery, never a lost arrival; ids make redel
 
 One active dispatcher at a time (shared/lease.py): open batches are kept in its
 memory (mirrored in KV), so two sharing the consumer would split a flight; others stand by.
+
+Catching up: a dispatcher that has just taken the lead (a start, a restart, a standby taking over)
+closes no batch for `quiet` or `max_wait` until the consumer shows it has caught up (nothing
+undelivered, nothing unacknowledged). Otherwise the files that queued up while no dispatcher was
+reading, and the events the previous one took but never acked (redelivered only after ack_wait),
+would arrive just after their flight's batch closed "quiet" and start a second batch.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from shared.config import JobSpec
 from shared.events import FileEvent, Rejected, Trigger, decode, file_run_id, utcnow
 from shared.files import PathRefused, check_relative, rel_bytes
 from shared.lease import Lease
-from shared.settings import ServiceSettings
+from shared.settings import BusSettings, ServiceSettings
 from shared.watch_config import BatchRule, WatchConfig
 
 log = logging.getLogger("cropcron.dispatch")
@@ -53,6 +59,9 @@ class DispatchSettings(BaseSettings):
     # one active dispatcher (open batches are in its memory); a standby takes over this long
     # after the active one stopped renewing
     leader_ttl: float = 10.0
+    # after taking the lead, quiet/max_wait closes wait until the consumer has caught up, but at
+    # most this long past the redelivery of what the previous dispatcher left unacked (seconds)
+    catch_up_limit: float = 60.0
 
 
 class Dispatcher:
@@ -67,10 +76,12 @@ class Dispatcher:
         self.ready = asyncio.Event()
         self.role = "starting"  # active | standby | stopped
         self.stats = {"events": 0, "triggers": 0, "rejected": 0}
+        self.catching_up_until = 0.0  # while time.time() is below it, no quiet/max_wait closes
 
     def status(self) -> dict[str, Any]:
         return {**self.stats, "role": self.role, "open_batches": len(self.keeper.open),
-                "batches_closed": self.keeper.closed}
+                "open_files": sum(len(b.files) for b in self.keeper.open.values()),
+                "batches_closed": self.keeper.closed, "catching_up": self.catching_up_until > time.time()}
 
     async def run(self, stop: asyncio.Event) -> None:
         kv = await self.bus.js.key_value(wire.KV_BATCHES)
@@ -99,6 +110,8 @@ class Dispatcher:
         """Dispatch until stopped or the lease is lost (then stand by again)."""
         self.keeper = BatchKeeper(self.bus, self.conf.batch_max_bytes)  # open batches: from KV, as left
         await self.keeper.load(self._rule)
+        # the consumer's ack_wait bounds when the previous holder's unacked events come back
+        self.catching_up_until = time.time() + await self._ack_wait() + self.conf.catch_up_limit
         tasks = [asyncio.create_task(self._intake(stop), name="dispatch-intake"),
                  asyncio.create_task(self._closer(stop), name="dispatch-batches")]
         try:
@@ -175,7 +188,7 @@ class Dispatcher:
             rule = job.on_batch
             if rule is not None and rule.watch == event.watch:
                 due = self.keeper.due(job.name, rule, event, now)
-                if due is not None:  # quiet/max_wait passed since the closer last looked
+                if due is not None and not self._held(due[1]):  # quiet/max_wait passed since the closer last looked
                     if await publish_until_acked(self.bus, pending, "dispatch", stop):
                         raise _Stopping
                     pending.clear()
@@ -210,11 +223,42 @@ class Dispatcher:
                 await self._close_due(stop, immediate=False)
 
     async def _close_due(self, stop: asyncio.Event, immediate: bool) -> None:
+        if not immediate and self.catching_up_until and await self._caught_up():
+            self.catching_up_until = 0.0
         for batch, reason in self.keeper.ready(self._rule, time.time()):
             if immediate and reason not in ("manifest", "count", "full"):
                 continue  # right after intake only what a new file completed; the closer does the rest
+            if self._held(reason):
+                continue
             if not await self.keeper.close(batch, reason, self._spec(batch.job), stop):
                 return
+
+
+    def _held(self, reason: str | None) -> bool:
+        """A time-based close while catching up: the batch may still be missing queued files."""
+        return reason in ("quiet", "max_wait") and time.time() < self.catching_up_until
+
+    async def _ack_wait(self) -> float:
+        try:
+            info = await self.bus.js.consumer_info(wire.STREAM_FILES, wire.DISPATCH_CONSUMER)
+            return float(info.config.ack_wait or BusSettings().ack_wait)
+        except Exception:  # the bus is reconnecting: the configured value
+            return BusSettings().ack_wait
+
+    async def _caught_up(self) -> bool:
+        """Nothing undelivered and nothing unacked on the consumer. Called under the lock, so
+        our own intake holds no events between fetch and ack (ones fetched and waiting for the
+        lock count as unacked: that only means another look on the next check)."""
+        try:
+            info = await self.bus.js.consumer_info(wire.STREAM_FILES, wire.DISPATCH_CONSUMER)
+        except Exception as exc:  # the bus is reconnecting: keep holding, look again next time
+            log.debug("dispatch: consumer info failed (%r)", exc)
+            return False
+        if info.num_pending or info.num_ack_pending:
+            return False
+        if self.keeper.open:
+            log.info("dispatch: caught up with the file stream; quiet and max_wait closes resume")
+        return True
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
