@@ -25,7 +25,9 @@ _GETS_AT_ONCE = 256  # gets in flight together: round trips overlap, memory stay
 async def bucket_keys(js: JetStreamContext, bucket: str, prefix: str = "") -> list[str]:
     """Keys of `bucket` (starting with `prefix`) that have a message; a key whose latest message
     is a delete marker is included (get() tells), a purged one is not."""
-    subject = f"$KV.{bucket}.{prefix}>" if prefix else f"$KV.{bucket}.>"
+    # the server filters whole tokens only: "group." narrows the listing, "grou" is filtered here
+    token_prefix = prefix[:prefix.rfind(".") + 1]
+    subject = f"$KV.{bucket}.{token_prefix}>"
     try:
         info = await js.stream_info(f"KV_{bucket}", subjects_filter=subject)
     except NotFoundError:
@@ -34,7 +36,7 @@ async def bucket_keys(js: JetStreamContext, bucket: str, prefix: str = "") -> li
     if len(subjects) >= _SUBJECTS_LIMIT:
         log.error("KV bucket %s: more than %d keys; only the first are read", bucket, _SUBJECTS_LIMIT)
     start = len(f"$KV.{bucket}.")
-    return [s[start:] for s in subjects]
+    return [s[start:] for s in subjects if s[start:].startswith(prefix)]
 
 
 async def bucket_entries(js: JetStreamContext, bucket: str, prefix: str = "") -> dict[str, bytes]:

@@ -30,14 +30,17 @@ async def test_bucket_entries_lists_every_live_key_once_in_write_order(bus: Bus)
     for i in range(5, 100, 10):
         await kv.purge(f"k.{i:05d}")  # a purge marker likewise
     await kv.put("k.00001", b"rewritten")  # now the newest value
+    await kv.put("other", b"not under k.")
 
     entries = await bucket_entries(bus.js, "t_list")
 
     gone = {f"k.{i:05d}" for i in range(0, 100, 5)}
-    assert set(entries) == {f"k.{i:05d}" for i in range(3000)} - gone
-    assert list(entries)[-1] == "k.00001" and entries["k.00001"] == b"rewritten"
+    assert set(entries) == {f"k.{i:05d}" for i in range(3000)} - gone | {"other"}
+    assert list(entries)[-2:] == ["k.00001", "other"] and entries["k.00001"] == b"rewritten"
     assert list(entries)[:3] == ["k.00002", "k.00003", "k.00004"], "older values first"
-    assert len(await bucket_keys(bus.js, "t_list", "k.0299")) == 10
+    assert len(await bucket_keys(bus.js, "t_list", "k.")) == 3000  # deleted keys still have a message
+    assert sorted(await bucket_keys(bus.js, "t_list", "k.0299")) == [f"k.{i:05d}" for i in range(2990, 3000)]
+    assert list(await bucket_entries(bus.js, "t_list", "k.")) == list(entries)[:-1]
 
 
 async def test_an_empty_or_missing_bucket_lists_nothing(bus: Bus) -> None:
