@@ -21,6 +21,7 @@ from conftest import System, apply_yaml, wait_for
 from cropcron.embedded import free_port
 from shared import wire
 from shared.bus import Bus, connect
+from shared.kv_read import bucket_entries
 
 TOKEN = "test-dashboard-token-5f1c2a9e"  # test secrets: no response may ever contain them
 VIEWER_TOKEN = "test-viewer-token-8d0b7c31"
@@ -85,12 +86,8 @@ async def start_dashboard(system: System, monkeypatch: pytest.MonkeyPatch, confi
     dash = Dashboard(url=f"http://127.0.0.1:{port}", token=TOKEN, bus=bus, system=system)
 
     async def beating() -> bool:
-        kv = await bus.js.key_value(wire.KV_SERVICES)
-        keys = await kv.keys()
-        for key in keys:
-            if key.startswith("dashboard."):
-                beat = json.loads((await kv.get(key)).value or b"{}")
-                return bool(beat.get("url"))
+        for raw in (await bucket_entries(bus.js, wire.KV_SERVICES, "dashboard.")).values():
+            return bool(json.loads(raw).get("url"))
         return False
 
     await wait_for(beating, 30, "the dashboard's heartbeat with its URL")

@@ -25,6 +25,7 @@ from dispatch_helpers import (
 from shared import wire
 from shared.bus import Bus
 from shared.events import FileEvent, batch_id
+from shared.kv_read import bucket_keys
 
 
 def _config(root: Path, script: Path, out: Path, rule: str) -> str:
@@ -151,11 +152,7 @@ async def test_open_batch_survives_a_dispatcher_crash_neither_lost_nor_duplicate
     await publish_events(bus, events[:100])
 
     async def recorded() -> bool:
-        kv = await bus.js.key_value(wire.KV_BATCHES)
-        try:
-            return len(await kv.keys()) >= 101  # the header and 100 files
-        except Exception:
-            return False
+        return len(await bucket_keys(bus.js, wire.KV_BATCHES)) >= 101  # the header and 100 files
 
     await wait_for(recorded, 30, "100 files recorded in the open batch")
     first.kill()  # SIGKILL: no shutdown path runs, the lease is not released, it expires

@@ -14,6 +14,7 @@ from dispatch_helpers import receipts, recorder
 
 from shared import wire
 from shared.bus import Bus
+from shared.kv_read import bucket_keys
 
 
 def _write(root: Path, rels: list[str]) -> None:
@@ -47,13 +48,9 @@ jobs:
     await wait_service(bus, "dispatcher", first.instance, 60)  # type: ignore[attr-defined]
     names = [f"flight_7/IMG_{i:04d}.jpg" for i in range(200)]
     _write(root, names[:100])
-    kv = await bus.js.key_value(wire.KV_BATCHES)
 
     async def recorded() -> bool:
-        try:
-            return len(await kv.keys()) >= 101  # the batch header and 100 files
-        except Exception:
-            return False
+        return len(await bucket_keys(bus.js, wire.KV_BATCHES)) >= 101  # the header and 100 files
 
     await wait_for(recorded, 60, "100 files in the open batch")
     first.send_signal(signal.SIGKILL)

@@ -16,6 +16,7 @@ from watch_helpers import (  # noqa: F401 - the *_fixture names register fixture
     InProcessWatcher,
     collector_fixture,
     set_watches,
+    wait_live,
     watch,
     watcher_env_fixture,
     watcher_fixture,
@@ -40,7 +41,7 @@ async def test_part_then_rename_move_in_rename_inside_overwrite(
     root.mkdir()
     outside.mkdir()
     await set_watches(bus, watch("imgs", root))
-    await asyncio.sleep(1)  # the watch is live (KV -> catalog -> observer)
+    await wait_live(bus, "imgs")  # KV -> catalog -> observer, then the first scan
 
     # 1. the upload tool's pattern: write name.part, rename to the final name -> one event
     write_file(root / "a.jpg.part", b"A" * 1000)
@@ -74,7 +75,7 @@ async def test_extensions_ignore_patterns_and_folder_renamed_in(
     root = tmp_path / "incoming"
     root.mkdir()
     await set_watches(bus, watch("imgs", root, extensions=[".jpg", "TIF"]))
-    await asyncio.sleep(1)
+    await wait_live(bus, "imgs")
     write_file(root / "x.txt", b"no")  # wrong extension
     write_file(root / ".hidden.jpg", b"no")  # dot-file
     write_file(root / "y.tmp", b"no")
@@ -98,7 +99,7 @@ async def test_odd_files_rejected_once_with_a_reason(
     secret = outside / "secret.jpg"
     write_file(secret, b"canary")
     await set_watches(bus, watch("imgs", root))
-    await asyncio.sleep(1)
+    await wait_live(bus, "imgs")
     os.symlink(secret, root / "link.jpg")  # a symlink out of the root
     os.link(secret, root / "hard.jpg")  # a hard link to a file outside the root
     os.mkfifo(root / "pipe.jpg")  # opening it would block a naive watcher forever
@@ -123,7 +124,7 @@ async def test_zero_byte_accept_policy_and_non_utf8_name(
     root = tmp_path / "incoming"
     root.mkdir()
     await set_watches(bus, watch("raw", root, zero_byte="accept"))
-    await asyncio.sleep(1)
+    await wait_live(bus, "raw")
     name = b"caf\xe9 $(rm -rf x) -n.jpg"  # Latin-1, not UTF-8, with shell and option bait
     write_file(Path(os.fsdecode(os.path.join(os.fsencode(root), name))), b"")
     await _settled(collector, 1)
@@ -158,7 +159,7 @@ async def test_hostile_names_are_announced_byte_exact(
     root = tmp_path / "incoming"
     (root / "-sub dir").mkdir(parents=True)
     await set_watches(bus, watch("imgs", root))
-    await asyncio.sleep(1)
+    await wait_live(bus, "imgs")
     wanted: dict[bytes, str] = {}
     for i, name in enumerate(HOSTILE):
         rel = name if i % 2 else b"-sub dir/" + name

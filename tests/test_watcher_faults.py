@@ -22,6 +22,7 @@ from watch_helpers import (  # noqa: F401 - the *_fixture names register fixture
     set_watches,
     status,
     watch,
+    watch_status,
     watcher_env_fixture,
     watcher_fixture,
     write_file,
@@ -29,15 +30,6 @@ from watch_helpers import (  # noqa: F401 - the *_fixture names register fixture
 
 from services.watcher import inotify
 from shared.bus import Bus
-
-
-async def _watch_status(bus: Bus, name: str, check: Any, what: str) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        st = (await status(bus)).get("watches", {}).get(name)
-        return st if st and check(st) else None
-
-    result: dict[str, Any] = await wait_for(probe, 60, what, every=0.2)
-    return result
 
 
 async def test_inotify_limit_gives_clear_error_and_falls_back_to_polling(
@@ -56,7 +48,7 @@ async def test_inotify_limit_gives_clear_error_and_falls_back_to_polling(
         await set_watches(bus, watch("uploads", root))
         reason = await collector.wait_rejected(lambda r: "fs.inotify.max_user_watches" in r, "inotify note")
         assert "polling every 0.5s" in reason
-        st = await _watch_status(bus, "uploads", lambda s: s["mode"] == "polling", "polling fallback")
+        st = await watch_status(bus, "uploads", lambda s: s["mode"] == "polling", "polling fallback")
         assert "max_user_watches" in st["fallback"]
         assert any("fs.inotify.max_user_watches" in r.getMessage() for r in caplog.records)
         # still watching: files are found by polling and announced once
@@ -74,17 +66,17 @@ async def test_root_missing_then_created_then_unmounted_and_back(
         bus: Bus, watcher: InProcessWatcher, collector: Collector, tmp_path: Path) -> None:
     root, away = tmp_path / "share", tmp_path / "share-unmounted"
     await set_watches(bus, watch("share", root))
-    st = await _watch_status(bus, "share", lambda s: not s["root_available"], "root reported missing")
+    st = await watch_status(bus, "share", lambda s: not s["root_available"], "root reported missing")
     assert "No such file" in st["root_error"]
 
     root.mkdir()  # the share appears: watched without a restart
-    await _watch_status(bus, "share", lambda s: s["root_available"], "root available")
+    await watch_status(bus, "share", lambda s: s["root_available"], "root available")
     for i in range(5):
         write_file(root / f"a{i}.jpg", b"%d" % i)
     await collector.wait_events(5)
 
     os.rename(root, away)  # unmounted: the tree vanishes
-    await _watch_status(bus, "share", lambda s: not s["root_available"], "root reported gone")
+    await watch_status(bus, "share", lambda s: not s["root_available"], "root reported gone")
     await asyncio.sleep(1)
     os.rename(away, root)  # mounted again: same files, same size and mtime
     write_file(root / "new.jpg", b"new")
@@ -100,12 +92,12 @@ async def test_watches_added_edited_and_removed_live(
     one.mkdir()
     two.mkdir()
     await set_watches(bus, watch("one", one))
-    await _watch_status(bus, "one", lambda s: s["root_available"], "watch one live")
+    await watch_status(bus, "one", lambda s: s["root_available"], "watch one live")
     write_file(one / "a.jpg", b"a")
     await collector.wait_events(1)
 
     await set_watches(bus, watch("one", one, extensions=[".tif"]), watch("two", two))
-    await _watch_status(bus, "two", lambda s: s["root_available"], "watch two live")
+    await watch_status(bus, "two", lambda s: s["root_available"], "watch two live")
     write_file(two / "b.jpg", b"b")
     write_file(one / "c.jpg", b"c")  # no longer wanted by the edited watch
     write_file(one / "d.tif", b"d")
@@ -130,7 +122,7 @@ async def test_polling_mode_waits_for_size_and_mtime_to_settle(
     root = tmp_path / "nfs"
     root.mkdir()
     await set_watches(bus, watch("nfs", root, mode="polling", settle=2.0))
-    await _watch_status(bus, "nfs", lambda s: s["mode"] == "polling" and s["scans"] > 0, "polling")
+    await watch_status(bus, "nfs", lambda s: s["mode"] == "polling" and s["scans"] > 0, "polling")
     started = time.monotonic()
     with open(root / "growing.tif", "wb") as f:  # noqa: ASYNC230 - the slow writer under test
         for _ in range(8):  # grows for ~4 s, never pausing as long as `settle`
@@ -164,12 +156,12 @@ async def test_inotify_thread_dying_later_is_noticed_and_replaced_by_polling(
     await w.start()
     try:
         await set_watches(bus, watch("uploads", root))
-        await _watch_status(bus, "uploads", lambda s: s["root_available"] and s["mode"] == "events", "inotify")
+        await watch_status(bus, "uploads", lambda s: s["root_available"] and s["mode"] == "events", "inotify")
         write_file(root / "before.jpg", b"1")
         await collector.wait_events(1)
         for emitter in list(started[0].emitters):
             emitter.stop()  # the thread ends, as it does on an exception inside watchdog
-        st = await _watch_status(bus, "uploads", lambda s: s["mode"] == "polling", "polling after the thread died")
+        st = await watch_status(bus, "uploads", lambda s: s["mode"] == "polling", "polling after the thread died")
         assert "max_user_watches" in st["fallback"]
         write_file(root / "after.jpg", b"2")
         await collector.wait_events(2)
@@ -187,12 +179,12 @@ async def test_events_lost_by_inotify_are_found_by_the_reconciliation_scan(
     root = tmp_path / "uploads"
     root.mkdir()
     await set_watches(bus, watch("uploads", root))
-    await _watch_status(bus, "uploads", lambda s: s["root_available"] and s["scans"] >= 1, "watch live")
+    await watch_status(bus, "uploads", lambda s: s["root_available"] and s["scans"] >= 1, "watch live")
     monkeypatch.setattr(inotify.Bridge, "on_any_event", lambda self, event: None)  # an overflowing queue
     for i in range(200):
         write_file(root / f"img{i:03d}.jpg", b"%d" % i)
     await collector.wait_events(200)
     await asyncio.sleep(4)  # another rescan: nothing twice
     assert len(collector.events) == 200 and len(collector.counts()) == 200
-    st = await _watch_status(bus, "uploads", lambda s: s["found_by_rescan"] == 200, "the scan's count")
+    st = await watch_status(bus, "uploads", lambda s: s["found_by_rescan"] == 200, "the scan's count")
     assert st["published"] == 200

@@ -17,6 +17,7 @@ from conftest import System, apply_yaml, fetch, wait_for
 from watch_helpers import (  # noqa: F401 - the *_fixture names register fixtures
     Collector,
     collector_fixture,
+    wait_live,
     watcher_env_fixture,
 )
 
@@ -113,7 +114,7 @@ async def test_5000_files_in_seconds_exactly_5000_events_and_runs(
     run: ["/bin/true", "--", "{file.path}"]
 """))
     await system.start("history", "runner", "watcher")
-    await asyncio.sleep(1)
+    await wait_live(bus, "uploads")
     started = time.monotonic()
     for d in range(10):  # ten flight folders, created while the watcher runs
         folder = root / f"flight{d}"

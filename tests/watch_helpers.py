@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from collections import Counter
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _environ
+from conftest import _environ, wait_for
 
 from cropcron.services import run_services
 from shared import wire
@@ -23,6 +24,7 @@ from shared.bus import Bus
 from shared.catalog import write_watches
 from shared.events import FileEvent, Rejected, decode
 from shared.files import rel_bytes
+from shared.kv_read import bucket_entries
 from shared.settings import ServiceSettings
 from shared.watch_config import WatchConfig
 
@@ -147,15 +149,25 @@ async def watcher_fixture(nats_server: Any, bus: Bus, watcher_env: dict[str, str
 
 async def status(bus: Bus, instance_prefix: str = "watcher.") -> dict[str, Any]:
     """The watcher's latest heartbeat (its status())."""
-    import json
-
-    kv = await bus.js.key_value(wire.KV_SERVICES)
-    for key in await kv.keys():
-        if key.startswith(instance_prefix):
-            entry = await kv.get(key)
-            if entry.value:
-                return dict(json.loads(entry.value))
+    for raw in (await bucket_entries(bus.js, wire.KV_SERVICES, instance_prefix)).values():
+        return dict(json.loads(raw))
     return {}
+
+
+async def watch_status(bus: Bus, name: str, check: Callable[[dict[str, Any]], bool], what: str,
+                       timeout: float = 60) -> dict[str, Any]:
+    """Until the watch's entry in the watcher's heartbeat satisfies `check`."""
+    async def probe() -> dict[str, Any] | None:
+        st = (await status(bus)).get("watches", {}).get(name)
+        return st if st and check(st) else None
+
+    result: dict[str, Any] = await wait_for(probe, timeout, what, every=0.2)
+    return result
+
+
+async def wait_live(bus: Bus, name: str) -> None:
+    """The watch is live: its root found, its observer started and its first scan done."""
+    await watch_status(bus, name, lambda s: s["root_available"] and s["scans"] >= 1, f"watch {name} live")
 
 
 def write_file(path: Path, data: bytes) -> None:
