@@ -192,7 +192,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     async def go(bus: Bus) -> int:
         data = await commands.cleanup(bus, args.older_than_days)
-        print_json(data) if args.json else print(f"removed {data['runs']} runs, {data['rejections']} rejections")
+        print_json(data) if args.json else print(
+            f"removed {data['runs']} runs, {data['rejections']} rejections, {data.get('alerts', 0)} alerts, "
+            f"{data.get('deliveries', 0)} alert deliveries")
         return 0
 
     return _with_bus(args, go)

@@ -292,3 +292,11 @@ async def test_alerts_command_lists_alerts_with_deliveries(system: System, bus: 
         # in a thread: the history service answering it runs in this test's event loop
         res = await asyncio.to_thread(_cli, "alerts", "--since", "1h", env={"NATS_URL": nats_server.url})
         assert res.returncode == 0 and "runner silent" in res.stdout and "j: missed" in res.stdout
+
+        # `cropcron cleanup` removes old alerts and their delivery records too (as retention does)
+        res = await asyncio.to_thread(_cli, "cleanup", "--older-than-days", "0.00001", "--json",
+                                      env={"NATS_URL": nats_server.url})
+        assert res.returncode == 0, res.stderr
+        removed = json.loads(res.stdout)
+        assert removed["alerts"] >= 3 and removed["deliveries"] >= 3, removed
+        assert await fetch(db_url, "SELECT id FROM alerts WHERE id = ANY($1::text[])", ["c.1", "c.2", "c.3"]) == []

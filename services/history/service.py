@@ -49,8 +49,7 @@ class HistoryService:
             await self._respond(wire.HISTORY_RUNS, RunsQuery, lambda q: store.query_runs(self.pool, q)),
             await self._respond(wire.HISTORY_STATS, StatsQuery, lambda q: store.query_stats(self.pool, q.days)),
             await self._respond(wire.HISTORY_LAST, LastQuery, lambda q: store.query_last(self.pool, q.jobs)),
-            await self._respond(wire.HISTORY_CLEANUP, CleanupRequest,
-                                lambda q: store.cleanup(self.pool, q.older_than_days)),
+            await self._respond(wire.HISTORY_CLEANUP, CleanupRequest, lambda q: self._cleanup(q.older_than_days)),
         ]
         # the dashboard's aggregates (issue 5)
         subs += [await self._respond(subject, model, handler) for subject, model, handler in reports.routes(self.pool)]
@@ -151,14 +150,18 @@ class HistoryService:
 
         return await self.bus.nc.subscribe(subject, queue=wire.HISTORY_QUEUE, cb=on_request)
 
+    async def _cleanup(self, days: float) -> dict[str, int]:
+        """Runs, rejections, alerts and delivery records older than `days`: `cropcron cleanup`
+        and the automatic retention remove the same things."""
+        return {**await store.cleanup(self.pool, days), **await alerts.cleanup(self.pool, days)}
+
     async def _retention(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             if self.retention_days is not None:
                 try:
-                    removed = await store.cleanup(self.pool, self.retention_days())
-                    if removed["runs"]:
-                        log.info("history: retention removed %d runs", removed["runs"])
-                    await alerts.cleanup(self.pool, self.retention_days())  # and old alerts (issue 4)
+                    removed = await self._cleanup(self.retention_days())
+                    if any(removed.values()):
+                        log.info("history: retention removed %s", removed)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("history: retention clean-up failed: %r", exc)
             with contextlib.suppress(TimeoutError):
