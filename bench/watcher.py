@@ -89,7 +89,7 @@ class Events:
             self.size.setdefault(key, event.size)
 
         await bus.nc.subscribe(wire.FILE_SUBJECTS, cb=on_msg)
-        await bus.nc.flush()
+        await bus.barrier()  # the subscriptions exist at the server before anything is published
 
     def count(self, watch: str) -> int:
         return sum(1 for w, _ in self.at if w == watch)

@@ -50,6 +50,22 @@ class Bus:
     js: JetStreamContext
     health: Health
 
+    async def barrier(self, timeout: float = 5.0) -> None:
+        """Return once the server has processed every command this connection sent before, new
+        subscriptions included. Not nc.flush(): nats-py 2.16 writes flush's PING straight to the
+        socket, ahead of SUBs still queued for its flusher task, so the PONG can come back before a
+        subscription exists (CI once got "no responders" from history right after it was ready).
+        A message to ourselves is queued behind those commands, and one connection's commands are
+        processed in order."""
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, max_msgs=1)
+        try:
+            await self.nc.publish(inbox, b"")
+            await sub.next_msg(timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
     async def close(self) -> None:
         # Not drain(): the services have already stopped and unsubscribed what they consume, and
         # drain() waits on every callback subscription's queue, which a stopped service no longer

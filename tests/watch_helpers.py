@@ -61,7 +61,7 @@ class Collector:
 
         self._subs = [await bus.nc.subscribe(wire.FILE_SUBJECTS, cb=on_file),
                       await bus.nc.subscribe(wire.rejected_subject("watcher"), cb=on_rejected)]
-        await bus.nc.flush()
+        await bus.barrier()  # the subscriptions exist at the server before anything is published
 
     async def stop(self) -> None:
         for sub in self._subs:

@@ -40,6 +40,7 @@ class LiveEvents:
 
     async def start(self) -> None:
         self._sub = await self.bus.nc.subscribe(wire.RUN_EVENT_SUBJECTS, cb=self._on_event)
+        await self.bus.barrier()  # live before the dashboard reports ready: no event falls between
 
     async def stop(self) -> None:
         self.stopping.set()

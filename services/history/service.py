@@ -57,7 +57,7 @@ class HistoryService:
         subs.append(await self._respond(wire.HISTORY_ALERTS, AlertsQuery, lambda q: alerts.query_alerts(self.pool, q)))
         tasks = [asyncio.create_task(self._ingest(stop)), asyncio.create_task(self._retention(stop)),
                  asyncio.create_task(alerts.ingest(self.bus, self.pool, self.settings.history_batch, stop))]
-        await self.bus.nc.flush()  # the subscriptions are registered with the server: queries answered
+        await self.bus.barrier()  # the subscriptions are registered with the server: queries answered
         self.ready.set()
         try:
             await stop.wait()
