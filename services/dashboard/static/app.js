@@ -176,12 +176,26 @@ const SERIES = [["succeeded", "#1a7f37", []], ["failed", "#cf222e", [6, 3]], ["d
 
 function chartWidth(node) { return Math.max(280, node.clientWidth || 600); }
 
+// time axis and legend on the 24-hour clock, as everywhere else on the page (uPlot's default is
+// 12-hour am/pm). Rows: tick increment (s), label, then the "new year/month/day/hour/minute"
+// prefixes uPlot adds where the larger unit changes, as in its own default table.
+const AXIS_24H = [
+  [3600 * 24 * 365, "{YYYY}", null, null, null, null, null, null, 1],
+  [3600 * 24 * 28, "{YYYY}-{MM}", null, null, null, null, null, null, 1],
+  [3600 * 24, "{MM}-{DD}", "\n{YYYY}", null, null, null, null, null, 1],
+  [3600, "{HH}:{mm}", "\n{YYYY}-{MM}-{DD}", null, "\n{MM}-{DD}", null, null, null, 1],
+  [60, "{HH}:{mm}", "\n{YYYY}-{MM}-{DD}", null, "\n{MM}-{DD}", null, null, null, 1],
+  [1, ":{ss}", "\n{YYYY}-{MM}-{DD} {HH}:{mm}", null, "\n{MM}-{DD} {HH}:{mm}", null, "\n{HH}:{mm}", null, 1],
+  [0.001, ":{ss}.{fff}", "\n{YYYY}-{MM}-{DD} {HH}:{mm}", null, "\n{MM}-{DD} {HH}:{mm}", null, "\n{HH}:{mm}", null, 1],
+];
+const TIME_24H = {value: "{YYYY}-{MM}-{DD} {HH}:{mm}:{ss}"};
+
 async function hourlyChart(node) {
   const data = await api("GET", "/api/charts/hourly?days=7");
   const xs = data.hours.map((h) => Date.parse(h) / 1000);
   const opts = {width: chartWidth(node), height: 260, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
-    series: [{}, ...SERIES.map(([name, stroke, dash]) => ({label: `${ICONS[name]} ${name}`, stroke, dash, width: 2}))],
-    axes: [{}, {label: "runs per hour"}]};
+    series: [TIME_24H, ...SERIES.map(([name, stroke, dash]) => ({label: `${ICONS[name]} ${name}`, stroke, dash, width: 2}))],
+    axes: [{values: AXIS_24H}, {label: "runs per hour"}]};
   node.replaceChildren();
   new uPlot(opts, [xs, ...SERIES.map(([name]) => data.series[name] || xs.map(() => 0))], node);
 }
@@ -191,8 +205,8 @@ async function durationChart(node) {
   if (!data.runs.length) { node.textContent = "No finished runs yet."; return; }
   const xs = data.runs.map((r) => Date.parse(r.at) / 1000);
   const opts = {width: chartWidth(node), height: 240, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
-    series: [{}, {label: "duration (s)", stroke: "#0969da", width: 2, points: {show: true, size: 6}}],
-    axes: [{}, {label: "seconds"}]};
+    series: [TIME_24H, {label: "duration (s)", stroke: "#0969da", width: 2, points: {show: true, size: 6}}],
+    axes: [{values: AXIS_24H}, {label: "seconds"}]};
   node.replaceChildren();
   new uPlot(opts, [xs, data.runs.map((r) => r.duration_s)], node);
 }
