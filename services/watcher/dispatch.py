@@ -223,8 +223,9 @@ class Dispatcher:
                 await self._close_due(stop, immediate=False)
 
     async def _close_due(self, stop: asyncio.Event, immediate: bool) -> None:
-        if not immediate and self.catching_up_until and await self._caught_up():
-            self.catching_up_until = 0.0
+        if not immediate and self.catching_up_until and (time.time() >= self.catching_up_until
+                                                         or await self._caught_up()):
+            self.catching_up_until = 0.0  # caught up, or held as long as allowed: stop asking
         for batch, reason in self.keeper.ready(self._rule, time.time()):
             if immediate and reason not in ("manifest", "count", "full"):
                 continue  # right after intake only what a new file completed; the closer does the rest
