@@ -244,19 +244,23 @@ def spawn(nats_server: NatsProcess, db_url: str, tmp_path: Path) -> Iterator[Spa
     s.stop_all()
 
 
-async def wait_service(bus: Bus, service: str, instance: str, timeout: float = 30) -> dict[str, Any]:
-    """Until the instance's heartbeat is in KV: it is connected and its loops are running."""
+async def wait_service(bus: Bus, service: str, instance: str, timeout: float = 30,
+                       check: Callable[[dict[str, Any]], bool] | None = None, what: str = "heartbeat",
+                       ) -> dict[str, Any]:
+    """Until the instance's heartbeat is in KV (it is connected and its loops are running) and,
+    given `check`, until its status satisfies it."""
     from shared import wire
     from shared.health import instance_key
 
     kv = await bus.js.key_value(wire.KV_SERVICES)
 
-    async def check() -> dict[str, Any] | None:
+    async def probe() -> dict[str, Any] | None:
         try:
             entry = await kv.get(instance_key(service, instance))
         except Exception:
             return None
-        return json.loads(entry.value) if entry.value else None
+        beat = json.loads(entry.value) if entry.value else None
+        return beat if beat is not None and (check is None or check(beat)) else None
 
-    result: dict[str, Any] = await wait_for(check, timeout, f"{service} {instance} heartbeat")
+    result: dict[str, Any] = await wait_for(probe, timeout, f"{service} {instance}: {what}")
     return result

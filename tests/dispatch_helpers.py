@@ -19,7 +19,6 @@ from shared.bus import Bus, connect, publish_until_acked
 from shared.catalog import Catalog
 from shared.events import FileEvent
 from shared.files import event_for
-from shared.health import instance_key
 from shared.settings import ServiceSettings
 
 # A real job: records its argv (as bytes, hex), its file/batch environment, the checksum of the
@@ -68,13 +67,6 @@ class RunningDispatcher:
                  catalog: Catalog) -> None:
         self.dispatcher, self.task, self.stop_event, self.bus, self.catalog = dispatcher, task, stop, bus, catalog
 
-    async def crash(self) -> None:
-        """Die without any shutdown path: no lease release, no acks, the connection dropped."""
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        await self.bus.nc.close()
-        await self.catalog.stop()
-
     async def stop(self) -> None:
         self.stop_event.set()
         with contextlib.suppress(Exception):
@@ -83,12 +75,12 @@ class RunningDispatcher:
         await self.bus.close()
 
 
-async def start_dispatcher(nats_url: str, instance: str = "d1", **overrides: Any) -> RunningDispatcher:
+async def start_dispatcher(nats_url: str, **overrides: Any) -> RunningDispatcher:
     bus = await connect(nats_url, "test-dispatcher")
     catalog = Catalog(bus.js)
     await catalog.start()
     conf = DispatchSettings(**{"batch_check": 0.2, "fetch_timeout": 0.5, "leader_ttl": 2.0, **overrides})
-    dispatcher = Dispatcher(bus, catalog, ServiceSettings(nats_url=nats_url, instance=instance),  # type: ignore[call-arg]
+    dispatcher = Dispatcher(bus, catalog, ServiceSettings(nats_url=nats_url, instance="d1"),  # type: ignore[call-arg]
                             conf)
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))
@@ -136,26 +128,6 @@ FAST_DISPATCH = {"dispatch_leader_ttl": 2, "dispatch_batch_check": 0.2, "dispatc
 
 def spawn_dispatcher(spawn: Spawner, instance: str) -> Any:
     return spawn.start("dispatcher", instance=instance, **FAST_DISPATCH)
-
-
-async def dispatcher_status(bus: Bus, instance: str) -> dict[str, Any] | None:
-    """The dispatcher's last heartbeat (role, open_batches, open_files, catching_up...)."""
-    kv = await bus.js.key_value(wire.KV_SERVICES)
-    try:
-        entry = await kv.get(instance_key("dispatcher", instance))
-    except Exception:
-        return None
-    return json.loads(entry.value) if entry.value else None
-
-
-async def wait_dispatcher(bus: Bus, instance: str, what: str, check: Any, timeout: float = 30) -> dict[str, Any]:
-    """Until the dispatcher's heartbeat satisfies `check(status)`."""
-    async def probe() -> dict[str, Any] | None:
-        status = await dispatcher_status(bus, instance)
-        return status if status is not None and check(status) else None
-
-    result: dict[str, Any] = await wait_for(probe, timeout, f"dispatcher {instance}: {what}")
-    return result
 
 
 async def wait_quiescent(bus: Bus, timeout: float = 60) -> None:

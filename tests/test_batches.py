@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from conftest import Spawner, System, apply_yaml, fetch, wait_for
+from conftest import Spawner, System, apply_yaml, fetch, wait_for, wait_service
 from dispatch_helpers import (
     dispatching,
     file_event,
@@ -17,7 +17,6 @@ from dispatch_helpers import (
     receipts,
     recorder,
     spawn_dispatcher,
-    wait_dispatcher,
     wait_quiescent,
     wait_runs,
 )
@@ -53,6 +52,19 @@ def _files(root: Path, folder: str, count: int, prefix: str = "IMG_") -> list[Fi
     return events
 
 
+def _interleaved_flights(root: Path, names: tuple[str, ...], count: int,
+                         ) -> tuple[dict[str, list[FileEvent]], list[FileEvent]]:
+    """`count` files in each flight folder, and their events as several drones upload at once:
+    one file of each flight in turn."""
+    flights = {name: _files(root, name, count) for name in names}
+    return flights, [e for group in zip(*flights.values(), strict=True) for e in group]
+
+
+def _all_closed(status: dict[str, Any]) -> bool:
+    """A dispatcher's heartbeat: active, no open batch, and no longer catching up."""
+    return bool(status["role"] == "active" and status["open_batches"] == 0 and not status["catching_up"])
+
+
 def _argv(receipt: dict[str, Any]) -> list[str]:
     return [bytes.fromhex(a).decode() for a in receipt["argv_hex"]]
 
@@ -72,8 +84,7 @@ async def test_three_interleaved_flights_make_three_batches_each_with_exactly_it
     script, out = recorder(tmp_path)
     await apply_yaml(bus, _config(root, script, out, "group_by: folder, quiet: 3s"))
     await system.start("history", "runner")
-    flights = {name: _files(root, name, 300) for name in ("flight_A", "flight_B", "flight_C")}
-    interleaved = [e for trio in zip(*flights.values(), strict=True) for e in trio]
+    flights, interleaved = _interleaved_flights(root, ("flight_A", "flight_B", "flight_C"), 300)
     async with dispatching(nats_server.url) as running:
         for start in range(0, len(interleaved), 90):  # an upload over a few seconds, three drones at once
             await publish_events(bus, interleaved[start:start + 90])
@@ -148,7 +159,7 @@ async def test_open_batch_survives_a_dispatcher_crash_neither_lost_nor_duplicate
     await system.start("history", "runner")
     events = _files(root, "flight", 200)
     first = spawn_dispatcher(spawn, "d1")
-    await wait_dispatcher(bus, "d1", "active", lambda s: s["role"] == "active")
+    await wait_service(bus, "dispatcher", "d1", what="active", check=lambda s: s["role"] == "active")
     await publish_events(bus, events[:100])
 
     async def recorded() -> bool:
@@ -163,8 +174,7 @@ async def test_open_batch_survives_a_dispatcher_crash_neither_lost_nor_duplicate
     await asyncio.sleep(4)
     spawn_dispatcher(spawn, "d2")
     await _receipts(out, 1)
-    await wait_dispatcher(bus, "d2", "every batch closed, caught up",
-                          lambda s: s["role"] == "active" and s["open_batches"] == 0 and not s["catching_up"])
+    await wait_service(bus, "dispatcher", "d2", what="every batch closed, caught up", check=_all_closed)
     await wait_quiescent(bus)
     found = receipts(out)
     assert len(found) == 1, "one batch run, not a second for a late part"
@@ -186,22 +196,23 @@ async def test_a_standby_dispatcher_takes_over_a_crashed_ones_open_batches(
     script, out = recorder(tmp_path)
     await apply_yaml(bus, _config(root, script, out, "quiet: 4s"))
     await system.start("history", "runner")
-    flights = {name: _files(root, name, 100) for name in ("north", "south", "east")}
-    interleaved = [e for trio in zip(*flights.values(), strict=True) for e in trio]
+    flights, interleaved = _interleaved_flights(root, ("north", "south", "east"), 100)
     procs = {name: spawn_dispatcher(spawn, name) for name in ("d1", "d2")}
-    roles = {name: (await wait_dispatcher(bus, name, "running", lambda s: s["role"] in ("active", "standby")))["role"]
+    roles = {name: (await wait_service(bus, "dispatcher", name, what="running",
+                                       check=lambda s: s["role"] in ("active", "standby")))["role"]
              for name in procs}
     assert sorted(roles.values()) == ["active", "standby"], roles
     active = next(name for name, role in roles.items() if role == "active")
     standby = next(name for name in procs if name != active)
     await publish_events(bus, interleaved[:150])
-    await wait_dispatcher(bus, active, "150 files in open batches", lambda s: s["open_files"] >= 150)
+    await wait_service(bus, "dispatcher", active, what="150 files in open batches",
+                       check=lambda s: s["open_files"] >= 150)
     procs[active].kill()
     procs[active].wait(10)
     await publish_events(bus, interleaved[150:])
     found = await _receipts(out, 3)
-    await wait_dispatcher(bus, standby, "took over, every batch closed, caught up",
-                          lambda s: s["role"] == "active" and s["open_batches"] == 0 and not s["catching_up"])
+    await wait_service(bus, "dispatcher", standby, what="took over, every batch closed, caught up",
+                       check=_all_closed)
     await wait_quiescent(bus)
     assert len(receipts(out)) == 3, "no flight split between the two dispatchers"
     for receipt in found.values():
