@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerInfo
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -234,28 +235,29 @@ class Dispatcher:
             if not await self.keeper.close(batch, reason, self._spec(batch.job), stop):
                 return
 
-
     def _held(self, reason: str | None) -> bool:
         """A time-based close while catching up: the batch may still be missing queued files."""
         return reason in ("quiet", "max_wait") and time.time() < self.catching_up_until
 
-    async def _ack_wait(self) -> float:
+    async def _consumer(self) -> ConsumerInfo | None:
+        """The dispatch consumer's state, or None while the bus is reconnecting."""
         try:
-            info = await self.bus.js.consumer_info(wire.STREAM_FILES, wire.DISPATCH_CONSUMER)
-            return float(info.config.ack_wait or BusSettings().ack_wait)
-        except Exception:  # the bus is reconnecting: the configured value
-            return BusSettings().ack_wait
+            info: ConsumerInfo = await self.bus.js.consumer_info(wire.STREAM_FILES, wire.DISPATCH_CONSUMER)
+        except Exception as exc:
+            log.debug("dispatch: consumer info failed (%r)", exc)
+            return None
+        return info
+
+    async def _ack_wait(self) -> float:
+        info = await self._consumer()
+        return float(info.config.ack_wait) if info and info.config.ack_wait else BusSettings().ack_wait
 
     async def _caught_up(self) -> bool:
-        """Nothing undelivered and nothing unacked on the consumer. Called under the lock, so
-        our own intake holds no events between fetch and ack (ones fetched and waiting for the
-        lock count as unacked: that only means another look on the next check)."""
-        try:
-            info = await self.bus.js.consumer_info(wire.STREAM_FILES, wire.DISPATCH_CONSUMER)
-        except Exception as exc:  # the bus is reconnecting: keep holding, look again next time
-            log.debug("dispatch: consumer info failed (%r)", exc)
-            return False
-        if info.num_pending or info.num_ack_pending:
+        """Nothing undelivered and nothing unacked on the consumer (unknown counts as not yet).
+        Called under the lock, so our own intake holds no events between fetch and ack (ones
+        fetched and waiting for the lock count as unacked: that only means another look later)."""
+        info = await self._consumer()
+        if info is None or info.num_pending or info.num_ack_pending:
             return False
         if self.keeper.open:
             log.info("dispatch: caught up with the file stream; quiet and max_wait closes resume")
