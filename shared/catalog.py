@@ -171,11 +171,10 @@ async def read_bucket(js: JetStreamContext, bucket: str, model: type[M]) -> dict
     for key, value in (await bucket_entries(js, bucket)).items():
         if key == wire.SYSTEM_KEY:
             continue
-        if value:
-            try:
-                out[key] = model.model_validate_json(value)
-            except ValidationError as exc:
-                log.error("ignoring unreadable %s entry %r: %s", bucket, key, exc)
+        try:
+            out[key] = model.model_validate_json(value)
+        except ValidationError as exc:
+            log.error("ignoring unreadable %s entry %r: %s", bucket, key, exc)
     return out
 
 

@@ -63,7 +63,10 @@ async def load_groups(js: JetStreamContext) -> dict[str, Group]:
 
 async def load_state(js: JetStreamContext) -> JobsState:
     state = JobsState()
-    for key, raw in (await bucket_entries(js, wire.KV_NOTIFY)).items():
+    # only its own keys: the groups (load_groups) and the config are read on their own
+    entries = {**await bucket_entries(js, wire.KV_NOTIFY, JOB_PREFIX),
+               **await bucket_entries(js, wire.KV_NOTIFY, DOWN_KEY)}
+    for key, raw in entries.items():
         if not key.startswith(JOB_PREFIX) and key != DOWN_KEY:
             continue
         try:
