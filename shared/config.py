@@ -3,6 +3,7 @@ runs and its policies. Validated with pydantic; every error names the job, the f
 
 from __future__ import annotations
 
+import json
 import os
 import string
 from collections.abc import Callable
@@ -359,6 +360,7 @@ def parse_config(raw: Any) -> Config:
     raw_watches, watches = _validate_list(raw, "folder_watches", WatchConfig, problems, collect)
     problems.extend(_semantic_problems(raw_jobs))
     problems.extend(_watch_problems(raw_watches, raw_jobs))
+    problems.extend(_size_problems(jobs, watches))
     notifications, notify_problems = parse_notifications(raw.get("notifications"))
     problems.extend(notify_problems)
     problems = list(dict.fromkeys(problems))  # the shape rule can be reported twice
@@ -370,6 +372,26 @@ def parse_config(raw: Any) -> Config:
     except ValidationError as exc:
         collect(exc, ())
         raise ConfigError(problems) from None
+
+
+# One job (or watch) is one KV message, and the broker refuses a message over its max_payload
+# (1 MiB by default): a definition this large is a mistake (a file pasted into `env:`), and
+# refusing it here keeps `apply` from failing halfway (`cropcron apply` also checks the
+# broker's own limit before writing anything).
+MAX_DEFINITION_BYTES = 256 * 1024
+
+
+def _size_problems(jobs: list[JobConfig], watches: list[WatchConfig]) -> list[str]:
+    problems: list[str] = []
+    for what, items in (("job", jobs), ("watch", watches)):
+        for item in items:
+            data = item.model_dump(mode="json", exclude_none=True)
+            size = len(json.dumps(data).encode())
+            if size > MAX_DEFINITION_BYTES:
+                biggest = max(data, key=lambda k: len(json.dumps(data[k]).encode()))
+                problems.append(f"{what} {item.name!r}: definition is {size / 1024:.0f} KiB, at most "
+                                f"{MAX_DEFINITION_BYTES // 1024} KiB (field {biggest!r} is the largest)")
+    return problems
 
 
 def _semantic_problems(raw_jobs: list[Any]) -> list[str]:
@@ -420,6 +442,10 @@ def load_config(path: str | Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError([f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                           f"{exc.start}); save the file as UTF-8"]) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -11,6 +11,10 @@ from pydantic import BeforeValidator, PlainSerializer
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+# Longer than any schedule, timeout or window can mean; far below what datetime arithmetic and the
+# broker's nanosecond delays can hold (an interval of 99999999999w passed validation once and
+# crashed the timer at every start with an OverflowError).
+MAX_SECONDS = 3650 * 86400.0
 
 
 def parse_duration(value: Any) -> float:
@@ -40,6 +44,8 @@ def parse_duration(value: Any) -> float:
         raise ValueError(f"duration must be finite, got {value!r}")
     if seconds < 0:
         raise ValueError(f"duration must not be negative, got {value!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"duration must be at most {MAX_SECONDS // 86400:.0f}d (10 years), got {value!r}")
     return seconds
 
 

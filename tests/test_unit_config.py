@@ -421,6 +421,31 @@ def test_non_finite_durations_rejected_by_config(field: str, text: str) -> None:
     assert len(problems) == 1 and problems[0].startswith(f"job 'nightly_backup': field '{field}':")
 
 
+@pytest.mark.parametrize("field", ["interval", "timeout", "retry_delay", "catchup_window", "retry_delay_max"])
+def test_absurd_durations_are_refused_not_left_to_crash_the_timer(field: str) -> None:
+    # 99999999999w passed validation once and made the timer raise OverflowError at every start
+    msg = _one_problem(**{field: "99999999999w"})
+    assert msg.startswith(f"job 'nightly_backup': field '{field}':") and "at most 3650d" in msg
+    assert _problems({"system": {"history_retention": "99999999999w"}})[0].startswith("field 'system.history_retention'")
+    assert parse_duration("3650d") == 3650 * 86400
+
+
+def test_a_definition_too_large_to_store_is_refused_naming_the_field() -> None:
+    # one job is one KV message; a 1-2 MB field made `apply` fail halfway through the jobs
+    msg = _one_problem(env={"CERT": "x" * (1536 * 1024)})
+    assert msg.startswith("job 'nightly_backup': definition is 1536 KiB, at most 256 KiB") and "'env'" in msg
+    assert _one_problem(description="d" * (300 * 1024)).endswith("(field 'description' is the largest)")
+    parse_config({"jobs": [_job(description="d" * (200 * 1024))]})  # large but storable
+
+
+def test_non_utf8_config_is_named_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("jobs:\n  - name: x\n    type: data_cleanup\n    description: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [f"{path}: line 4: not UTF-8 text (byte 0xe9 at offset 61); save the file as UTF-8"]
+
+
 def test_durations_in_config_fields() -> None:
     for value in ["5 minutes", "-5s", True]:
         msg = _one_problem(timeout=value)
