@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -34,6 +34,16 @@ from shared import wire
 from shared.settings import BusSettings
 
 log = logging.getLogger("cropcron.bus")
+
+T = TypeVar("T")
+
+# What a reconnecting or restoring broker answers for a while (timeouts, "no responders",
+# JetStream 503 while it recovers its streams): worth retrying, never worth crashing a service.
+TRANSIENT_ERRORS = (nats.errors.Error, TimeoutError, OSError)
+
+
+class Stopping(Exception):
+    """retry_transient gave up because the service is stopping."""
 
 
 @dataclass
@@ -314,3 +324,18 @@ async def publish_until_acked(bus: Bus, items: list[tuple[str, bytes, str]], wha
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)
     return []
+
+
+async def retry_transient(op: Callable[[], Awaitable[T]], what: str, stop: asyncio.Event | None = None) -> T:
+    """`op()` until it succeeds, retrying transient bus errors (0.2 s doubling to 5 s); raises
+    Stopping if `stop` is set while it is failing. Other errors propagate."""
+    delay = 0.2
+    while True:
+        try:
+            return await op()
+        except TRANSIENT_ERRORS as exc:
+            if stop is not None and stop.is_set():
+                raise Stopping(what) from exc
+            log.warning("%s failed (%r); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

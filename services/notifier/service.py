@@ -27,11 +27,11 @@ from services.notifier.channels import EmailSender, LogSender, Sender, SlackSend
 from services.notifier.groups import Group, Timing
 from services.notifier.settings import NotifierSettings
 from services.notifier.state import JobsState, load_config, load_groups, load_state
-from services.timer.leader import LeaderLease
 from shared import wire
 from shared.bus import Bus
 from shared.catalog import Catalog
 from shared.events import utcnow
+from shared.lease import LeaderLease
 from shared.notify_config import EmailChannel, NotificationsConfig, SlackChannel, channel_problems
 from shared.settings import ServiceSettings
 
@@ -73,12 +73,7 @@ class NotifierService:
         lease = LeaderLease(self.kv, self.settings.instance, self.settings.leader_ttl, "notifier")
         try:
             while not stop.is_set():
-                try:
-                    acquired = await lease.try_acquire()
-                except Exception as exc:  # the bus may be reconnecting
-                    log.warning("notifier: cannot read the lease (%r); retrying", exc)
-                    acquired = False
-                if acquired:
+                if await lease.try_acquire():  # (False too while the bus is reconnecting)
                     self.role = "active"
                     log.info("notifier %s: active", self.settings.instance)
                     await self._active(stop, lease)
@@ -91,8 +86,7 @@ class NotifierService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.leader_ttl / 3)
         finally:
-            with contextlib.suppress(Exception):
-                await lease.release()
+            await lease.release()
 
     async def _active(self, stop: asyncio.Event, lease: LeaderLease) -> None:
         assert self.kv is not None
@@ -139,12 +133,7 @@ class NotifierService:
                 await asyncio.wait_for(stop.wait(), self.settings.leader_ttl / 3)
             if stop.is_set():
                 break
-            try:
-                renewed = await lease.renew()
-            except Exception as exc:  # a bus hiccup: try again before the lease runs out
-                log.warning("notifier: lease renewal failed (%r)", exc)
-                continue
-            if not renewed:
+            if not await lease.renew():  # lost, or the bus was away longer than the lease
                 break
         until.set()
 

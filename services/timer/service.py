@@ -21,14 +21,14 @@ from zoneinfo import ZoneInfo
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from services.timer.leader import LeaderLease
 from services.timer.planner import Plan, plan_catchup
 from shared import wire
-from shared.bus import Bus, publish_until_acked
+from shared.bus import Bus, Stopping, publish_until_acked, retry_transient
 from shared.catalog import Catalog
 from shared.clock import Clock, SystemClock
 from shared.config import JobSpec
 from shared.events import RunEvent, RunState, Trigger, tick_run_id
+from shared.lease import LeaderLease
 from shared.schedule import Schedule
 from shared.settings import ServiceSettings
 
@@ -118,6 +118,8 @@ class TimerService:
                 self.role = "leader"
                 log.info("timer %s: leader; %d jobs", self.settings.instance, len(self.catalog.specs))
                 await self._lead(stop, lease)
+        except Stopping:
+            pass  # stopped while the broker was unreachable; the progress record says what to replay
         finally:
             await lease.release()
 
@@ -204,16 +206,24 @@ class TimerService:
         return self.kv
 
     async def _load_progress(self) -> Progress | None:
-        try:
-            entry = await self._timer_kv().get(wire.TIMER_WATERMARK_KEY)
-        except (KeyNotFoundError, KeyDeletedError):
-            return None  # first start: nothing to catch up
-        data = json.loads(entry.value or b"{}")
+        async def read() -> bytes | None:
+            try:
+                return (await self._timer_kv().get(wire.TIMER_WATERMARK_KEY)).value
+            except (KeyNotFoundError, KeyDeletedError):
+                return None  # first start: nothing to catch up
+
+        # a broker restoring its streams after a restart answers with errors for a while
+        value = await retry_transient(read, "timer: reading its progress record", self.stopping)
+        if value is None:
+            return None
+        data = json.loads(value or b"{}")
         return Progress(datetime.fromisoformat(data["fired_through"]), datetime.fromisoformat(data["firing_through"]),
                         data.get("mode", "fire"))
 
     async def _save_progress(self, fired: datetime, firing: datetime, mode: str = "fire") -> None:
-        await self._timer_kv().put(wire.TIMER_WATERMARK_KEY, _progress_body(fired, firing, mode))
+        # stopping while this fails leaves `firing_through` ahead: the next start replays the batch
+        await retry_transient(lambda: self._timer_kv().put(wire.TIMER_WATERMARK_KEY, _progress_body(fired, firing, mode)),
+                              "timer: saving its progress record", self.stopping)
         self.progress = Progress(fired, firing, mode)
 
     # -- the loop ----------------------------------------------------------------------

@@ -90,12 +90,7 @@ class Dispatcher:
         self.ready.set()  # live either way: active, or standing by for the active one
         try:
             while not stop.is_set():
-                try:
-                    acquired = await lease.try_acquire()
-                except Exception as exc:  # the bus is reconnecting
-                    log.warning("dispatch: cannot reach the lease (%r)", exc)
-                    acquired = False
-                if not acquired:
+                if not await lease.try_acquire():  # (False too while the bus is reconnecting)
                     self.role = "standby"
                     await _wait(stop, self.conf.leader_ttl / 3)
                     continue
@@ -104,8 +99,7 @@ class Dispatcher:
                 await self._lead(stop, lease)
         finally:
             self.role = "stopped"
-            with contextlib.suppress(Exception):
-                await lease.release()
+            await lease.release()
 
     async def _lead(self, stop: asyncio.Event, lease: Lease) -> None:
         """Dispatch until stopped or the lease is lost (then stand by again)."""
@@ -121,11 +115,10 @@ class Dispatcher:
                 for task in tasks:
                     if task.done():
                         task.result()  # a crash stops the service (and the process, for compose)
-                try:
-                    if not await lease.renew():
-                        return  # another dispatcher took over: drop our in-memory batches
-                except Exception as exc:  # bus down: nobody else can take the lease meanwhile
-                    log.warning("dispatch: renewing the lease failed (%r)", exc)
+                if not await lease.renew():
+                    # another dispatcher took over, or the bus was away longer than the lease:
+                    # drop our in-memory batches (they are in KV; the next holder loads them)
+                    return
         finally:
             for task in tasks:
                 task.cancel()
