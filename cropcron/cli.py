@@ -23,7 +23,7 @@ from cropcron.commands import CommandError, UserError
 from cropcron.embedded import EmbeddedError, default_data_dir, read_runtime, runtime_file, write_runtime
 from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
 from cropcron.tables import print_json, print_table
-from shared.bus import Bus
+from shared.bus import Bus, IncompatibleBroker
 from shared.config import ConfigError, load_config
 from shared.durations import parse_since
 from shared.events import RunState
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValidationError) as exc:
         print(f"cropcron: {exc}", file=sys.stderr)
         return 2
-    except (CommandError, EmbeddedError, ServiceFailed) as exc:
+    except (CommandError, EmbeddedError, ServiceFailed, IncompatibleBroker) as exc:
         print(f"cropcron: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -44,6 +45,30 @@ TRANSIENT_ERRORS = (nats.errors.Error, TimeoutError, OSError)
 
 class Stopping(Exception):
     """retry_transient gave up because the service is stopping."""
+
+
+# 2.12: atomic batch publish (apply writes a config all-or-nothing); nats-py's KV buckets also ask
+# for per-message TTLs (2.11). An older server silently ignores settings it does not know (a
+# Debian 2.9 dropped a consumer filter), so an old server is refused at connect, not discovered
+# later as lost or misrouted work.
+MIN_SERVER_VERSION = (2, 12)
+
+
+class IncompatibleBroker(RuntimeError):
+    """The NATS server at the URL cannot run cropcron (too old, or JetStream off)."""
+
+
+def check_server(nc: Client, url: str) -> None:
+    info: dict[str, Any] = getattr(nc, "_server_info", {}) or {}
+    version = str(info.get("version", "?"))
+    match = re.match(r"(\d+)\.(\d+)", version)
+    need = ".".join(map(str, MIN_SERVER_VERSION))
+    if match is None or (int(match.group(1)), int(match.group(2))) < MIN_SERVER_VERSION:
+        raise IncompatibleBroker(f"the NATS server at {url} is nats-server {version}; cropcron needs {need} or "
+                                 "newer with JetStream (nats-server -js)")
+    if not info.get("jetstream"):  # the INFO flag is absent when JetStream is off
+        raise IncompatibleBroker(f"the NATS server at {url} (nats-server {version}) has JetStream off; start it "
+                                 "with -js or a jetstream {} block")
 
 
 @dataclass
@@ -132,6 +157,11 @@ async def connect(url: str, name: str, settings: BusSettings | None = None) -> B
             log.warning("cannot reach NATS at %s (%s); retrying in %.1fs", url, exc or type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+    try:
+        check_server(nc, url)
+    except IncompatibleBroker:
+        await nc.close()
+        raise
     health.connected = True
     return Bus(nc=nc, js=nc.jetstream(timeout=settings.request_timeout), health=health)
 
@@ -152,6 +182,11 @@ async def connect_once(url: str, name: str, timeout: float = 3.0) -> Bus:
                                timeout * 2)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         raise ConnectionError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+    try:
+        check_server(nc, url)
+    except IncompatibleBroker:
+        await nc.close()
+        raise
     return Bus(nc=nc, js=nc.jetstream(timeout=timeout * 3), health=Health(connected=True))
 
 
