@@ -137,7 +137,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print(f"run {result['run_id']} of {args.job}: {result['state']}"
                   + (f" ({result.get('error')})" if result.get("error") else ""))
-        return 0 if result["state"] in ("queued", "succeeded", "still running") else 1
+        # 0 only for what was asked: queued (no --wait) or succeeded; a run still going at the end
+        # of --wait, or failing, is not a success for a script waiting on it
+        return 0 if result["state"] in ("queued", "succeeded") else 1
 
     return _with_bus(args, go)
 

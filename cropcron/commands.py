@@ -18,7 +18,8 @@ from shared.bus import Bus, connect_once, ensure_topology
 from shared.catalog import read_specs, read_states, set_paused, write_specs, write_watches
 from shared.config import Config, JobSpec, resolve_watches, to_specs
 from shared.durations import format_duration
-from shared.events import TERMINAL_STATES, RunEvent, Trigger, decode, manual_run_id, utcnow
+from shared.events import TERMINAL_STATES, RunEvent, decode
+from shared.manual import CannotRunNow, manual_trigger
 from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
 
 
@@ -116,7 +117,10 @@ async def require_job(bus: Bus, name: str) -> JobSpec:
 async def run_now(bus: Bus, name: str, wait: float | None) -> dict[str, Any]:
     """A manual trigger through the same path as ticks; optionally wait for its outcome."""
     spec = await require_job(bus, name)
-    trigger = Trigger(run_id=manual_run_id(), job=name, kind="manual", created_at=utcnow(), requested_by="cli")
+    try:
+        subject, trigger = manual_trigger(spec, "cli")
+    except CannotRunNow as exc:
+        raise UserError(str(exc)) from None
     outcome: asyncio.Future[RunEvent] = asyncio.get_running_loop().create_future()
 
     async def on_event(msg: Any) -> None:
@@ -125,9 +129,7 @@ async def run_now(bus: Bus, name: str, wait: float | None) -> dict[str, Any]:
             outcome.set_result(ev)
 
     sub = await bus.nc.subscribe(wire.run_event_subject(name, "*"), cb=on_event) if wait else None
-    band = wire.band_for_priority(spec.job.priority)
-    await bus.js.publish(wire.trigger_subject(band, name), trigger.to_bytes(),
-                         headers={wire.HEADER_MSG_ID: trigger.run_id})
+    await bus.js.publish(subject, trigger.to_bytes(), headers={wire.HEADER_MSG_ID: trigger.run_id})
     result: dict[str, Any] = {"run_id": trigger.run_id, "job": name, "state": "queued"}
     if sub is not None and wait:
         try:

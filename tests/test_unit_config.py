@@ -520,3 +520,24 @@ def test_valid_schedules_are_usable() -> None:
     for job in config.jobs:
         if job.schedule:
             assert Schedule(cron=job.schedule).next_after(start) is not None
+
+
+# -- manual runs -----------------------------------------------------------------------------
+
+
+def test_manual_trigger_for_scheduled_jobs_and_refused_for_jobs_on_files(tmp_path: Path) -> None:
+    from shared.manual import CannotRunNow, manual_trigger
+
+    config = parse_config({
+        "folder_watches": [{"name": "drops", "path": str(tmp_path)}],
+        "jobs": [_job(priority=9), _job(name="per_file", on_file="drops", run=["true", "{file.path}"]),
+                 _job(name="per_flight", on_batch={"watch": "drops"}, run=["true", "{batch.manifest}"])]})
+    specs = to_specs(config, tmp_path, {})
+    subject, trigger = manual_trigger(specs["nightly_backup"], "dashboard (operator)")
+    assert subject == "cropcron.trigger.high.nightly_backup"
+    assert trigger.kind == "manual" and trigger.job == "nightly_backup" and trigger.requested_by == "dashboard (operator)"
+    assert manual_trigger(specs["nightly_backup"], "cli")[1].run_id != trigger.run_id  # each run its own id
+    for name, what in (("per_file", "once per arrived file of watch 'drops'"),
+                       ("per_flight", "once per flight batch of watch 'drops'")):
+        with pytest.raises(CannotRunNow, match=what):
+            manual_trigger(specs[name], "cli")

@@ -20,6 +20,7 @@ from services.dashboard.params import (
     RunsParams,
     parse,
 )
+from shared.manual import CannotRunNow
 from shared.queries import RunsQuery
 
 SCHEMAS = SchemaGenerator({
@@ -102,9 +103,13 @@ async def run_job(request: Request) -> Response:
       202: {description: "queued: {run_id, job, state}"}
       403: {description: cross-site request or missing CSRF token}
       404: {description: unknown job}
+      409: {description: the job runs on arrived files and cannot run without one}
     """
     name = _job_name(request)
-    run_id = await _backend(request).run_now(name, _who(request))
+    try:
+        run_id = await _backend(request).run_now(name, _who(request))
+    except CannotRunNow as exc:
+        raise ApiError(409, str(exc)) from None
     return JSONResponse({"run_id": run_id, "job": name, "state": "queued", "url": f"/runs/{run_id}"},
                         status_code=202)
 

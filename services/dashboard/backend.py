@@ -20,8 +20,9 @@ from shared import wire
 from shared.bus import Bus
 from shared.catalog import Catalog, set_paused
 from shared.config import JobSpec
-from shared.events import RunState, Trigger, manual_run_id, utcnow
+from shared.events import RunState
 from shared.kv_read import bucket_entries
+from shared.manual import manual_trigger
 from shared.queries import (
     AlertsQuery,
     CountsQuery,
@@ -113,10 +114,8 @@ class Backend:
 
     async def run_now(self, name: str, who: str) -> str:
         """A manual trigger, exactly as `cropcron run` sends it (same subject, id and dedup)."""
-        spec = self.catalog.specs[name]
-        trigger = Trigger(run_id=manual_run_id(), job=name, kind="manual", created_at=utcnow(), requested_by=who)
-        await self.bus.js.publish(wire.trigger_subject(wire.band_for_priority(spec.job.priority), name),
-                                  trigger.to_bytes(), headers={wire.HEADER_MSG_ID: trigger.run_id},
+        subject, trigger = manual_trigger(self.catalog.specs[name], who)  # CannotRunNow: a job on files
+        await self.bus.js.publish(subject, trigger.to_bytes(), headers={wire.HEADER_MSG_ID: trigger.run_id},
                                   timeout=self.settings.request_timeout)
         log.info("dashboard audit: manual run %s of %s requested by %s", trigger.run_id, name, who)
         return trigger.run_id
