@@ -6,10 +6,12 @@ import asyncio
 import json
 import signal
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import ledger
+import psutil
 from conftest import NatsProcess, Spawner, System, apply_yaml, fetch, wait_for, wait_service
 
 from cropcron import commands
@@ -57,16 +59,29 @@ async def test_runner_killed_mid_job_run_completes_on_another(spawn: Spawner, bu
         rows = await fetch(db_url, "SELECT * FROM runs WHERE run_id = $1 AND state = 'succeeded'", run["run_id"])
         return rows
 
+    # the job's process dies with its runner (the runner's reaper kills its process group) instead
+    # of finishing unsupervised beside the redelivered attempt
+    killed = time.monotonic()
+    while psutil.pid_exists(first.pid) and psutil.Process(first.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() - killed < 3, "the job outlived its killed runner"
+        await asyncio.sleep(0.05)
     rows = await wait_for(done, 40, "the run to complete on the surviving runner")
     assert len(rows) == 1
     survivor = next(n for n in runners if n != victim)
     assert rows[0]["runner"] == survivor and rows[0]["attempt"] == 2
     assert len(await fetch(db_url, "SELECT 1 FROM runs")) == 1, "one row for the run"
-    starts = [e for e in ledger.read(path) if e.kind == "start"]
+    entries = ledger.read(path)
+    starts = [e for e in entries if e.kind == "start"]
     assert [e.attempt for e in starts] == [1, 2]
     assert starts[0].pid == first.pid
+    assert [e.attempt for e in entries if e.kind == "end"] == [2], "one effect: attempt 1 never finished"
     # redelivered only after the dead runner's lease lapsed (ack_wait 3 s), not before
     assert starts[1].at - starts[0].at >= 2.5
+    # the lost attempt is on record as such, not `started` forever
+    attempts = await fetch(db_url, "SELECT attempt, state, error FROM run_attempts WHERE run_id = $1 ORDER BY attempt",
+                           run["run_id"])
+    assert [(a["attempt"], a["state"]) for a in attempts] == [(1, "failed"), (2, "succeeded")]
+    assert attempts[0]["error"].startswith("lost: its runner stopped reporting")
 
 
 CATCHUP = """

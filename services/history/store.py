@@ -51,6 +51,18 @@ UPSERT_ATTEMPT = (
 )
 
 
+# An attempt still `started` when a later attempt of the same run reports was lost with its
+# runner (killed, or cut off past ack_wait, and the trigger redelivered): say so instead of leaving
+# it "started" forever. Its own late report, if the runner was only stalled, still wins (rank 3).
+LOST_ATTEMPTS = """
+UPDATE run_attempts a SET state = 'failed', state_rank = 2, updated_at = n.at,
+       error = coalesce(a.error, 'lost: its runner stopped reporting (killed or cut off); the trigger was '
+                                 || 'redelivered as attempt ' || n.attempt)
+FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS n(run_id, attempt, at)
+WHERE a.run_id = n.run_id AND a.attempt < n.attempt AND a.state_rank = 1
+"""
+
+
 def _text(value: Any) -> Any:
     # Postgres text cannot hold NUL; a job printing one must not make its run unstorable
     return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
@@ -86,6 +98,10 @@ async def apply_events(pool: asyncpg.Pool, events: Sequence[RunEvent], rejected:
             attempts = [e for e in events if e.attempt > 0]
             if attempts:
                 await conn.executemany(UPSERT_ATTEMPT, [_attempt_row(e) for e in attempts])
+            later = [e for e in attempts if e.attempt > 1]
+            if later:
+                await conn.execute(LOST_ATTEMPTS, [e.run_id for e in later], [e.attempt for e in later],
+                                   [e.at for e in later])
         if rejected:
             await conn.executemany(
                 "INSERT INTO rejections (source, subject, reason, payload_excerpt, at) VALUES ($1, $2, $3, $4, $5)",

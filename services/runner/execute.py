@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cropcron.jobs import RunContext
+from services.runner.reaper import Reaper
 
 MAX_LINE = 2000  # characters kept of one output line
 
@@ -50,8 +51,11 @@ def render_argv(argv: list[str], values: dict[str, Any]) -> list[str]:
 
 
 async def run_command(
-    argv: list[str], cwd: str, env: dict[str, str], timeout: float, kill_grace: float, output_lines: int
+    argv: list[str], cwd: str, env: dict[str, str], timeout: float, kill_grace: float, output_lines: int,
+    reaper: Reaper | None = None,
 ) -> Outcome:
+    """`reaper` is told the job's process group for as long as it may exist, so that the job dies
+    with the runner even when the runner is killed outright (services/runner/reaper.py)."""
     tail: deque[str] = deque(maxlen=max(output_lines, 1))
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -72,6 +76,27 @@ async def run_command(
     except OSError as exc:
         return Outcome(ok=False, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
     assert proc.stdout is not None
+    if reaper is not None:
+        reaper.add(proc.pid)  # start_new_session: the group id is the leader's pid
+    try:
+        timed_out = await _supervise(proc, tail, timeout, kill_grace)
+    finally:
+        if reaper is not None:
+            reaper.remove(proc.pid)
+    text = "\n".join(tail) if output_lines else None
+    if timed_out:
+        return Outcome(ok=False, timed_out=True, exit_code=proc.returncode, output_tail=text,
+                       error=f"timed out after {timeout:g}s; process group killed")
+    code = proc.returncode
+    if code == 0:
+        return Outcome(ok=True, exit_code=0, output_tail=text)
+    error = f"exited with code {code}" if code and code > 0 else f"killed by signal {-(code or 0)}"
+    return Outcome(ok=False, exit_code=code, output_tail=text, error=error)
+
+
+async def _supervise(proc: asyncio.subprocess.Process, tail: deque[str], timeout: float, kill_grace: float) -> bool:
+    """Wait for the job (killing its group at the timeout) and its output; True if it timed out."""
+    assert proc.stdout is not None
     reader = asyncio.create_task(_collect(proc.stdout, tail))
     timed_out = False
     try:
@@ -89,15 +114,7 @@ async def run_command(
         _signal_group(proc.pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(reader, 2.0)
-    text = "\n".join(tail) if output_lines else None
-    if timed_out:
-        return Outcome(ok=False, timed_out=True, exit_code=proc.returncode, output_tail=text,
-                       error=f"timed out after {timeout:g}s; process group killed")
-    code = proc.returncode
-    if code == 0:
-        return Outcome(ok=True, exit_code=0, output_tail=text)
-    error = f"exited with code {code}" if code and code > 0 else f"killed by signal {-(code or 0)}"
-    return Outcome(ok=False, exit_code=code, output_tail=text, error=error)
+    return timed_out
 
 
 async def _exited(proc: asyncio.subprocess.Process) -> int:

@@ -28,6 +28,7 @@ from services.runner.backoff import retry_delay
 from services.runner.execute import Outcome, render_argv, run_callable, run_command
 from services.runner.inputs import RunInputs, prepare, watches_for
 from services.runner.leases import Leases
+from services.runner.reaper import Reaper
 from services.runner.slots import PrioritySlots
 from shared import wire
 from shared.bus import Bus, publish_until_acked
@@ -55,6 +56,7 @@ class RunnerService:
         self.running: set[asyncio.Task[None]] = set()  # one per trigger being handled
         self.inflight: dict[object, _InFlight] = {}  # jobs executing now, for the heartbeat loop
         self.leases: Leases | None = None
+        self.reaper = Reaper(settings.kill_grace)  # kills our jobs if this process dies under them
         self.ready = asyncio.Event()
         self.stats = {"started": 0, "succeeded": 0, "failed": 0, "dead": 0, "skipped": 0, "rejected": 0}
 
@@ -67,6 +69,7 @@ class RunnerService:
         loop.set_default_executor(ThreadPoolExecutor(max_workers=max(self.settings.concurrency, 4)))
         lease_ttl = self.settings.lease_ttl or 3 * self.ack_wait
         self.leases = Leases(await self.bus.js.key_value(wire.KV_LEASES), lease_ttl)
+        self.reaper.start()
         fetchers = [asyncio.create_task(self._fetch_loop(band, stop), name=f"fetch-{band}") for band in wire.BANDS]
         beats = asyncio.create_task(self._heartbeats(), name="heartbeats")
         self.ready.set()
@@ -79,6 +82,7 @@ class RunnerService:
             await self._drain()  # jobs still running keep heartbeating meanwhile
             beats.cancel()
             await asyncio.gather(beats, return_exceptions=True)
+            self.reaper.stop()
 
     async def _drain(self) -> None:
         """Stop: give running jobs the grace period, then cancel them (their processes are
@@ -313,7 +317,8 @@ class RunnerService:
                 argv = render_argv(job.run, values)
             except ValueError as exc:
                 return Outcome(ok=False, error=str(exc))
-            return await run_command(argv, spec.cwd, env, job.timeout, self.settings.kill_grace, job.output_lines)
+            return await run_command(argv, spec.cwd, env, job.timeout, self.settings.kill_grace, job.output_lines,
+                                     self.reaper)
         ctx = RunContext(run_id=trigger.run_id, job=job.name, job_type=job.type, attempt=attempt,
                          kind=trigger.kind, scheduled_at=trigger.scheduled_at,
                          data={**trigger.data, **(inputs.data if inputs else {})})
