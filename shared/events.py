@@ -60,6 +60,9 @@ class Trigger(_Message):
     scheduled_at: datetime | None = None  # the instant (UTC) a tick stands for
     created_at: datetime
     requested_by: str | None = None  # manual runs: who asked
+    # an instant run late by the job's catch-up policy: at the job's concurrency limit it waits
+    # its turn instead of being skipped (catchup: all promises each caught-up instant runs)
+    catchup: bool = False
     # reserved for the watcher/batches (later issues): file and batch details
     data: dict[str, JsonValue] = Field(default_factory=dict)
 

@@ -28,6 +28,7 @@ from services.runner.backoff import retry_delay
 from services.runner.execute import Outcome, render_argv, run_callable, run_command
 from services.runner.inputs import RunInputs, prepare, watches_for
 from services.runner.leases import Leases
+from services.runner.queueing import LeaseQueue
 from services.runner.reaper import Reaper
 from services.runner.slots import PrioritySlots
 from shared import wire
@@ -56,6 +57,7 @@ class RunnerService:
         self.running: set[asyncio.Task[None]] = set()  # one per trigger being handled
         self.inflight: dict[object, _InFlight] = {}  # jobs executing now, for the heartbeat loop
         self.leases: Leases | None = None
+        self.queue: LeaseQueue | None = None  # triggers waiting for a place under their job's limit
         self.reaper = Reaper(settings.kill_grace)  # kills our jobs if this process dies under them
         self.ready = asyncio.Event()
         self.stats = {"started": 0, "succeeded": 0, "failed": 0, "dead": 0, "skipped": 0, "rejected": 0}
@@ -69,6 +71,7 @@ class RunnerService:
         loop.set_default_executor(ThreadPoolExecutor(max_workers=max(self.settings.concurrency, 4)))
         lease_ttl = self.settings.lease_ttl or 3 * self.ack_wait
         self.leases = Leases(await self.bus.js.key_value(wire.KV_LEASES), lease_ttl)
+        self.queue = LeaseQueue(self.leases)
         self.reaper.start()
         fetchers = [asyncio.create_task(self._fetch_loop(band, stop), name=f"fetch-{band}") for band in wire.BANDS]
         beats = asyncio.create_task(self._heartbeats(), name="heartbeats")
@@ -146,7 +149,7 @@ class RunnerService:
             if len(msgs) < held:
                 self.slots.release(held - len(msgs))
             for msg in msgs:
-                self._spawn(msg)
+                self._spawn(msg, band)
 
     async def _acquire(self, band: wire.Band, idle: bool) -> None:
         """A slot for this band's next fetch. While an idle band waits behind busier ones it
@@ -175,18 +178,19 @@ class RunnerService:
             waiter.cancel()
             raise
 
-    def _spawn(self, msg: Msg) -> None:
-        task = asyncio.create_task(self._handle_safely(msg))
+    def _spawn(self, msg: Msg, band: wire.Band) -> None:
+        slot = _Slot(self.slots, band)  # the slot the fetch loop took for this message
+        task = asyncio.create_task(self._handle_safely(msg, slot))
         self.running.add(task)  # a reference, so the task is not collected mid-run
-        task.add_done_callback(self._done)
+        task.add_done_callback(lambda t: self._done(t, slot))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[None], slot: _Slot) -> None:
         self.running.discard(task)
-        self.slots.release()
+        slot.release()
 
-    async def _handle_safely(self, msg: Msg) -> None:
+    async def _handle_safely(self, msg: Msg, slot: _Slot) -> None:
         try:
-            await self._handle(msg)
+            await self._handle(msg, slot)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -194,7 +198,7 @@ class RunnerService:
             log.exception("runner: unexpected error handling %s", msg.subject)
 
     # -- one trigger ---------------------------------------------------------------------
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, slot: _Slot) -> None:
         try:
             trigger: Trigger = decode(Trigger, msg.data)
         except Exception as exc:
@@ -228,32 +232,42 @@ class RunnerService:
         if inputs is not None and inputs.refused:
             await self._refused_files(msg, spec, trigger, inputs.refused)
         try:
-            if spec.job.overlap is not Overlap.ALLOW and not await self._take_lease(msg, spec, trigger, attempt):
+            if spec.job.overlap is not Overlap.ALLOW and not await self._take_lease(msg, spec, trigger, attempt,
+                                                                                    slot):
                 return
             try:
                 await self._attempt(msg, spec, trigger, attempt, inputs)
             finally:
-                if spec.job.overlap is not Overlap.ALLOW and self.leases is not None:
-                    await self.leases.release(spec.name, trigger.run_id)
+                if spec.job.overlap is not Overlap.ALLOW and self.queue is not None:
+                    await self.queue.release(spec.name, trigger.run_id)
         finally:
             if inputs is not None:
                 inputs.close()
 
-    async def _take_lease(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int) -> bool:
-        assert self.leases is not None
+    async def _take_lease(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int, slot: _Slot) -> bool:
+        """A place under the job's concurrency limit. At the limit: `skip` records `skipped`; `queue`
+        and caught-up instants (each must run: catch-up all) wait their turn, without a run slot."""
+        assert self.leases is not None and self.queue is not None
         limit = spec.job.concurrency
+        # with triggers of this job already queued here, a new one queues behind them
+        if not self.queue.waiting(spec.name) and await self.leases.acquire(spec.name, trigger.run_id, limit):
+            return True
+        if spec.job.overlap is Overlap.SKIP and not trigger.catchup:
+            reason = f"overlap=skip: {limit} run(s) of this job already running"
+            await self._finish(msg, self._event(spec, trigger, RunState.SKIPPED, attempt, reason=reason), "ack")
+            return False
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.ack_wait / 3
-        while not await self.leases.acquire(spec.name, trigger.run_id, limit):
-            if spec.job.overlap is Overlap.SKIP:
-                reason = f"overlap=skip: {limit} run(s) of this job already running"
-                await self._finish(msg, self._event(spec, trigger, RunState.SKIPPED, attempt, reason=reason), "ack")
-                return False
-            # overlap=queue: wait here, keeping the trigger ours with heartbeats
+
+        async def keepalive() -> None:  # the delivery stays ours while it waits
+            nonlocal next_beat
             if loop.time() >= next_beat:
                 await msg.in_progress()
                 next_beat = loop.time() + self.ack_wait / 3
-            await asyncio.sleep(0.25)
+
+        slot.release()
+        await self.queue.wait(spec.name, trigger.run_id, limit, trigger.scheduled_at or trigger.created_at, keepalive)
+        await slot.take()  # a place is ours: now a run slot, like any trigger the fetch loop takes
         return True
 
     async def _attempt(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int,
@@ -414,6 +428,24 @@ _PRIVATE_ENV = ("DATABASE_URL", "CROPCRON_DATABASE_URL", "PGPASSWORD")
 
 def _job_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.upper() not in _PRIVATE_ENV}
+
+
+class _Slot:
+    """The run slot one trigger's task holds; given back while the trigger waits in the queue."""
+
+    def __init__(self, slots: PrioritySlots, band: wire.Band) -> None:
+        self.slots = slots
+        self.band = band
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release()
+
+    async def take(self) -> None:
+        await self.slots.acquire(self.band)
+        self.held = True
 
 
 @dataclass

@@ -191,7 +191,7 @@ class TimerService:
 
     def _apply_plan(self, spec: JobSpec, plan: Plan, now: datetime, triggers: list[Trigger],
                     missed: list[RunEvent], cause: str = DOWN) -> None:
-        triggers += [self._trigger(spec, t, now) for t in plan.run]
+        triggers += [self._trigger(spec, t, now, catchup=True) for t in plan.run]
         missed += [self._missed(spec, t, reason, now) for t, reason in plan.missed]
         if plan.overflow:
             count, first, last = plan.overflow
@@ -296,9 +296,9 @@ class TimerService:
                 w.cancel()
 
     # -- publishing ---------------------------------------------------------------------
-    def _trigger(self, spec: JobSpec, instant: datetime, now: datetime) -> Trigger:
+    def _trigger(self, spec: JobSpec, instant: datetime, now: datetime, catchup: bool = False) -> Trigger:
         return Trigger(run_id=tick_run_id(spec.name, instant), job=spec.name, kind="tick",
-                       scheduled_at=instant, created_at=now)
+                       scheduled_at=instant, created_at=now, catchup=catchup)
 
     def _missed(self, spec: JobSpec, instant: datetime, reason: str, now: datetime) -> RunEvent:
         return RunEvent(run_id=tick_run_id(spec.name, instant), job=spec.name, job_type=spec.job.type,
