@@ -21,6 +21,7 @@ from shared.durations import format_duration
 from shared.events import TERMINAL_STATES, RunEvent, decode
 from shared.manual import CannotRunNow, manual_trigger
 from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
+from shared.reply import ask
 
 
 class CommandError(RuntimeError):
@@ -41,11 +42,11 @@ async def open_bus(url: str) -> Bus:
 
 async def request(bus: Bus, subject: str, query: BaseModel, timeout: float = 10.0) -> Any:
     try:
-        msg = await bus.nc.request(subject, query.model_dump_json().encode(), timeout=timeout)
+        data = await ask(bus.nc, subject, query.model_dump_json().encode(), timeout)
     except Exception as exc:
         raise CommandError(f"no answer from the history service on {subject} ({type(exc).__name__}); "
                            "is it running?") from None
-    reply = json.loads(msg.data)
+    reply = json.loads(data)
     if not reply.get("ok"):
         raise CommandError(reply.get("error", "request failed"))
     return reply["data"]

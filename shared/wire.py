@@ -161,6 +161,9 @@ TIMER_LEADER_KEY: Final = "leader"  # the active timer's lease; others stand by
 
 # -- headers ---------------------------------------------------------------------------
 HEADER_MSG_ID: Final = "Nats-Msg-Id"  # JetStream de-duplication
+# a request/reply answer too large for one message comes as chunks 0..N-1 (shared/reply.py)
+HEADER_CHUNK: Final = "Cropcron-Chunk"
+HEADER_CHUNKS: Final = "Cropcron-Chunks"
 
 # Job names become subject tokens and KV keys: keep them to a safe alphabet.
 JOB_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 from conftest import System, fetch, wait_for
+from nats.errors import NoRespondersError
 
 from cropcron import commands
 from services.history import store
@@ -14,6 +18,7 @@ from shared import wire
 from shared.bus import Bus
 from shared.events import RunEvent, RunState
 from shared.queries import RunsQuery
+from shared.reply import ask
 
 T0 = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 
@@ -105,6 +110,31 @@ async def test_history_over_nats_and_bad_requests(system: System, bus: Bus, db_u
     assert rows == []
     stats = await commands.stats(bus, 1)
     assert stats["total"]["total"] == 0
+
+
+async def test_an_answer_over_max_payload_arrives_whole(system: System, bus: Bus, db_url: str) -> None:
+    # 120 runs with 40 KB of output each: a 4.8 MB answer, over the broker's 1 MiB max_payload (the
+    # reply used to be refused and the CLI said "is it running?")
+    pool = await store.create_pool(db_url)
+    try:
+        await migrate(pool)
+        await store.apply_events(pool, [ev(f"big{i:03d}", RunState.SUCCEEDED, 1, output_tail=f"{i:03d}" + "x" * 40_000)
+                                        for i in range(120)], [])
+    finally:
+        await pool.close()
+    await system.start("history")
+    rows = await commands.history(bus, RunsQuery(limit=1000))
+    assert sorted(r["run_id"] for r in rows) == [f"big{i:03d}" for i in range(120)]
+    assert all(len(r["output_tail"]) == 40_003 and r["output_tail"].startswith(r["run_id"][3:]) for r in rows)
+    # a small answer is still one plain message: any NATS client's request works
+    reply = await bus.nc.request(wire.HISTORY_RUNS, b'{"limit": 1}', timeout=5)
+    assert reply.headers is None or wire.HEADER_CHUNKS not in reply.headers
+    assert len(json.loads(reply.data)["data"]) == 1
+    # nobody serving a subject fails at once, not after the timeout
+    started = time.monotonic()
+    with pytest.raises(NoRespondersError):
+        await ask(bus.nc, "cropcron.history.nobody", b"{}", timeout=10)
+    assert time.monotonic() - started < 2
 
 
 async def test_events_survive_a_database_outage(system: System, bus: Bus, db_url: str,

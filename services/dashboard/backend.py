@@ -32,6 +32,7 @@ from shared.queries import (
     RunsQuery,
     StatsQuery,
 )
+from shared.reply import ask
 
 log = logging.getLogger("cropcron.dashboard")
 
@@ -50,12 +51,12 @@ class Backend:
 
     async def ask(self, subject: str, query: BaseModel, timeout: float | None = None) -> Any:
         try:
-            msg = await self.bus.nc.request(subject, query.model_dump_json().encode(),
-                                            timeout=timeout or self.settings.request_timeout)
+            data = await ask(self.bus.nc, subject, query.model_dump_json().encode(),
+                             timeout or self.settings.request_timeout)
         except Exception as exc:
             raise Unavailable(f"no answer on {subject} ({type(exc).__name__}): is the history service running?") \
                 from None
-        reply = json.loads(msg.data)
+        reply = json.loads(data)
         if not reply.get("ok"):
             raise Unavailable(f"{subject}: {reply.get('error', 'request failed')}")
         return reply["data"]

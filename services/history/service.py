@@ -23,6 +23,7 @@ from shared import wire
 from shared.bus import Bus, fetch_batches
 from shared.events import Rejected, RunEvent, decode
 from shared.queries import AlertsQuery, CleanupRequest, LastQuery, RunsQuery, StatsQuery, fail, ok
+from shared.reply import ReplyTooLarge, respond
 from shared.settings import ServiceSettings
 
 log = logging.getLogger("cropcron.history")
@@ -145,8 +146,15 @@ class HistoryService:
                     reply = ok(await handler(query))
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     reply = fail(f"database unavailable: {exc}")
-            with contextlib.suppress(Exception):
-                await msg.respond(json.dumps(reply, default=str).encode())
+            body = json.dumps(reply, default=str).encode()
+            try:
+                await respond(self.bus.nc, msg, body)  # in chunks when over the broker's max_payload
+            except ReplyTooLarge as exc:
+                with contextlib.suppress(Exception):
+                    await msg.respond(json.dumps(fail(f"{exc}: narrow the query (a smaller limit, a later "
+                                                      "since, one job)")).encode())
+            except Exception as exc:  # the asker went away, or the bus is reconnecting
+                log.debug("history: reply on %s not sent: %r", subject, exc)
 
         return await self.bus.nc.subscribe(subject, queue=wire.HISTORY_QUEUE, cb=on_request)
 

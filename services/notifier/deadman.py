@@ -24,6 +24,7 @@ from shared.events import Alert, utcnow
 from shared.kv_read import bucket_entries
 from shared.notify_config import NotificationsConfig, OverdueConfig
 from shared.queries import LastQuery
+from shared.reply import ask
 
 if TYPE_CHECKING:
     from services.notifier.service import NotifierService
@@ -68,9 +69,8 @@ async def seed_last_success(svc: NotifierService) -> None:
     if not missing:
         return
     try:
-        reply = await svc.bus.nc.request(wire.HISTORY_LAST, LastQuery(jobs=missing).model_dump_json().encode(),
-                                         timeout=5)
-        data = json.loads(reply.data)
+        data = json.loads(await ask(svc.bus.nc, wire.HISTORY_LAST, LastQuery(jobs=missing).model_dump_json().encode(),
+                                    5))
     except Exception as exc:
         log.info("notifier: no last runs from history (%r); overdue checks start from now", exc)
         return
