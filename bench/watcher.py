@@ -130,7 +130,7 @@ class Bench:
         root.mkdir(exist_ok=True)
         self.watches.append(WatchConfig(name=name, path=str(root), settle=SETTLE, rescan_interval=10.0))
         assert self.bus is not None
-        await write_watches(self.bus.js, self.watches)
+        await write_watches(self.bus, self.watches)
         if prototype:
             self.observer.schedule(self.proto, str(root), recursive=True)
         return root

@@ -14,14 +14,27 @@ from pydantic import BaseModel
 
 from services.timer.service import schedule_of
 from shared import wire
-from shared.bus import Bus, connect_once, ensure_topology
-from shared.catalog import read_specs, read_states, set_paused, write_specs, write_watches
+from shared.atomic import BatchUncertain
+from shared.bus import TRANSIENT_ERRORS, Bus, connect_once, ensure_topology
+from shared.catalog import (
+    ApplyError,
+    Changes,
+    check_fits,
+    plan_specs,
+    plan_watches,
+    read_bucket,
+    read_specs,
+    read_states,
+    set_paused,
+    write_changes,
+)
 from shared.config import Config, JobSpec, resolve_watches, to_specs
 from shared.durations import format_duration
 from shared.events import TERMINAL_STATES, RunEvent, decode
 from shared.manual import CannotRunNow, manual_trigger
 from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
 from shared.reply import ask
+from shared.watch_config import WatchConfig
 
 
 class CommandError(RuntimeError):
@@ -60,9 +73,34 @@ async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], li
         # the stream and consumer settings (from their environment), so the CLI leaves them.
         await ensure_topology(bus.js)
     previous = await read_specs(bus.js)
-    # watches first: a new on_file job must find its watch (and its root) when it first runs
-    await write_watches(bus.js, resolve_watches(config, base_dir))
-    return await write_specs(bus.js, config.system, to_specs(config, base_dir, previous))
+    old_watches = await read_bucket(bus.js, wire.KV_WATCHES, WatchConfig)
+    watch_changes, _ = plan_watches(old_watches, resolve_watches(config, base_dir))
+    job_changes, names = plan_specs(previous, config.system, to_specs(config, base_dir, previous))
+    # nothing is written unless everything fits; each bucket is then written all-or-nothing
+    try:
+        check_fits(bus, wire.KV_WATCHES, watch_changes)
+        check_fits(bus, wire.KV_JOBS, job_changes)
+    except ApplyError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        # watches first: a new on_file job must find its watch (and its root) when it first runs
+        await write_changes(bus, wire.KV_WATCHES, watch_changes)
+        await write_changes(bus, wire.KV_JOBS, job_changes)
+    except (ApplyError, BatchUncertain, *TRANSIENT_ERRORS) as exc:
+        await _restore_watches(bus, old_watches, watch_changes)
+        raise CommandError(f"config not applied: {exc}") from None
+    return names
+
+
+async def _restore_watches(bus: Bus, old: dict[str, WatchConfig], written: Changes) -> None:
+    """The jobs could not be written after the watches were: put the watches back as they were, so
+    the broker holds the old config whole (a second failure is reported, not hidden)."""
+    undo: Changes = {name: old[name].model_dump_json().encode() if name in old else None for name in written}
+    try:
+        await write_changes(bus, wire.KV_WATCHES, undo)
+    except Exception as exc:
+        raise CommandError(f"config not applied, and the folder watches written before the failure could not be "
+                           f"put back ({exc!r}); run `cropcron apply` again") from None
 
 
 async def job_rows(bus: Bus, with_last: bool = True) -> list[dict[str, Any]]:

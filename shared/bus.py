@@ -32,6 +32,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError
 
 from shared import wire
+from shared.atomic import ensure_atomic
 from shared.settings import BusSettings
 
 log = logging.getLogger("cropcron.bus")
@@ -278,7 +279,14 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = N
     )
     for bucket in (wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_TIMER, wire.KV_LEASES, wire.KV_SERVICES,
                    wire.KV_WATCHES, wire.KV_BATCHES):
-        await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
+        try:
+            await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
+        except BadRequestError as exc:
+            # 10058: it exists with another configuration: ours, with atomic batches turned on
+            if exc.err_code != 10058:
+                raise
+    for bucket in (wire.KV_JOBS, wire.KV_WATCHES):  # `apply` writes a config to them all-or-nothing
+        await ensure_atomic(js, f"KV_{bucket}")
     # issue 4: the alerts stream, the notification outbox, their consumers and the notifier's KV
     # (imported here: the notifier's settings live with the notifier)
     from services.notifier.topology import ensure_alert_topology

@@ -19,6 +19,8 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared import wire
+from shared.atomic import MAX_BATCH, BatchFailed, ensure_atomic, publish_atomic
+from shared.bus import Bus
 from shared.config import JobSpec, SystemConfig
 from shared.events import utcnow
 from shared.kv_read import bucket_entries, bucket_keys
@@ -186,32 +188,35 @@ async def read_states(js: JetStreamContext) -> dict[str, JobState]:
     return await read_bucket(js, wire.KV_JOB_STATE, JobState)
 
 
-async def write_specs(js: JetStreamContext, system: SystemConfig, specs: dict[str, JobSpec]) -> tuple[
-        list[str], list[str], list[str]]:
-    """Make KV hold exactly `specs`. Returns (added, changed, removed) job names."""
-    kv = await js.key_value(wire.KV_JOBS)
-    current = await read_specs(js)
-    added, changed, removed = [], [], []
-    await kv.put(wire.SYSTEM_KEY, system.model_dump_json().encode())
+Changes = dict[str, bytes | None]  # key -> new value, None to delete
+
+
+class ApplyError(RuntimeError):
+    """A config could not be stored; what was stored before is unchanged."""
+
+
+def plan_specs(current: dict[str, JobSpec], system: SystemConfig, specs: dict[str, JobSpec]) -> tuple[
+        Changes, tuple[list[str], list[str], list[str]]]:
+    """What makes KV hold exactly `specs`: the changed keys, and (added, changed, removed) names."""
+    changes: Changes = {wire.SYSTEM_KEY: system.model_dump_json().encode()}
+    added: list[str] = []
+    changed: list[str] = []
+    removed: list[str] = []
     for name, spec in specs.items():
         old = current.get(name)
-        if old is None:
-            added.append(name)
-        elif old == spec:
+        if old == spec:
             continue
-        else:
-            changed.append(name)
-        await kv.put(name, spec.model_dump_json().encode())
+        (added if old is None else changed).append(name)
+        changes[name] = spec.model_dump_json().encode()
     for name in current.keys() - specs.keys():
         removed.append(name)
-        await kv.delete(name)
-    return added, changed, removed
+        changes[name] = None
+    return changes, (added, changed, removed)
 
 
-async def write_watches(js: JetStreamContext, watches: list[WatchConfig]) -> tuple[list[str], list[str], list[str]]:
-    """Make KV hold exactly `watches` (paths already absolute). Returns (added, changed, removed)."""
-    current = await read_bucket(js, wire.KV_WATCHES, WatchConfig)
-    kv = await js.key_value(wire.KV_WATCHES)
+def plan_watches(current: dict[str, WatchConfig], watches: list[WatchConfig]) -> tuple[
+        Changes, tuple[list[str], list[str], list[str]]]:
+    changes: Changes = {}
     added: list[str] = []
     changed: list[str] = []
     removed: list[str] = []
@@ -221,11 +226,55 @@ async def write_watches(js: JetStreamContext, watches: list[WatchConfig]) -> tup
         if old == watch:
             continue
         (added if old is None else changed).append(name)
-        await kv.put(name, watch.model_dump_json().encode())
+        changes[name] = watch.model_dump_json().encode()
     for name in current.keys() - wanted.keys():
         removed.append(name)
-        await kv.delete(name)
-    return added, changed, removed
+        changes[name] = None
+    return changes, (added, changed, removed)
+
+
+def check_fits(bus: Bus, bucket: str, changes: Changes) -> None:
+    """Refuse, before anything is written, a value the broker would refuse (its max_payload)."""
+    limit = bus.nc.max_payload - 512  # the subject and headers ride in the same message
+    for key, value in changes.items():
+        if value is not None and len(value) > limit:
+            what = "system section" if key == wire.SYSTEM_KEY else f"{bucket.removeprefix('cropcron_')[:-1]} {key!r}"
+            raise ApplyError(f"{what} is {len(value) / 1024:.0f} KiB stored; the broker takes at most "
+                             f"{limit // 1024} KiB in one message (its max_payload). Nothing was applied")
+
+
+async def write_changes(bus: Bus, bucket: str, changes: Changes, timeout: float = 10.0) -> None:
+    """Store `changes` in `bucket` all-or-nothing (one atomic batch; a config changing more than
+    1,000 keys at once is written in several, each all-or-nothing)."""
+    if not changes:
+        return
+    check_fits(bus, bucket, changes)
+    await ensure_atomic(bus.js, f"KV_{bucket}")
+    items = [(wire.kv_put_subject(bucket, key), value if value is not None else b"",
+              {} if value is not None else {wire.HEADER_KV_OPERATION: "DEL"}) for key, value in changes.items()]
+    if len(items) > MAX_BATCH:
+        log.warning("catalog: %d changes to %s are written in %d batches; each is all-or-nothing, the whole is not",
+                    len(items), bucket, -(-len(items) // MAX_BATCH))
+    for start in range(0, len(items), MAX_BATCH):
+        try:
+            await publish_atomic(bus.nc, items[start:start + MAX_BATCH], timeout)
+        except BatchFailed as exc:
+            raise ApplyError(f"the broker refused the change to {bucket} ({exc}); nothing of it was stored") from None
+
+
+async def write_specs(bus: Bus, system: SystemConfig, specs: dict[str, JobSpec]) -> tuple[
+        list[str], list[str], list[str]]:
+    """Make KV hold exactly `specs`, all-or-nothing. Returns (added, changed, removed) job names."""
+    changes, names = plan_specs(await read_specs(bus.js), system, specs)
+    await write_changes(bus, wire.KV_JOBS, changes)
+    return names
+
+
+async def write_watches(bus: Bus, watches: list[WatchConfig]) -> tuple[list[str], list[str], list[str]]:
+    """Make KV hold exactly `watches` (paths already absolute), all-or-nothing."""
+    changes, names = plan_watches(await read_bucket(bus.js, wire.KV_WATCHES, WatchConfig), watches)
+    await write_changes(bus, wire.KV_WATCHES, changes)
+    return names
 
 
 async def set_paused(js: JetStreamContext, job: str, paused: bool) -> None:

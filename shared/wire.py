@@ -161,6 +161,11 @@ TIMER_LEADER_KEY: Final = "leader"  # the active timer's lease; others stand by
 
 # -- headers ---------------------------------------------------------------------------
 HEADER_MSG_ID: Final = "Nats-Msg-Id"  # JetStream de-duplication
+# JetStream atomic batch publish (shared/atomic.py; server 2.12+)
+HEADER_BATCH_ID: Final = "Nats-Batch-Id"
+HEADER_BATCH_SEQ: Final = "Nats-Batch-Sequence"
+HEADER_BATCH_COMMIT: Final = "Nats-Batch-Commit"
+HEADER_KV_OPERATION: Final = "KV-Operation"  # "DEL" on a KV delete marker
 # a request/reply answer too large for one message comes as chunks 0..N-1 (shared/reply.py)
 HEADER_CHUNK: Final = "Cropcron-Chunk"
 HEADER_CHUNKS: Final = "Cropcron-Chunks"

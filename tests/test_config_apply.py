@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import ROOT, NatsProcess, System, apply_yaml, fetch, wait_for
 
+from cropcron.embedded import free_port, nats_server_binary, wait_port, write_nats_config
+from shared import wire
 from shared.bus import Bus
-from shared.catalog import read_specs
+from shared.catalog import read_bucket, read_specs
+from shared.watch_config import WatchConfig
 
 GOOD = """
 system: {timezone: Asia/Seoul}
@@ -99,3 +104,67 @@ def test_cli_user_errors_are_clear(tmp_path: Path) -> None:
         assert out.returncode == code, (args, out)
         assert text in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
+
+
+THREE = """
+folder_watches:
+  - {{name: drops, path: "{root}"}}
+jobs:
+  - {{name: alpha, type: data_cleanup, schedule: "*/5 * * * * *", overlap: allow, call: tests.jobs.calls:noop}}
+  - {{name: beta, type: data_cleanup, interval: 1h, call: tests.jobs.calls:noop}}
+  - {{name: gamma, type: data_cleanup, interval: 1h, call: tests.jobs.calls:noop, description: "{big}"}}
+"""
+
+
+async def test_apply_is_all_or_nothing_when_the_broker_refuses_part_of_it(bus: Bus, nats_server: NatsProcess,
+                                                                          tmp_path: Path) -> None:
+    await apply_yaml(bus, GOOD)
+    before = await read_specs(bus.js)
+    # the jobs bucket takes messages of at most 2 KiB: the third job of the new config is refused by
+    # the broker itself, after the others were sent (key-by-key writes stored the first two)
+    info = await bus.js.stream_info("KV_cropcron_jobs")
+    info.config.max_msg_size = 2048
+    await bus.js.update_stream(info.config)
+    path = tmp_path / "three.yaml"
+    path.write_text(THREE.format(root=tmp_path, big="g" * 3000))
+    out = cli(["apply", str(path)], nats_server.url, tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "config not applied: the broker refused the change to cropcron_jobs" in out.stderr
+    assert "nothing of it was stored" in out.stderr
+    assert await read_specs(bus.js) == before, "part of the new config was stored"
+    assert await read_bucket(bus.js, wire.KV_WATCHES, WatchConfig) == {}, "the new watch was left behind"
+    # the same file, storable: applied whole
+    path.write_text(THREE.format(root=tmp_path, big="small"))
+    out = cli(["apply", str(path)], nats_server.url, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert set(await read_specs(bus.js)) == {"alpha", "beta", "gamma"}
+    assert set(await read_bucket(bus.js, wire.KV_WATCHES, WatchConfig)) == {"drops"}
+
+
+def test_apply_refuses_what_the_broker_cannot_store_before_writing_anything(tmp_path: Path) -> None:
+    # a broker with a 64 KiB max_payload: a 100 KiB job passes validate (256 KiB) but not this broker
+    store = tmp_path / "nats"
+    port = free_port()
+    write_nats_config(store / "js", port, store / "nats.conf")
+    with (store / "nats.conf").open("a") as conf:
+        conf.write("max_payload: 65536\n")
+    proc = subprocess.Popen([nats_server_binary(), "-c", str(store / "nats.conf")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, time.monotonic() + 15, proc)
+        url = f"nats://127.0.0.1:{port}"
+        good = tmp_path / "good.yaml"
+        good.write_text(GOOD)
+        assert cli(["apply", str(good)], url, tmp_path).returncode == 0
+        path = tmp_path / "three.yaml"
+        path.write_text(THREE.format(root=tmp_path, big="g" * 100_000))
+        assert cli(["validate", str(path)], url, tmp_path).returncode == 0
+        out = cli(["apply", str(path)], url, tmp_path)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "job 'gamma' is 98 KiB stored; the broker takes at most 63 KiB" in out.stderr
+        assert "Nothing was applied" in out.stderr
+        jobs = cli(["jobs", "--json"], url, tmp_path)
+        assert [j["name"] for j in json.loads(jobs.stdout)] == ["alpha"]
+    finally:
+        proc.kill()
+        proc.wait()

@@ -38,7 +38,7 @@ def watch(name: str, path: Path, **kw: Any) -> WatchConfig:
 
 
 async def set_watches(bus: Bus, *watches: WatchConfig) -> None:
-    await write_watches(bus.js, list(watches))
+    await write_watches(bus, list(watches))
 
 
 class Collector:
