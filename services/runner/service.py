@@ -17,7 +17,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -279,20 +279,29 @@ class RunnerService:
             wire.run_event_subject(spec.name, "started"), started_ev.to_bytes(),
             headers={wire.HEADER_MSG_ID: started_ev.msg_id()})
         key = object()
+        # heartbeats keep the trigger ours until it is settled, not only while the job runs: when
+        # the outcome cannot be stored yet (a broker whose disk is full), a redelivery would run
+        # the job again, and again, and finally record a success as dead "runner lost"
         self.inflight[key] = _InFlight(msg, spec, trigger, asyncio.get_running_loop().time())
         try:
-            outcome = await self._execute(spec, trigger, attempt, inputs)
-        except asyncio.CancelledError:
-            # shutting down: the job was killed; hand the trigger to another runner now
-            with contextlib.suppress(Exception):
-                await asyncio.shield(msg.nak())
-            raise
+            try:
+                outcome = await self._execute(spec, trigger, attempt, inputs)
+            except asyncio.CancelledError:
+                # shutting down: the job was killed; hand the trigger to another runner now
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(msg.nak())
+                raise
+            # the started event's PubAck; losing it is harmless (the outcome carries started_at too)
+            await asyncio.wait([started_ack], timeout=10)
+            if started_ack.done() and not started_ack.cancelled():
+                started_ack.exception()  # retrieved, so asyncio does not log it
+            await self._report(msg, spec, trigger, attempt, started, outcome)
         finally:
             del self.inflight[key]
-        # the started event's PubAck; losing it is harmless (the outcome carries started_at too)
-        await asyncio.wait([started_ack], timeout=10)
-        if started_ack.done() and not started_ack.cancelled():
-            started_ack.exception()  # retrieved, so asyncio does not log it
+
+    async def _report(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int, started: datetime,
+                      outcome: Outcome) -> None:
+        """Publish the attempt's outcome, then ack (succeeded), nak with the retry delay, or term (dead)."""
         finished = utcnow()
         common: dict[str, Any] = dict(
             started_at=started, finished_at=finished, duration_s=(finished - started).total_seconds(),
