@@ -19,13 +19,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from cropcron import cli_alerts, cli_files, commands
-from cropcron.commands import CommandError, UserError
 from cropcron.embedded import EmbeddedError, default_data_dir, read_runtime, runtime_file, write_runtime
 from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
 from cropcron.tables import print_json, print_table
 from shared.bus import Bus, IncompatibleBroker
 from shared.config import ConfigError, load_config
 from shared.durations import parse_since
+from shared.errors import CommandError, UserError
 from shared.events import RunState
 from shared.queries import RunsQuery
 from shared.settings import ServiceSettings

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 from cropcron import commands
-from cropcron.commands import CommandError, UserError
 from cropcron.tables import print_json, print_table
 from services.notifier.channels import DeliveryError, EmailSender, LogSender, Sender, SlackSender, TokenBucket
 from services.notifier.settings import NotifierSettings
@@ -20,6 +19,7 @@ from shared import wire
 from shared.bus import Bus, ensure_topology
 from shared.config import Config, ConfigError
 from shared.config import load_config as load_file
+from shared.errors import CommandError, UserError
 from shared.events import Alert, Notification, utcnow
 from shared.notify_config import (
     EmailChannel,

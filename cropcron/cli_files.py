@@ -15,10 +15,10 @@ import sys
 
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
-from cropcron.commands import CommandError, UserError
 from cropcron.tables import print_json
 from shared import wire
 from shared.bus import Bus, publish_all
+from shared.errors import CommandError, UserError
 from shared.events import FileEvent
 from shared.files import PathRefused, event_for, resolve_inside
 from shared.kv_read import bucket_entries

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from services.timer.service import schedule_of
 from shared import wire
 from shared.atomic import BatchUncertain
 from shared.bus import TRANSIENT_ERRORS, Bus, connect_once, ensure_topology
@@ -29,20 +27,13 @@ from shared.catalog import (
     write_changes,
 )
 from shared.config import Config, JobSpec, resolve_watches, to_specs
-from shared.durations import format_duration
+from shared.errors import CommandError, UserError
 from shared.events import TERMINAL_STATES, RunEvent, decode
+from shared.job_schedule import describe_when, schedule_of
 from shared.manual import CannotRunNow, manual_trigger
 from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
 from shared.reply import ask
 from shared.watch_config import WatchConfig
-
-
-class CommandError(RuntimeError):
-    """A failure to report to the user in one line (exit 1)."""
-
-
-class UserError(ValueError):
-    """Bad input from the user (exit 2)."""
 
 
 async def open_bus(url: str) -> Bus:
@@ -126,23 +117,6 @@ async def job_rows(bus: Bus, with_last: bool = True) -> list[dict[str, Any]]:
             "paused": paused, "enabled": spec.job.enabled, "priority": spec.job.priority,
         })
     return rows
-
-
-def describe_when(spec: JobSpec, cron: Callable[[str], str] = "cron {}".format) -> str:
-    """What starts the job, in a few words; `cron` renders a cron expression (the dashboard
-    passes one that says it in words)."""
-    job = spec.job
-    if job.schedule:
-        return cron(job.schedule)
-    if job.interval:
-        return f"every {format_duration(job.interval)}"
-    if job.run_at:
-        return f"once at {job.run_at.isoformat()}"
-    if job.on_file:
-        return f"on each file in {job.on_file}"
-    if job.on_batch:
-        return f"on each flight batch in {job.on_batch.watch}"
-    return "on demand"
 
 
 async def require_job(bus: Bus, name: str) -> JobSpec:

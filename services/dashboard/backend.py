@@ -15,12 +15,12 @@ from pydantic import BaseModel
 
 from services.dashboard.settings import DashboardSettings
 from services.dashboard.words import describe
-from services.timer.service import schedule_of
 from shared import wire
 from shared.bus import Bus
 from shared.catalog import Catalog, set_paused
 from shared.config import JobSpec
 from shared.events import RunState
+from shared.job_schedule import schedule_of
 from shared.kv_read import bucket_entries
 from shared.manual import manual_trigger
 from shared.queries import (

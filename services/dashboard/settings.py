@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cropcron.commands import UserError
+from shared.errors import UserError
 
 log = logging.getLogger("cropcron.dashboard")
 

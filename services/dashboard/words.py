@@ -3,8 +3,8 @@ it does not phrase. Pure functions, unit-tested in tests/test_dashboard_unit.py.
 
 from __future__ import annotations
 
-from cropcron.commands import describe_when
 from shared.config import JobSpec
+from shared.job_schedule import describe_when
 
 DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 DAY_NAMES = {d[:3].upper(): i for i, d in enumerate(DAYS[:7])}

@@ -12,22 +12,19 @@ import contextlib
 import json
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
+from services.notifier.context import Notifier
 from services.notifier.intake import raise_alerts
 from services.notifier.rules import SOURCE
 from services.notifier.state import JobWatch, save_state
-from services.timer.service import schedule_of
 from shared import wire
 from shared.config import JobSpec
 from shared.events import Alert, utcnow
+from shared.job_schedule import schedule_of
 from shared.kv_read import bucket_entries
 from shared.notify_config import NotificationsConfig, OverdueConfig
 from shared.queries import LastQuery
 from shared.reply import ask
-
-if TYPE_CHECKING:
-    from services.notifier.service import NotifierService
 
 log = logging.getLogger("cropcron.notifier")
 
@@ -62,7 +59,7 @@ def overdue_instant(spec: JobSpec, since: datetime, now: datetime,
     return (instant, grace) if instant + timedelta(seconds=grace) <= now else None
 
 
-async def seed_last_success(svc: NotifierService) -> None:
+async def seed_last_success(svc: Notifier) -> None:
     """Last successes for jobs this notifier has not seen yet, from history (best effort: without
     it the notifier's own start time is the baseline, which never raises a false alarm)."""
     missing = [name for name in svc.catalog.specs if svc.state.jobs.get(name) is None]
@@ -80,7 +77,7 @@ async def seed_last_success(svc: NotifierService) -> None:
             svc.state.jobs.setdefault(job, JobWatch()).last_success = when
 
 
-async def check_overdue(svc: NotifierService, config: NotificationsConfig) -> bool:
+async def check_overdue(svc: Notifier, config: NotificationsConfig) -> bool:
     if not config.overdue.enabled:
         return False
     now = utcnow()
@@ -112,7 +109,7 @@ async def check_overdue(svc: NotifierService, config: NotificationsConfig) -> bo
     return bool(alerts)
 
 
-async def _heartbeats(svc: NotifierService) -> dict[str, list[tuple[str, datetime]]]:
+async def _heartbeats(svc: Notifier) -> dict[str, list[tuple[str, datetime]]]:
     """service -> [(instance key, last heartbeat)] from KV cropcron_services."""
     out: dict[str, list[tuple[str, datetime]]] = {}
     for key, raw in (await bucket_entries(svc.bus.js, wire.KV_SERVICES)).items():
@@ -123,7 +120,7 @@ async def _heartbeats(svc: NotifierService) -> dict[str, list[tuple[str, datetim
     return out
 
 
-async def check_services(svc: NotifierService, config: NotificationsConfig) -> bool:
+async def check_services(svc: Notifier, config: NotificationsConfig) -> bool:
     """Per service: down when it has heartbeats and none is fresh (a standby timer taking over, a
     restarted process under a new instance name, or other runners still beating all count as up);
     resolved when a fresh one appears or the last one is removed by a clean stop."""
@@ -158,7 +155,7 @@ async def check_services(svc: NotifierService, config: NotificationsConfig) -> b
     return bool(alerts)
 
 
-async def loop(svc: NotifierService, stop: asyncio.Event) -> None:
+async def loop(svc: Notifier, stop: asyncio.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), svc.ns.deadman_interval)

@@ -8,24 +8,22 @@ import asyncio
 import contextlib
 import logging
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from services.notifier.channels import DeliveryError
+from services.notifier.context import Notifier
 from shared import wire
 from shared.bus import publish_until_acked
 from shared.events import DeliveryOutcome, DeliveryRecord, Notification, decode, utcnow
-
-if TYPE_CHECKING:
-    from services.notifier.service import NotifierService
 
 log = logging.getLogger("cropcron.notifier")
 PARALLEL = 16
 
 
-async def deliver_loop(svc: NotifierService, stop: asyncio.Event, subs: dict[str, Any]) -> None:
+async def deliver_loop(svc: Notifier, stop: asyncio.Event, subs: dict[str, Any]) -> None:
     slots = asyncio.Semaphore(PARALLEL)
     running: set[asyncio.Task[None]] = set()
     delay = 0.2
@@ -59,7 +57,7 @@ async def deliver_loop(svc: NotifierService, stop: asyncio.Event, subs: dict[str
         await asyncio.gather(*running, return_exceptions=True)
 
 
-def backoff(svc: NotifierService, attempt: int) -> float:
+def backoff(svc: Notifier, attempt: int) -> float:
     base = min(svc.ns.notify_retry_base * 2.0 ** (attempt - 1), svc.ns.notify_retry_max)
     return float(base * random.uniform(0.9, 1.1))  # noqa: S311 - jitter, not security
 
@@ -72,7 +70,7 @@ async def _keepalive(msg: Msg, every: float) -> None:
             await msg.in_progress()
 
 
-async def deliver_one(svc: NotifierService, msg: Msg) -> None:
+async def deliver_one(svc: Notifier, msg: Msg) -> None:
     try:
         n: Notification = decode(Notification, msg.data)
     except (ValidationError, ValueError) as exc:
@@ -101,7 +99,7 @@ async def deliver_one(svc: NotifierService, msg: Msg) -> None:
     await msg.ack()
 
 
-async def _failed(svc: NotifierService, msg: Msg, n: Notification, attempt: int, exc: DeliveryError) -> None:
+async def _failed(svc: Notifier, msg: Msg, n: Notification, attempt: int, exc: DeliveryError) -> None:
     if not exc.permanent and attempt < svc.ns.notify_max_attempts:
         wait = exc.retry_after if exc.retry_after is not None else backoff(svc, attempt)
         svc.counts["retries"] += 1
@@ -120,7 +118,7 @@ async def _failed(svc: NotifierService, msg: Msg, n: Notification, attempt: int,
     await msg.ack()
 
 
-async def escalate(svc: NotifierService, n: Notification, reason: str) -> str | None:
+async def escalate(svc: Notifier, n: Notification, reason: str) -> str | None:
     """Once: an escalated notification that fails too is recorded, not escalated again."""
     channel = svc.config.channels.get(n.channel) if svc.config else None
     target = channel.escalate_to if channel is not None else None
@@ -133,7 +131,7 @@ async def escalate(svc: NotifierService, n: Notification, reason: str) -> str | 
     return target
 
 
-async def record(svc: NotifierService, n: Notification, attempt: int, outcome: DeliveryOutcome,
+async def record(svc: Notifier, n: Notification, attempt: int, outcome: DeliveryOutcome,
                  error: str | None, message_id: str | None = None) -> None:
     rec = DeliveryRecord(notification_id=n.id, channel=n.channel, status=n.status,
                          alert_ids=[a.id for a in n.alerts], attempt=attempt, outcome=outcome, error=error,

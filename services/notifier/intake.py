@@ -5,12 +5,12 @@ durable."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from services.notifier import groups as grouping
+from services.notifier.context import Notifier
 from services.notifier.rules import CLEARED_BY_SUCCESS, alert_from_run, resolved_alert, route
 from services.notifier.state import JobWatch, put_many, save_state
 from shared import wire
@@ -18,21 +18,18 @@ from shared.bus import publish_all, publish_until_acked
 from shared.events import Alert, RunEvent, RunState, decode, utcnow
 from shared.notify_config import NotificationsConfig
 
-if TYPE_CHECKING:
-    from services.notifier.service import NotifierService
-
 log = logging.getLogger("cropcron.notifier")
 WATCHED = {RunState.SUCCEEDED, RunState.DEAD, RunState.FAILED, RunState.MISSED}
 
 
-async def raise_alerts(svc: NotifierService, alerts: list[Alert]) -> None:
+async def raise_alerts(svc: Notifier, alerts: list[Alert]) -> None:
     """Publish on the alerts stream (history and our own grouping read it there); the id is the
     Nats-Msg-Id, so raising the same alert twice is dropped by the broker."""
     items = [(wire.alert_subject(a.level, a.kind), a.to_bytes(), a.id) for a in alerts]
     await publish_until_acked(svc.bus, items, "notifier: raising alerts")
 
 
-async def on_run_events(svc: NotifierService, msgs: list[Msg]) -> None:
+async def on_run_events(svc: Notifier, msgs: list[Msg]) -> None:
     config = svc.config or NotificationsConfig()
     alerts: list[Alert] = []
     good: list[Msg] = []
@@ -69,7 +66,7 @@ async def on_run_events(svc: NotifierService, msgs: list[Msg]) -> None:
         await msg.ack()
 
 
-async def on_alerts(svc: NotifierService, msgs: list[Msg]) -> None:
+async def on_alerts(svc: Notifier, msgs: list[Msg]) -> None:
     config = svc.config or NotificationsConfig()
     timing = svc.timing
     now = utcnow()
@@ -101,7 +98,7 @@ async def on_alerts(svc: NotifierService, msgs: list[Msg]) -> None:
         await msg.ack()
 
 
-async def flush_due(svc: NotifierService) -> None:
+async def flush_due(svc: Notifier) -> None:
     timing = svc.timing
     now = utcnow()
     assert svc.kv is not None

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cropcron.jobs import RunContext
 from services.runner.reaper import Reaper
+from shared.run_context import RunContext
 
 MAX_LINE = 2000  # characters kept of one output line
 

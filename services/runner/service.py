@@ -23,7 +23,6 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from cropcron.jobs import RunContext
 from services.runner.backoff import retry_delay
 from services.runner.execute import Outcome, render_argv, run_callable, run_command
 from services.runner.inputs import RunInputs, prepare, watches_for
@@ -37,6 +36,7 @@ from shared.catalog import Catalog
 from shared.config import JobSpec, Overlap
 from shared.events import Rejected, RunEvent, RunState, Trigger, decode, utcnow
 from shared.files import PathRefused
+from shared.run_context import RunContext
 from shared.settings import BusSettings, ServiceSettings
 
 log = logging.getLogger("cropcron.runner")

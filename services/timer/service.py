@@ -16,7 +16,6 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -28,6 +27,7 @@ from shared.catalog import Catalog
 from shared.clock import Clock, SystemClock
 from shared.config import JobSpec
 from shared.events import RunEvent, RunState, Trigger, tick_run_id
+from shared.job_schedule import schedule_of
 from shared.lease import LeaderLease
 from shared.schedule import Schedule
 from shared.settings import ServiceSettings
@@ -43,19 +43,6 @@ CLOCK_FLOOR = datetime(2025, 1, 1, tzinfo=UTC)
 STALL_SECONDS = 30.0
 DOWN = "timer was not running"
 BEHIND = f"timer fell more than {STALL_SECONDS:g}s behind (overloaded or suspended)"
-
-
-def schedule_of(spec: JobSpec) -> Schedule | None:
-    job = spec.job
-    if not job.enabled:
-        return None
-    if job.schedule is not None:
-        return Schedule(cron=job.schedule, tz=ZoneInfo(spec.timezone))
-    if job.interval is not None:
-        return Schedule(interval=job.interval)
-    if job.run_at is not None:
-        return Schedule(run_at=job.run_at)
-    return None
 
 
 @dataclass
