@@ -79,20 +79,23 @@ async def _start(child: ChildProcess) -> None:
 
 async def _start_servers(data_dir: Path, children: list[ChildProcess]) -> tuple[str, str]:
     nats_url = os.environ.get("NATS_URL")
+    database_url = os.environ.get("DATABASE_URL")
+    postgres = None
+    if not database_url:
+        from cropcron.embedded_pg import EmbeddedPostgres
+
+        postgres = EmbeddedPostgres(data_dir)  # first: it refuses a data dir its user cannot reach
+        postgres.prepare()
     if not nats_url:
         nats = EmbeddedNats(data_dir)
         await _start(nats)
         children.append(nats)
         nats_url = nats.url
-    database_url = os.environ.get("DATABASE_URL")
-    if not database_url:
-        from cropcron.embedded_pg import EmbeddedPostgres
-
-        postgres = EmbeddedPostgres(data_dir)
-        postgres.prepare()
+    if postgres is not None:
         await _start(postgres)
         children.append(postgres)
         database_url = postgres.url
+    assert database_url is not None
     return nats_url, database_url
 
 
