@@ -237,7 +237,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from cropcron import up  # the services' imports, only for `up` and `serve`
     from cropcron.datadir_lock import DataDirLock
 
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    data_dir = (Path(args.data_dir) if args.data_dir else default_data_dir()).absolute()
     lock = DataDirLock(data_dir)
     lock.acquire()  # before anything starts: a second `up` on this data dir exits 2 here
     try:

@@ -142,8 +142,9 @@ async def main(config_path: str, base_dir: Path, config: Config, data_dir: Path)
         nats_url, database_url = await _start_servers(data_dir, children)
         write_runtime(data_dir, nats_url=nats_url, database_url=redact(database_url))
         # for the services started below (the runner strips DATABASE_URL from jobs' environment;
-        # NATS_URL lets a job itself call `cropcron run ...`)
-        os.environ.update(NATS_URL=nats_url, DATABASE_URL=database_url)
+        # NATS_URL lets a job itself call `cropcron run ...`); the data dir too, so that the
+        # watcher's record follows --data-dir rather than the default data dir
+        os.environ.update(NATS_URL=nats_url, DATABASE_URL=database_url, CROPCRON_DATA_DIR=str(data_dir))
         # the dashboard's access token: <data-dir>/dashboard-token unless CROPCRON_DASHBOARD_TOKEN[_FILE] is set
         ensure_token_file(data_dir)
         settings = ServiceSettings()  # type: ignore[call-arg]
