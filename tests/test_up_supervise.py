@@ -27,14 +27,19 @@ import pytest
 from conftest import FAST_ENV, ROOT, reachable_temp_dir, wait_for
 
 from cropcron import commands
+from shared import wire
 from shared.bus import connect_once
-from shared.queries import RunsQuery
+from shared.queries import AlertsQuery, RunsQuery
 
 CONFIG = """\
 system: {timezone: UTC}
 jobs:
   - {name: beat, type: data_cleanup, interval: 1s, catchup: all, catchup_window: 10m, overlap: allow,
      call: tests.jobs.calls:noop}
+notifications:
+  group_window: 1s
+  channels: {journal: {type: log}}
+  rules: [{name: default-kinds, channels: [journal]}]   # `when:` left to its default
 """
 
 
@@ -139,6 +144,19 @@ class SharedUp:
         finally:
             await bus.close()
 
+    async def alerts(self) -> list[dict[str, Any]] | None:
+        try:
+            bus = await connect_once(self.runtime()["nats_url"], "test", timeout=1)
+        except (OSError, ValueError, KeyError):
+            return None
+        try:
+            rows: list[dict[str, Any]] = await commands.request(bus, wire.HISTORY_ALERTS, AlertsQuery(limit=100))
+            return rows
+        except commands.CommandError:
+            return None
+        finally:
+            await bus.close()
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -191,13 +209,24 @@ async def _kill_and_recover(up: SharedUp, name: str) -> tuple[datetime, list[dic
     return killed_at, rows
 
 
-def _restart_alert(up: SharedUp, component: str) -> dict[str, Any]:
+def _restarts(rows: list[dict[str, Any]], component: str) -> list[dict[str, Any]]:
+    return [a for a in rows if a["kind"] == "component_restarted" and a["details"].get("component") == component]
+
+
+async def _restart_alert(up: SharedUp, component: str) -> dict[str, Any]:
+    """The restart's alert, once the notifier has delivered it through the default rule."""
+
+    async def delivered() -> bool:
+        rows = await up.alerts()
+        return bool(rows and any(d["channel"] == "journal" and d["outcome"] == "sent"
+                                 for a in _restarts(rows, component) for d in a["deliveries"]))
+
+    await wait_for(delivered, 30, f"the {component} restart's alert delivered to the log channel")
     out = _cli(["alerts", "--json", "--data-dir", str(up.data)], up.env)
     assert out.returncode == 0, out.stderr
-    alerts = [a for a in json.loads(out.stdout)
-              if a["kind"] == "component_restarted" and a["details"].get("component") == component]
+    alerts = _restarts(json.loads(out.stdout), component)
     assert alerts, f"no component_restarted alert for {component}: {out.stdout[:2000]}"
-    return alerts[0]  # type: ignore[no-any-return]
+    return alerts[0]
 
 
 async def test_second_up_on_the_data_dir_is_refused(shared_up: SharedUp) -> None:
@@ -230,7 +259,7 @@ async def test_killed_broker_is_restarted_and_runs_resume(shared_up: SharedUp) -
     print(f"\nnats-server killed: first run {(first - killed_at).total_seconds():.2f}s after the kill")
     assert first - killed_at < timedelta(seconds=10)
     assert up.runtime()["nats_url"] == old_port  # same port: the services reconnected by themselves
-    alert = _restart_alert(up, "nats-server")
+    alert = await _restart_alert(up, "nats-server")
     assert alert["level"] == "warning" and "SIGKILL" in alert["summary"], alert
     assert "Traceback" not in up.output(), up.output()[-3000:]
 
@@ -238,7 +267,7 @@ async def test_killed_broker_is_restarted_and_runs_resume(shared_up: SharedUp) -
 async def test_killed_postgres_is_restarted_and_history_catches_up(shared_up: SharedUp) -> None:
     up = await shared_up.running()
     killed_at, rows = await _kill_and_recover(up, "postgres")
-    alert = _restart_alert(up, "postgres")
+    alert = await _restart_alert(up, "postgres")
     print(f"\npostgres killed: down {alert['details']['down_seconds']}s; history rows for every instant")
     # the cleared postmaster.pid and the password still work: the final check goes through the CLI
     out = _cli(["history", "--json", "--limit", "200", "--data-dir", str(up.data)], up.env)
