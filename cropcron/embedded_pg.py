@@ -12,7 +12,8 @@ after a clean stop, and as root chmods every parent of the data dir).
 - Postgres refuses to run as root: under root it runs as the system user `cropcron` (created if
   missing; CROPCRON_POSTGRES_USER names another), or as the owner of an existing data
   directory. Nothing outside <data-dir>/postgres changes permissions: if that user cannot reach
-  the data dir, `up` stops with a message naming the directory in the way.
+  the data dir, `up` stops with a message naming the directory in the way; if it cannot reach
+  the binaries (Python under a private /root), they are linked or copied to <data-dir>/pginstall.
 - A postmaster.pid left by a kill -9 is cleared before a start (`up` holds the data dir's lock,
   so no other `up` runs this cluster).
 """
@@ -101,7 +102,7 @@ def _blocked(path: Path, user: pwd.struct_passwd) -> tuple[Path, os.stat_result]
     return None
 
 
-def _check_reachable(data_dir: Path, bin_dir: Path, user: pwd.struct_passwd) -> None:
+def _check_reachable(data_dir: Path, user: pwd.struct_passwd) -> None:
     blocked = _blocked(data_dir.resolve(), user)
     if blocked:
         where, st = blocked
@@ -111,13 +112,41 @@ def _check_reachable(data_dir: Path, bin_dir: Path, user: pwd.struct_passwd) -> 
             f"{_owner(st.st_uid)}) on the way to the data dir {data_dir}. cropcron does not change permissions "
             "of directories it did not create: use a data dir that user can reach, e.g. "
             "`--data-dir /var/lib/cropcron` (root's default), or run `cropcron up` as an unprivileged user")
-    blocked = _blocked(bin_dir.parent.resolve(), user)
-    if blocked:
-        where, st = blocked
-        raise EmbeddedError(
-            f"the embedded Postgres runs as the user {user.pw_name!r}, and that user cannot enter {where} (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}) to run the PostgreSQL binaries in {bin_dir}: install cropcron where "
-            "other users can read it (e.g. a virtualenv under /opt), or run `cropcron up` as an unprivileged user")
+
+
+def _reachable_install(bin_dir: Path, data_dir: Path, user: pwd.struct_passwd) -> Path:
+    """`bin_dir`, or, when `user` cannot reach it (Python installed under a private /root), the
+    same PostgreSQL build under <data-dir>/pginstall (hard links where possible, owned by root,
+    read-only to `user`), refreshed when the package's build changes. Nothing is chmod'ed."""
+    install = bin_dir.parent  # .../site-packages/pgserver/pginstall
+    if _blocked(install.resolve(), user) is None:
+        return bin_dir
+    # the wheel's binaries find their shared libraries at $ORIGIN/../../../pgserver.libs: keep the
+    # layout from site-packages down
+    top = install.parent.parent
+    parts = [install.relative_to(top), *(p.relative_to(top) for p in top.glob(f"{install.parent.name}.libs"))]
+    target = data_dir / "pginstall"
+    source = f"{install.resolve()} {(bin_dir / 'postgres').stat().st_mtime_ns}\n"
+    with contextlib.suppress(OSError):
+        if (target / ".source").read_text() == source:
+            return target / bin_dir.relative_to(top)
+    log.info("the PostgreSQL binaries in %s are out of reach of the user %r; using a copy in %s",
+             install, user.pw_name, target)
+    tmp = data_dir / "pginstall.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for part in parts:
+        shutil.copytree(top / part, tmp / part, copy_function=_link_or_copy)
+    (tmp / ".source").write_text(source)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target / bin_dir.relative_to(top)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
 
 
 def _owner(uid: int) -> str:
@@ -133,15 +162,15 @@ class EmbeddedPostgres(ChildProcess):
     stop_signal = signal.SIGINT
     log_markers = ("FATAL:", "PANIC:")
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, bin_dir: Path | None = None) -> None:
         super().__init__(data_dir / "postgres.log")
         self.data_dir = data_dir
         self.pgdata = data_dir / "postgres"
         self.password_file = data_dir / "postgres-password"
-        self.bin_dir = binaries()
+        self.bin_dir = bin_dir or binaries()
         self.user = _system_user(self.pgdata)
         if self.user is not None:
-            _check_reachable(data_dir, self.bin_dir, self.user)
+            _check_reachable(data_dir, self.user)
         self.password = ""
         self.port = 0
 
@@ -152,6 +181,8 @@ class EmbeddedPostgres(ChildProcess):
     # -- set-up (once per `up`) -----------------------------------------------------------
     def prepare(self) -> None:
         """Create the cluster (or give an old one a password), write pg_hba.conf, pick the port."""
+        if self.user is not None:
+            self.bin_dir = _reachable_install(self.bin_dir, self.data_dir, self.user)
         fresh = not self.password_file.exists()
         self.password = self._password()
         self._clear_stale_pid()

@@ -1,11 +1,13 @@
 """The embedded Postgres of `cropcron up` (cropcron/embedded_pg.py): password auth only, its
 password file private, no unix socket; a postmaster.pid naming a recycled PID does not block a
 start; a cluster without a password file (one made by pgserver, which trusted everyone) gets a
-new password and the old one stops working."""
+new password and the old one stops working; as root, binaries its user cannot reach are used from
+a copy in the data dir, and nothing is chmod'ed."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import stat
 import subprocess
@@ -16,7 +18,7 @@ import asyncpg
 import pytest
 from conftest import reachable_temp_dir
 
-from cropcron.embedded_pg import EmbeddedPostgres
+from cropcron.embedded_pg import EmbeddedPostgres, binaries
 
 
 @pytest.fixture
@@ -80,3 +82,26 @@ def test_password_only_and_recovery_from_stale_state(data_dir: Path) -> None:
             _run_user(server.url.replace(server.password, old))
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs Postgres as another user")
+def test_binaries_out_of_the_postgres_users_reach_are_used_from_a_copy(data_dir: Path, tmp_path: Path) -> None:
+    # Python under a private /root: here the package's build (and the libraries its wheel ships
+    # beside it), linked under pytest's private tmp
+    private = tmp_path.parent.parent
+    mode = stat.S_IMODE(private.stat().st_mode)
+    assert mode & 0o001 == 0, f"{private} is not private here ({mode:o})"
+    package = binaries().parent.parent
+    for name in (package.name, f"{package.name}.libs"):
+        if (package.parent / name).exists():
+            shutil.copytree(package.parent / name, tmp_path / name, copy_function=os.link)
+    data_dir.mkdir()
+    server = EmbeddedPostgres(data_dir, bin_dir=tmp_path / package.name / "pginstall" / "bin")
+    server.prepare()
+    server.start(60)
+    try:
+        assert server.bin_dir == data_dir / "pginstall" / package.name / "pginstall" / "bin"
+        assert _run_user(server.url) == "postgres"
+    finally:
+        server.stop()
+    assert stat.S_IMODE(private.stat().st_mode) == mode  # never chmod'ed
