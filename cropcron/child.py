@@ -12,11 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
+import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("cropcron.embedded")
 
 PR_SET_PDEATHSIG = 1
 
@@ -50,6 +54,36 @@ def describe_exit(returncode: int) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exited with code {returncode}"
+
+
+def process_argv(pid: int) -> list[str]:
+    """The command line of a running process ([] if gone, a zombie, or not ours to read)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [os.fsdecode(arg) for arg in raw.split(b"\0")[:-1]]
+
+
+def stop_pid(pid: int, sig: int) -> None:
+    """`sig`, then SIGKILL after 15 s; returns once the process is gone (or after 5 s more)."""
+    for send, wait in ((sig, 15.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, send)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not process_argv(pid):
+                return
+            time.sleep(0.1)
+
+
+def stop_orphans(argv: list[str], sig: int) -> None:
+    """Stop processes running exactly `argv`: a server left by an `up` that died before its child
+    (the caller holds the data dir's lock, so no live `up` owns them)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and process_argv(int(entry.name)) == argv:
+            log.warning("an orphaned %s (pid %s) still runs; stopping it", Path(argv[0]).name, entry.name)
+            stop_pid(int(entry.name), sig)
 
 
 class ChildProcess:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cropcron.child import ChildError, ChildProcess, EmbeddedError
+from cropcron.child import ChildError, ChildProcess, EmbeddedError, stop_orphans
 from cropcron.datadir_lock import default_data_dir
 
 __all__ = ["EmbeddedError", "EmbeddedNats", "default_data_dir", "start_nats"]
@@ -130,6 +131,7 @@ class EmbeddedNats(ChildProcess):
         return [self.binary, "-c", str(self.conf)]
 
     def check_can_start(self) -> None:
+        stop_orphans(self.command(), signal.SIGTERM)  # it would hold the port and the store
         if not port_free(self.port):
             raise ChildError(f"port 127.0.0.1:{self.port} is taken by another process", permanent=True)
 

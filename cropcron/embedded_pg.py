@@ -31,11 +31,10 @@ import shutil
 import signal
 import stat
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from cropcron.child import ChildError, ChildProcess, EmbeddedError
+from cropcron.child import ChildError, ChildProcess, EmbeddedError, process_argv, stop_pid
 from cropcron.embedded import free_port, port_free
 
 log = logging.getLogger("cropcron.embedded")
@@ -275,9 +274,10 @@ class EmbeddedPostgres(ChildProcess):
             pid = int(pidfile.read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             return
-        if _is_postmaster_of(pid, self.pgdata):
+        argv = process_argv(pid)
+        if argv and Path(argv[0]).name == "postgres" and str(self.pgdata) in argv:
             log.warning("an orphaned Postgres (pid %d) still runs on %s; stopping it", pid, self.pgdata)
-            _stop_pid(pid)
+            stop_pid(pid, signal.SIGINT)
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
 
@@ -301,22 +301,3 @@ class EmbeddedPostgres(ChildProcess):
         except OSError:
             return False
         return len(lines) >= 8 and lines[0].strip() == str(self.pid) and lines[7].strip() == "ready"
-
-
-def _is_postmaster_of(pid: int, pgdata: Path) -> bool:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return bool(argv) and Path(os.fsdecode(argv[0])).name == "postgres" and os.fsencode(pgdata) in argv
-
-
-def _stop_pid(pid: int) -> None:
-    for sig, wait in ((signal.SIGINT, 15.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not Path(f"/proc/{pid}").exists():
-                return
-            time.sleep(0.1)

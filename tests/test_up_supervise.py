@@ -1,7 +1,8 @@
 """`cropcron up` heals itself and refuses a second copy (issue 9): its embedded nats-server and
 Postgres killed with SIGKILL are restarted, runs resume and history loses no instant, a restart
 is raised as an alert; a second `up` on the data dir exits 2; a restart that cannot succeed
-ends `up` with exit 1 and the reason; a killed `up` leaves no orphan and no lock behind.
+ends `up` with exit 1 and the reason; a killed `up` leaves no orphan and no lock behind, and
+servers left running on its data dir anyway are stopped by the next `up`.
 
 One `up` (a separate process, killed children found through psutil) is shared by the tests of
 this module: `SharedUp.running()` starts it again if an earlier test ended it.
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -302,11 +303,45 @@ async def test_a_restart_that_cannot_succeed_ends_up_with_the_reason(shared_up: 
 async def test_kill9_of_up_leaves_no_orphan_and_frees_the_lock(shared_up: SharedUp) -> None:
     up = await shared_up.running()
     children = [up.child("nats-server"), up.child("postgres")]
+    argvs = [c.cmdline() for c in children]
+    pgdata = up.data / "postgres"
     assert up.proc is not None
     up.proc.kill()
     up.proc.wait()
     _, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, f"children outlived a killed `up`: {alive}"
-    # the flock died with it: a new `up` starts on the same data dir (over its stale runtime.json)
-    await shared_up.running()
-    assert up.runtime()["pid"] == up.pid
+    # as if they had (an `up` killed between fork and exec of a child): the same servers again,
+    # not children of any `up`; the next `up` stops them rather than run a second pair on the store
+    orphans = _orphans(argvs, pgdata.stat().st_uid)
+    try:
+        await wait_for(_postmaster_ready(pgdata, orphans[1].pid), 30, "the orphaned Postgres ready")
+        # the flock died with `up`: a new one starts on the same data dir (over its stale runtime.json)
+        await shared_up.running()
+        assert up.runtime()["pid"] == up.pid
+        assert [o.poll() for o in orphans] == [0, 0], "the orphaned servers were not stopped"
+        assert "an orphaned nats-server" in up.output() and "an orphaned Postgres" in up.output(), up.output()
+    finally:
+        for orphan in orphans:
+            if orphan.poll() is None:
+                orphan.kill()
+                orphan.wait()
+
+
+def _orphans(argvs: list[list[str]], pg_owner: int) -> list[subprocess.Popen[bytes]]:
+    """The broker and Postgres started again, as the test's own children (Postgres as its owner)."""
+    nats, postgres = argvs
+    as_owner = {"user": pg_owner} if os.geteuid() == 0 else {}
+    return [subprocess.Popen(nats, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
+            subprocess.Popen(postgres, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                             **as_owner)]  # type: ignore[call-overload]
+
+
+def _postmaster_ready(pgdata: Path, pid: int) -> Callable[[], Awaitable[bool]]:
+    async def ready() -> bool:
+        try:
+            lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return len(lines) >= 8 and lines[0] == str(pid) and lines[7].strip() == "ready"
+
+    return ready
