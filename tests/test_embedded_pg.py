@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import asyncpg
 import pytest
 from conftest import reachable_temp_dir
 
+from cropcron.child import EmbeddedError
 from cropcron.embedded_pg import EmbeddedPostgres, binaries
 
 
@@ -105,3 +107,9 @@ def test_binaries_out_of_the_postgres_users_reach_are_used_from_a_copy(data_dir:
     finally:
         server.stop()
     assert stat.S_IMODE(private.stat().st_mode) == mode  # never chmod'ed
+
+
+def test_without_the_pgserver_package_the_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pgserver", None)  # as if not installed (an extra, issue 10)
+    with pytest.raises(EmbeddedError, match=r"needs the pgserver package .*or set DATABASE_URL"):
+        binaries()
