@@ -38,11 +38,15 @@ class ChildError(EmbeddedError):
 
 
 def death_signal_preexec(sig: int) -> Any:
+    parent = os.getpid()
+
     def preexec() -> None:
         # Runs in the child after any change of user (subprocess's user=), which would clear the
         # setting. Note: "parent" is the spawning *thread*; `up` spawns from its main thread.
         with contextlib.suppress(Exception):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:  # the parent died before the prctl: no signal will come
+            os.kill(os.getpid(), sig)
 
     return preexec
 

@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,19 +87,23 @@ def test_password_only_and_recovery_from_stale_state(data_dir: Path) -> None:
         server.stop()
 
 
+@pytest.fixture
+def private_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="cropcron-private-"))  # mode 0700
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs Postgres as another user")
-def test_binaries_out_of_the_postgres_users_reach_are_used_from_a_copy(data_dir: Path, tmp_path: Path) -> None:
+def test_binaries_out_of_the_postgres_users_reach_are_used_from_a_copy(data_dir: Path, private_dir: Path) -> None:
     # Python under a private /root: here the package's build (and the libraries its wheel ships
-    # beside it), linked under pytest's private tmp
-    private = tmp_path.parent.parent
-    mode = stat.S_IMODE(private.stat().st_mode)
-    assert mode & 0o001 == 0, f"{private} is not private here ({mode:o})"
+    # beside it), linked into a private dir
     package = binaries().parent.parent
     for name in (package.name, f"{package.name}.libs"):
         if (package.parent / name).exists():
-            shutil.copytree(package.parent / name, tmp_path / name, copy_function=os.link)
+            shutil.copytree(package.parent / name, private_dir / name, copy_function=os.link)
     data_dir.mkdir()
-    server = EmbeddedPostgres(data_dir, bin_dir=tmp_path / package.name / "pginstall" / "bin")
+    server = EmbeddedPostgres(data_dir, bin_dir=private_dir / package.name / "pginstall" / "bin")
     server.prepare()
     server.start(60)
     try:
@@ -106,7 +111,7 @@ def test_binaries_out_of_the_postgres_users_reach_are_used_from_a_copy(data_dir:
         assert _run_user(server.url) == "postgres"
     finally:
         server.stop()
-    assert stat.S_IMODE(private.stat().st_mode) == mode  # never chmod'ed
+    assert stat.S_IMODE(private_dir.stat().st_mode) == 0o700  # never chmod'ed
 
 
 def test_without_the_pgserver_package_the_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:

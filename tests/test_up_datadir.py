@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,13 +72,13 @@ def test_a_data_dir_that_is_not_writable(place: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs Postgres as another user")
-def test_as_root_a_data_dir_postgres_cannot_reach_is_refused_untouched(tmp_path: Path, place: Path) -> None:
-    # pytest's tmp_path is under /tmp/pytest-of-root, mode 0700
-    private = tmp_path.parent.parent
-    mode = stat.S_IMODE(private.stat().st_mode)
-    assert mode & 0o001 == 0, f"{private} is not private here ({mode:o})"
-    result = _up(place, tmp_path / "data")
-    assert result.returncode == 1, result.stderr
-    line = _one_line(result)  # before anything started
-    assert f"cannot enter {private} (mode {mode:04o}" in line and "--data-dir /var/lib/cropcron" in line, line
-    assert stat.S_IMODE(private.stat().st_mode) == mode  # never chmod'ed
+def test_as_root_a_data_dir_postgres_cannot_reach_is_refused_untouched(place: Path) -> None:
+    private = Path(tempfile.mkdtemp(prefix="cropcron-private-"))  # mode 0700, like /root
+    try:
+        result = _up(place, private / "data")
+        assert result.returncode == 1, result.stderr
+        line = _one_line(result)  # before anything started
+        assert f"cannot enter {private} (mode 0700" in line and "--data-dir /var/lib/cropcron" in line, line
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700  # never chmod'ed
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
