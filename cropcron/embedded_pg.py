@@ -78,6 +78,8 @@ def _system_user(pgdata: Path) -> pwd.struct_passwd | None:
     result = subprocess.run([useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
                              "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True)
     if result.returncode != 0:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)  # another `up` (another data dir) created it meanwhile
         raise EmbeddedError(f"Postgres refuses to run as root, and the system user {name!r} to run it as could not "
                             f"be created ({result.stderr.strip() or result.returncode}); create it, or run "
                             "`cropcron up` as an unprivileged user")
