@@ -196,13 +196,18 @@ async def _kill_and_recover(up: SharedUp, name: str) -> tuple[datetime, list[dic
     child.kill()
     recovered_after = killed_at + timedelta(seconds=5)
 
+    recorded: list[float] = []  # when history first showed a run that started after the kill
+
     async def recovered() -> list[dict[str, Any]] | None:
         assert up.proc is not None and up.proc.poll() is None, up.output()[-3000:]
         rows = await up.runs(killed_at - timedelta(seconds=10))
+        if rows and not recorded and any(r["started_at"] and _at(r["started_at"]) > killed_at for r in rows):
+            recorded.append((datetime.now(UTC) - killed_at).total_seconds())
         done = rows and any(_at(r["scheduled_at"]) >= recovered_after and r["state"] == "succeeded" for r in rows)
         return rows if done else None
 
     rows: list[dict[str, Any]] = await wait_for(recovered, 40, f"runs after the {name} was killed")
+    print(f"\n{name} killed: history showed a run started after the kill {recorded[0]:.2f}s after it")
     # every instant from before the kill to after the recovery has its row; catchup: all runs each
     window = _every_instant(rows, killed_at - timedelta(seconds=3), recovered_after)
     states = {r["state"] for r in window}
