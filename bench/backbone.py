@@ -5,8 +5,8 @@ run events -> history -> Postgres, each service a separate process, measured end
         python bench/backbone.py --sizes 1,100,1000,10000 --seconds 10
 
 Per size it starts a private nats-server (free loopback port, temp store, the shipped config:
-`sync_interval: always`), creates a fresh database (on DATABASE_URL's server, else an embedded
-pgserver), applies N `call: trivial:noop` jobs with `interval: 1`, `overlap: allow`,
+`sync_interval: always`), creates a fresh database (on DATABASE_URL's server, else the embedded
+Postgres of `cropcron up`), applies N `call: trivial:noop` jobs with `interval: 1`, `overlap: allow`,
 `max_retries: 0`, starts `cropcron serve history|runner|timer` as processes, waits `--warmup`
 seconds, then measures a window of whole-second instants [t0, t0 + seconds):
 
@@ -65,6 +65,7 @@ from common import (  # noqa: E402
 
 from cropcron import commands  # noqa: E402
 from cropcron.embedded import free_port, nats_server_binary, wait_port, write_nats_config  # noqa: E402
+from cropcron.embedded_pg import EmbeddedPostgres  # noqa: E402
 from shared import wire  # noqa: E402
 from shared.bus import Bus, connect, ensure_topology, publish_all  # noqa: E402
 from shared.config import parse_config  # noqa: E402
@@ -97,17 +98,19 @@ class Nats:
 
 
 class Postgres:
-    """A fresh database per measurement on DATABASE_URL's server, else on an embedded pgserver."""
+    """A fresh database per measurement on DATABASE_URL's server, else on the embedded Postgres of
+    `cropcron up` (cropcron/embedded_pg.py)."""
 
     def __init__(self, admin_url: str | None) -> None:
-        self.pgserver: Any = None
+        self.server: EmbeddedPostgres | None = None
         self.pgdata: Path | None = None
         if not admin_url:
-            import pgserver  # type: ignore[import-untyped]
-
             self.pgdata = Path(tempfile.mkdtemp(prefix="ccbench-pg-"))
-            self.pgserver = pgserver.get_server(str(self.pgdata), cleanup_mode="stop")
-            admin_url = str(self.pgserver.get_uri())
+            self.pgdata.chmod(0o711)  # as root, Postgres runs as an unprivileged user that must pass
+            self.server = EmbeddedPostgres(self.pgdata)
+            self.server.prepare()
+            self.server.start(60)
+            admin_url = self.server.url
         self.admin_url = admin_url
 
     def url(self, dbname: str) -> str:
@@ -132,9 +135,8 @@ class Postgres:
             await conn.close()
 
     def close(self) -> None:
-        if self.pgserver is not None:
-            with contextlib.suppress(Exception):
-                self.pgserver.cleanup()
+        if self.server is not None:
+            self.server.stop()
         if self.pgdata is not None:
             shutil.rmtree(self.pgdata, ignore_errors=True)
 
@@ -633,7 +635,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-max", type=float, default=60.0,
                         help="after the window, wait at most this long for its runs to reach history")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
-                        help="admin URL of a Postgres server (default: $DATABASE_URL, else an embedded pgserver)")
+                        help="admin URL of a Postgres server (default: $DATABASE_URL, else an embedded one)")
     parser.add_argument("--whatif", default="", metavar="FIXES",
                         help="start services through bench/whatif.py with these candidate fixes (e.g. runner-fetch)")
     parser.add_argument("--extra-wait", type=float, default=0.05, help="with --whatif runner-fetch: batch fetch wait")

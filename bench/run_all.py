@@ -108,7 +108,7 @@ def describe_setup(args: argparse.Namespace) -> str:
                 if line.startswith("model name")), "?")
     nats = out([backbone.nats_server_binary(), "--version"])
     return (f"code {commit}{dirty}; {os.cpu_count()} x {cpu}; Python {sys.version.split()[0]}; {nats}; "
-            f"Postgres {'DATABASE_URL' if args.database_url else 'pgserver'}; window {args.seconds} s after "
+            f"Postgres {'DATABASE_URL' if args.database_url else 'embedded'}; window {args.seconds} s after "
             f"{args.warmup} s warm-up; broker sync_interval {args.nats_sync}; "
             f"{args.runners} runner process(es); {time.strftime('%Y-%m-%d %H:%M %Z')}")
 

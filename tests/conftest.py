@@ -1,5 +1,6 @@
 """Real servers for the tests: a nats-server per test (the pinned binary, free port, temp store),
-Postgres from DATABASE_URL when set, else an embedded pgserver, with a fresh database per test.
+Postgres from DATABASE_URL when set, else the embedded one of `cropcron up` (cropcron/embedded_pg.py),
+with a fresh database per test.
 Services run in-process (`system` fixture) or as separate processes the test can kill by PID
 (`spawn` fixture)."""
 
@@ -9,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,12 +77,33 @@ def pg_admin_url() -> Iterator[str]:
     if url:
         yield url
         return
-    import pgserver  # embedded Postgres when none is given
+    from cropcron.embedded_pg import EmbeddedPostgres  # the embedded one when none is given
 
-    pgdata = Path(tempfile.mkdtemp(prefix="cropcron-pg-"))
-    server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
+    data = reachable_temp_dir("cropcron-pg-")
+    server = EmbeddedPostgres(data)
+    try:
+        server.prepare()
+        server.start(60)
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def reachable_temp_dir(prefix: str) -> Path:
+    """A temp dir other users may pass through (mode 0711): as root, the embedded Postgres runs as
+    an unprivileged user, and pytest's tmp_path lies under a private /tmp/pytest-of-root."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o711)
+    return path
+
+
+@pytest.fixture
+def up_data_dir() -> Iterator[Path]:
+    """A data dir for a `cropcron up` the test starts (see reachable_temp_dir)."""
+    path = reachable_temp_dir("cropcron-up-")
+    yield path / "data"
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _with_db(url: str, dbname: str) -> str:

@@ -29,8 +29,8 @@ def _hold_8080() -> socket.socket | None:
         return None  # taken already: the case under test either way
 
 
-def test_up_serves_the_dashboard_when_8080_is_taken(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+def test_up_serves_the_dashboard_when_8080_is_taken(tmp_path: Path, up_data_dir: Path) -> None:
+    data = up_data_dir  # (as root, the embedded Postgres's user must reach it: not under tmp_path)
     env = {k: v for k, v in os.environ.items()
            if k not in ("NATS_URL", "DATABASE_URL") and not k.startswith("CROPCRON_DASHBOARD")}
     env["CROPCRON_DATA_DIR"] = str(data)

@@ -20,8 +20,8 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
                           timeout=60, cwd=ROOT)
 
 
-def test_up_on_the_example_shows_runs_within_30s(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+def test_up_on_the_example_shows_runs_within_30s(tmp_path: Path, up_data_dir: Path) -> None:
+    data = up_data_dir
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
     env["CROPCRON_DATA_DIR"] = str(data)
     log = (tmp_path / "up.log").open("wb")

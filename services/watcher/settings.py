@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cropcron.embedded import default_data_dir
+from shared.paths import default_data_dir
 
 
 class WatcherSettings(BaseSettings):

@@ -1,0 +1,162 @@
+"""`cropcron up`: everything in one process, with an embedded nats-server and Postgres unless
+NATS_URL / DATABASE_URL are set (docs/unattended.md).
+
+Order: the data dir's lock (one `up` per data dir, cropcron/datadir_lock.py), then the embedded
+servers, runtime.json, the config, and the services with a supervisor that restarts a dead
+server (cropcron/supervise.py). Exit 0 after Ctrl-C/SIGTERM; 1 when a server cannot be brought
+back or a service fails, so that systemd or compose restarts `up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from cropcron import cli_alerts, commands
+from cropcron.child import ChildError, ChildProcess, EmbeddedError
+from cropcron.embedded import EmbeddedNats, remove_runtime, write_runtime
+from cropcron.services import SERVICE_NAMES, run_services
+from cropcron.supervise import Supervisor, restart_limit
+from services.dashboard.settings import ensure_token_file
+from shared import wire
+from shared.bus import Bus, connect, publish_until_acked
+from shared.config import Config
+from shared.events import Alert
+from shared.settings import ServiceSettings
+
+log = logging.getLogger("cropcron")
+
+START_TIMEOUT = 60.0  # a first start may create the Postgres cluster or recover a large store
+SHUTDOWN_GRACE = 10.0  # for the services to wind down after a server is lost for good (without a
+# broker, their goodbyes only time out)
+
+
+class AlertBus:
+    """Raises the supervisor's alerts on its own connection, which waits out a broker restart."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.bus: Bus | None = None
+        self.lock = asyncio.Lock()
+        self.closing = asyncio.Event()
+
+    async def raise_alert(self, alert: Alert) -> None:
+        async with self.lock:
+            if self.bus is None:
+                self.bus = await connect(self.url, "cropcron-up-supervisor")
+        item = (wire.alert_subject(alert.level, alert.kind), alert.to_bytes(), alert.id)
+        if await publish_until_acked(self.bus, [item], "cropcron up: raising an alert", self.closing):
+            log.warning("cropcron up: stopping before the alert %r reached the bus", alert.summary)
+        else:
+            log.info("cropcron up: alert raised: %s", alert.summary)
+
+    async def close(self) -> None:
+        self.closing.set()
+        if self.bus is not None:
+            await self.bus.close()
+
+
+def redact(url: str) -> str:
+    """The URL without its password (runtime.json is readable by every local user)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}@{host}"))
+
+
+async def _start(child: ChildProcess) -> None:
+    try:
+        child.spawn()
+        await child.wait_ready(START_TIMEOUT)
+    except ChildError as exc:
+        raise EmbeddedError(f"the embedded {child.name} did not start: {exc}") from None
+
+
+async def _start_servers(data_dir: Path, children: list[ChildProcess]) -> tuple[str, str]:
+    nats_url = os.environ.get("NATS_URL")
+    database_url = os.environ.get("DATABASE_URL")
+    postgres = None
+    if not database_url:
+        from cropcron.embedded_pg import EmbeddedPostgres
+
+        postgres = EmbeddedPostgres(data_dir)  # first: it refuses a data dir its user cannot reach
+        postgres.prepare()
+    if not nats_url:
+        nats = EmbeddedNats(data_dir)
+        await _start(nats)
+        children.append(nats)
+        nats_url = nats.url
+    if postgres is not None:
+        await _start(postgres)
+        children.append(postgres)
+        database_url = postgres.url
+    assert database_url is not None
+    return nats_url, database_url
+
+
+async def _apply(nats_url: str, config: Config, base_dir: Path) -> tuple[list[str], list[str], list[str]]:
+    bus = await commands.open_bus(nats_url)
+    try:
+        added, changed, removed = await commands.apply(bus, config, base_dir)
+        await cli_alerts.apply_notifications(bus, config)
+        cli_alerts.warn_secrets(config)
+    finally:
+        await bus.close()
+    return added, changed, removed
+
+
+async def _serve(stop: asyncio.Event, supervisor: Supervisor, settings: ServiceSettings) -> int:
+    watch = asyncio.create_task(supervisor.run(stop))
+    services = asyncio.create_task(run_services(list(SERVICE_NAMES), settings, stop))
+    done, _ = await asyncio.wait({watch, services}, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    if watch in done and watch.exception() is not None:
+        log.error("cropcron up: %s; stopping", watch.exception())
+        # the services wind down without their broker or database as well as they can
+        done, _ = await asyncio.wait({services}, timeout=SHUTDOWN_GRACE)
+        if not done:
+            log.error("cropcron up: the services did not stop within %.0fs; leaving them", SHUTDOWN_GRACE)
+            services.cancel()
+        await asyncio.gather(services, return_exceptions=True)
+        await watch  # raises ComponentFailed: exit 1 with its message
+    await watch
+    await services  # raises ServiceFailed when a service failed
+    return 0
+
+
+async def main(config_path: str, base_dir: Path, config: Config, data_dir: Path) -> int:
+    """`base_dir`: the config file's directory, which relative paths in it are relative to."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    children: list[ChildProcess] = []
+    alerts: AlertBus | None = None
+    limit = restart_limit()  # a bad CROPCRON_RESTART_LIMIT is refused before anything starts
+    try:
+        nats_url, database_url = await _start_servers(data_dir, children)
+        write_runtime(data_dir, nats_url=nats_url, database_url=redact(database_url))
+        # for the services started below (the runner strips DATABASE_URL from jobs' environment;
+        # NATS_URL lets a job itself call `cropcron run ...`); the data dir too, so that the
+        # watcher's record follows --data-dir rather than the default data dir
+        os.environ.update(NATS_URL=nats_url, DATABASE_URL=database_url, CROPCRON_DATA_DIR=str(data_dir))
+        # the dashboard's access token: <data-dir>/dashboard-token unless CROPCRON_DASHBOARD_TOKEN[_FILE] is set
+        ensure_token_file(data_dir)
+        settings = ServiceSettings()  # type: ignore[call-arg]
+        added, changed, removed = await _apply(nats_url, config, base_dir)
+        log.info("cropcron up: NATS %s, data in %s; config %s applied (%d jobs: %d added, %d changed, %d removed). "
+                 "Try `cropcron jobs` and `cropcron history`; Ctrl-C stops.", nats_url, data_dir, config_path,
+                 len(config.jobs), len(added), len(changed), len(removed))
+        alerts = AlertBus(nats_url)
+        return await _serve(stop, Supervisor(children, alerts.raise_alert, limit), settings)
+    finally:
+        remove_runtime(data_dir)
+        if alerts is not None:
+            await alerts.close()
+        for child in reversed(children):  # Postgres first: the broker outlives every writer
+            child.stop()
