@@ -100,6 +100,7 @@ class ChildProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        self.recycled: str | None = None  # why `up` stopped it on purpose, for the restart's alert
 
     # -- for subclasses ----------------------------------------------------------------
     def command(self) -> list[str]:
@@ -174,6 +175,12 @@ class ChildProcess:
         telling = [line for line in lines if any(m in line for m in self.log_markers)]
         last = (telling or ([] if telling_only else lines) or [""])[-1]
         return f"{last[:300]} (see {self.log_path})" if last else ""
+
+    def recycle(self, why: str) -> None:
+        """Stop it so that the supervisor starts it afresh (a broker whose store hit a write error
+        stays broken until restarted)."""
+        self.recycled = why
+        self.stop()
 
     def stop(self, timeout: float = 15.0) -> None:
         proc = self.proc

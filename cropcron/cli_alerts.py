@@ -12,7 +12,7 @@ from typing import Any
 
 from cropcron import commands
 from cropcron.tables import print_json, print_table
-from services.notifier.channels import DeliveryError, EmailSender, LogSender, Sender, SlackSender, TokenBucket
+from services.notifier.channels import DeliveryError, Sender, make_sender
 from services.notifier.settings import NotifierSettings
 from services.notifier.state import config_bytes, load_config
 from shared import wire
@@ -22,9 +22,7 @@ from shared.config import load_config as load_file
 from shared.errors import CommandError, UserError
 from shared.events import Alert, Notification, utcnow
 from shared.notify_config import (
-    EmailChannel,
     NotificationsConfig,
-    SlackChannel,
     channel_problems,
     secret_problems,
 )
@@ -60,13 +58,7 @@ def _sender(name: str, config: NotificationsConfig) -> Sender:
     channel = config.channels.get(name)
     if channel is None:
         raise UserError(f"unknown channel {name!r} (known: {', '.join(sorted(config.channels)) or 'none configured'})")
-    ns = NotifierSettings()
-    if isinstance(channel, EmailChannel):
-        return EmailSender(name, channel, ns.dashboard_url)
-    if isinstance(channel, SlackChannel):
-        return SlackSender(name, channel, ns.dashboard_url, TokenBucket(ns.slack_rate, ns.slack_burst),
-                           ns.notify_retry_after_cap)
-    return LogSender(name, channel, ns.dashboard_url)
+    return make_sender(name, channel, NotifierSettings())
 
 
 def sample_notification(channel: str) -> Notification:

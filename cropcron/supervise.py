@@ -31,6 +31,7 @@ MAX_DELAY = 5.0
 MAX_ATTEMPTS = 5  # failed starts in a row before giving up
 READY_TIMEOUT = 30.0  # Postgres may replay WAL after a crash
 HOUR = 3600.0
+HOLD_CHECK = 1.0  # while a restart is held (a full disk), how often to look again (s)
 ALERT_KIND = "component_restarted"
 
 
@@ -75,7 +76,11 @@ class Outage:
 
 class Supervisor:
     def __init__(self, children: Sequence[ChildProcess], raise_alert: Callable[[Alert], Coroutine[Any, Any, None]],
-                 limit: int | None = None, first_delay: float = FIRST_DELAY, max_delay: float = MAX_DELAY) -> None:
+                 limit: int | None = None, first_delay: float = FIRST_DELAY, max_delay: float = MAX_DELAY,
+                 hold: Callable[[], str | None] | None = None) -> None:
+        """`hold`: a reason not to restart yet (the disk is full: a start would fail, and failed
+        starts in a row would end `up`), checked before each attempt; waiting for it costs no attempt."""
+        self.hold = hold or (lambda: None)
         self.children = list(children)
         self.raise_alert = raise_alert
         self.limit = limit if limit is not None else restart_limit()
@@ -100,7 +105,9 @@ class Supervisor:
             await self._finish_alerts()
 
     async def _restart(self, child: ChildProcess, code: int, stop: asyncio.Event) -> None:
-        outage = Outage(child.name, child.pid, describe_exit(code), code, child.reason(telling_only=True))
+        how = f"was stopped by up: {child.recycled}" if child.recycled else describe_exit(code)
+        child.recycled = None
+        outage = Outage(child.name, child.pid, how, code, child.reason(telling_only=True))
         log.error("cropcron up: the embedded %s (pid %s) %s; restarting it.%s", child.name, outage.pid, outage.how,
                   f" Its log: {outage.log_line}" if outage.log_line else "")
         recent = [t for t in self.restarts[child.name] if outage.started - t < HOUR]
@@ -113,7 +120,7 @@ class Supervisor:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            if stop.is_set():
+            if not await self._held(child, stop):
                 return
             try:
                 child.spawn()  # here, on the main thread: the parent-death signal follows the spawning thread
@@ -132,6 +139,17 @@ class Supervisor:
         task = asyncio.create_task(self.raise_alert(outage.alert(down_for, child.pid)))
         self._alerts.add(task)
         task.add_done_callback(self._alerts.discard)
+
+    async def _held(self, child: ChildProcess, stop: asyncio.Event) -> bool:
+        """Wait while `hold` gives a reason; False if stopping meanwhile."""
+        said = None
+        while not stop.is_set() and (why := self.hold()):
+            if why != said:
+                log.error("cropcron up: not restarting the embedded %s yet: %s", child.name, why)
+                said = why
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HOLD_CHECK)
+        return not stop.is_set()
 
     async def _finish_alerts(self) -> None:
         """Give alerts still in flight a moment (the bus may be back by now), then drop them."""

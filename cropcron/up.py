@@ -10,6 +10,7 @@ back or a service fails, so that systemd or compose restarts `up`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -18,19 +19,24 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cropcron import cli_alerts, commands
 from cropcron.child import ChildError, ChildProcess, EmbeddedError
+from cropcron.direct_alert import send_direct
+from cropcron.diskguard import DiskGuard, disk_reserve
 from cropcron.embedded import EmbeddedNats, remove_runtime, write_runtime
 from cropcron.services import SERVICE_NAMES, run_services
 from cropcron.supervise import Supervisor, restart_limit
 from services.dashboard.settings import ensure_token_file
+from services.notifier.rules import DELIVERED_TO
 from shared import wire
 from shared.bus import Bus, connect, publish_until_acked
 from shared.config import Config
 from shared.events import Alert
+from shared.notify_config import NotificationsConfig
 from shared.settings import ServiceSettings
 
 log = logging.getLogger("cropcron")
 
 START_TIMEOUT = 60.0  # a first start may create the Postgres cluster or recover a large store
+DIRECT_AFTER = 10.0  # seconds an urgent alert waits for the bus before going straight to its channels
 SHUTDOWN_GRACE = 10.0  # for the services to wind down after a server is lost for good (without a
 # broker, their goodbyes only time out)
 
@@ -38,13 +44,14 @@ SHUTDOWN_GRACE = 10.0  # for the services to wind down after a server is lost fo
 class AlertBus:
     """Raises the supervisor's alerts on its own connection, which waits out a broker restart."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, notifications: NotificationsConfig) -> None:
         self.url = url
+        self.notifications = notifications  # for alerts the bus cannot take in time
         self.bus: Bus | None = None
         self.lock = asyncio.Lock()
         self.closing = asyncio.Event()
 
-    async def raise_alert(self, alert: Alert) -> None:
+    async def _publish(self, alert: Alert) -> None:
         async with self.lock:
             if self.bus is None:
                 self.bus = await connect(self.url, "cropcron-up-supervisor")
@@ -53,6 +60,23 @@ class AlertBus:
             log.warning("cropcron up: stopping before the alert %r reached the bus", alert.summary)
         else:
             log.info("cropcron up: alert raised: %s", alert.summary)
+
+    async def raise_alert(self, alert: Alert) -> None:
+        await self._publish(alert)
+
+    async def raise_urgent(self, alert: Alert) -> None:
+        """Through the bus if it takes the alert within DIRECT_AFTER seconds, else straight to the
+        channels too (a broker with a full disk stores nothing); the alert still goes to the bus
+        for history, naming the channels that had it, which the notifier then skips."""
+        publish = asyncio.ensure_future(self._publish(alert))
+        done, _ = await asyncio.wait({publish}, timeout=DIRECT_AFTER)
+        if done:
+            return publish.result()
+        publish.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publish
+        sent = await send_direct(self.notifications, alert)
+        await self._publish(alert.model_copy(update={"details": {**alert.details, DELIVERED_TO: sent}}))
 
     async def close(self) -> None:
         self.closing.set()
@@ -110,8 +134,10 @@ async def _apply(nats_url: str, config: Config, base_dir: Path) -> tuple[list[st
     return added, changed, removed
 
 
-async def _serve(stop: asyncio.Event, supervisor: Supervisor, settings: ServiceSettings) -> int:
+async def _serve(stop: asyncio.Event, supervisor: Supervisor, settings: ServiceSettings,
+                 guard: DiskGuard | None = None) -> int:
     watch = asyncio.create_task(supervisor.run(stop))
+    disk = asyncio.create_task(guard.run(stop)) if guard is not None else None
     services = asyncio.create_task(run_services(list(SERVICE_NAMES), settings, stop))
     done, _ = await asyncio.wait({watch, services}, return_when=asyncio.FIRST_COMPLETED)
     stop.set()
@@ -125,6 +151,8 @@ async def _serve(stop: asyncio.Event, supervisor: Supervisor, settings: ServiceS
         await asyncio.gather(services, return_exceptions=True)
         await watch  # raises ComponentFailed: exit 1 with its message
     await watch
+    if disk is not None:
+        await disk
     await services  # raises ServiceFailed when a service failed
     return 0
 
@@ -137,7 +165,8 @@ async def main(config_path: str, base_dir: Path, config: Config, data_dir: Path)
         loop.add_signal_handler(sig, stop.set)
     children: list[ChildProcess] = []
     alerts: AlertBus | None = None
-    limit = restart_limit()  # a bad CROPCRON_RESTART_LIMIT is refused before anything starts
+    limit = restart_limit()  # a bad CROPCRON_RESTART_LIMIT (or disk reserve) is refused before anything starts
+    reserve = disk_reserve()
     try:
         nats_url, database_url = await _start_servers(data_dir, children)
         write_runtime(data_dir, nats_url=nats_url, database_url=redact(database_url))
@@ -152,8 +181,10 @@ async def main(config_path: str, base_dir: Path, config: Config, data_dir: Path)
         log.info("cropcron up: NATS %s, data in %s; config %s applied (%d jobs: %d added, %d changed, %d removed). "
                  "Try `cropcron jobs` and `cropcron history`; Ctrl-C stops.", nats_url, data_dir, config_path,
                  len(config.jobs), len(added), len(changed), len(removed))
-        alerts = AlertBus(nats_url)
-        return await _serve(stop, Supervisor(children, alerts.raise_alert, limit), settings)
+        alerts = AlertBus(nats_url, config.notifications)
+        guard = DiskGuard(data_dir, children, reserve, alerts.raise_urgent)
+        supervisor = Supervisor(children, alerts.raise_alert, limit, hold=guard.hold)
+        return await _serve(stop, supervisor, settings, guard)
     finally:
         remove_runtime(data_dir)
         if alerts is not None:

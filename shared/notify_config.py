@@ -19,7 +19,7 @@ from shared.wire import ALERT_LEVELS, JOB_NAME_RE
 AlertLevelName = Literal["info", "warning", "error", "critical"]
 # What a rule asks for unless it says: run-derived kinds, those raised by the notifier itself, and
 # `cropcron up`'s restart of its embedded broker or Postgres (cropcron/supervise.py).
-DEFAULT_KINDS = ["dead", "timeout", "missed", "overdue", "service_down", "component_restarted"]
+DEFAULT_KINDS = ["dead", "timeout", "missed", "overdue", "service_down", "component_restarted", "disk_full"]
 # Fields that would hold a secret in the YAML: refused with a pointer to the *_env / *_file form.
 SECRET_FIELDS = {"password": "password", "webhook_url": "webhook_url", "webhook": "webhook_url"}
 

@@ -15,6 +15,7 @@ import aiosmtplib
 import httpx
 
 from services.notifier import render
+from services.notifier.settings import NotifierSettings
 from shared.events import Notification
 from shared.notify_config import (
     EmailChannel,
@@ -195,3 +196,15 @@ def _retry_after(value: str | None) -> float:
         return max(float(value or "1"), 0.0)
     except ValueError:
         return 1.0
+
+
+def make_sender(name: str, channel: EmailChannel | SlackChannel | LogChannel, ns: NotifierSettings,
+                bucket: TokenBucket | None = None) -> Sender:
+    """The sender for one configured channel (the notifier keeps one token bucket per webhook
+    across config changes and passes it in)."""
+    if isinstance(channel, EmailChannel):
+        return EmailSender(name, channel, ns.dashboard_url)
+    if isinstance(channel, SlackChannel):
+        return SlackSender(name, channel, ns.dashboard_url, bucket or TokenBucket(ns.slack_rate, ns.slack_burst),
+                           ns.notify_retry_after_cap)
+    return LogSender(name, channel, ns.dashboard_url)

@@ -28,8 +28,15 @@ def matches(config: NotificationsConfig, kind: str, level: str, job: str | None,
     return list(out)
 
 
+# an alert its raiser already delivered itself (`cropcron up` when the bus could not take it in
+# time: a full disk) names those channels here, so the notifier does not send it to them again
+DELIVERED_TO = "delivered_to"
+
+
 def route(config: NotificationsConfig, alert: Alert) -> list[str]:
-    return matches(config, alert.kind, alert.level, alert.job, alert.job_type)
+    done = alert.details.get(DELIVERED_TO)
+    skip = {c for c in done if isinstance(c, str)} if isinstance(done, list) else set()
+    return [c for c in matches(config, alert.kind, alert.level, alert.job, alert.job_type) if c not in skip]
 
 
 def _details(ev: RunEvent) -> dict[str, object]:

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from services.notifier import deadman, deliver, intake
-from services.notifier.channels import EmailSender, LogSender, Sender, SlackSender, TokenBucket
+from services.notifier.channels import Sender, TokenBucket, make_sender
 from services.notifier.groups import Group, Timing
 from services.notifier.settings import NotifierSettings
 from services.notifier.state import JobsState, load_config, load_groups, load_state
@@ -32,7 +32,7 @@ from shared.bus import Bus
 from shared.catalog import Catalog
 from shared.events import utcnow
 from shared.lease import LeaderLease
-from shared.notify_config import EmailChannel, NotificationsConfig, SlackChannel, channel_problems
+from shared.notify_config import NotificationsConfig, SlackChannel, channel_problems
 from shared.settings import ServiceSettings
 
 log = logging.getLogger("cropcron.notifier")
@@ -149,15 +149,10 @@ class NotifierService:
             for problem in channel_problems(name, channel):
                 self.broken[name] = problem
                 log.error("notifier: %s (deliveries to it fail and are escalated)", problem)
-            sender: Sender
-            if isinstance(channel, EmailChannel):
-                sender = EmailSender(name, channel, self.ns.dashboard_url)
-            elif isinstance(channel, SlackChannel):
+            bucket = None
+            if isinstance(channel, SlackChannel):  # one rate limit per webhook, across config changes
                 bucket = self.buckets.setdefault(name, TokenBucket(self.ns.slack_rate, self.ns.slack_burst))
-                sender = SlackSender(name, channel, self.ns.dashboard_url, bucket, self.ns.notify_retry_after_cap)
-            else:
-                sender = LogSender(name, channel, self.ns.dashboard_url)
-            self.senders[name] = sender
+            self.senders[name] = make_sender(name, channel, self.ns, bucket)
         for sender in old.values():
             with contextlib.suppress(Exception):
                 await sender.close()
