@@ -139,3 +139,27 @@ async def test_a_restart_that_cannot_succeed_ends_supervision_with_the_reason(tm
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(ComponentFailed, match=expected):
         await asyncio.wait_for(watching, 30)
+
+
+def test_disk_reserve_sizes() -> None:
+    from cropcron.child import EmbeddedError
+    from cropcron.diskguard import parse_size
+
+    assert parse_size("256M") == 256 * 2**20 and parse_size("1G") == 2**30 and parse_size("512k") == 512 * 1024
+    assert parse_size("1.5GiB") == int(1.5 * 2**30) and parse_size("4096") == 4096
+    for bad in ("", "lots", "-1M", "5X"):
+        with pytest.raises(EmbeddedError, match="CROPCRON_DISK_RESERVE must be a size"):
+            parse_size(bad)
+
+
+def test_an_alert_delivered_by_its_raiser_is_not_routed_to_those_channels_again() -> None:
+    from services.notifier.rules import DELIVERED_TO, route
+    from shared.events import Alert, utcnow
+    from shared.notify_config import parse_notifications
+
+    config, problems = parse_notifications({"channels": {"a": {"type": "log"}, "b": {"type": "log"}},
+                                            "rules": [{"channels": ["a", "b"]}]})
+    assert config is not None and not problems
+    alert = Alert(id="x", level="error", kind="disk_full", summary="full", source="up", at=utcnow())
+    assert route(config, alert) == ["a", "b"]
+    assert route(config, alert.model_copy(update={"details": {DELIVERED_TO: ["a"]}})) == ["b"]
