@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cropcron import cli_alerts, cli_files, commands
+from cropcron import cli_alerts, cli_files, cli_health, commands
 from cropcron.commands import CommandError, UserError
 from cropcron.embedded import EmbeddedError, default_data_dir, read_runtime, runtime_file, write_runtime
 from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
@@ -200,7 +200,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return _with_bus(args, go)
 
 
-def _serve(names: list[str], settings: ServiceSettings, before: Callable[[], Awaitable[None]] | None = None) -> int:
+def _serve(names: list[str], settings: ServiceSettings, before: Callable[[], Awaitable[None]] | None = None,
+           on_http: Callable[[str], None] | None = None) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -208,7 +209,7 @@ def _serve(names: list[str], settings: ServiceSettings, before: Callable[[], Awa
             loop.add_signal_handler(sig, stop.set)
         if before is not None:
             await before()
-        await run_services(names, settings, stop)
+        await run_services(names, settings, stop, on_http=on_http)
         return 0
 
     return asyncio.run(main())
@@ -259,13 +260,21 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "Try `cropcron jobs` and `cropcron history`; Ctrl-C stops.", nats_url, data_dir, args.config,
                 len(config.jobs), len(added), len(changed), len(removed))
 
-        return _serve(list(SERVICE_NAMES), settings, apply_config)
+        return _serve(list(SERVICE_NAMES), settings.model_copy(update={"http_port_fallback": True}), apply_config,
+                      lambda url: _metrics_url(data_dir, url))
     finally:
         runtime_file(data_dir).unlink(missing_ok=True)
         if nats_server is not None:
             nats_server.stop()
         if postgres is not None:
             postgres.stop()
+
+
+def _metrics_url(data_dir: Path, url: str) -> None:
+    """`up`'s health/metrics endpoint (a free port if CROPCRON_HTTP_PORT is taken): logged, and
+    kept in runtime.json beside the NATS URL."""
+    write_runtime(data_dir, **{**(read_runtime(data_dir) or {}), "metrics_url": url + "metrics"})
+    logging.getLogger("cropcron").info("cropcron up: metrics on %smetrics, health on %shealthz", url, url)
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -329,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than-days", type=_positive, required=True)
     p.set_defaults(fn=cmd_cleanup)
     cli_alerts.add_parsers(sub, common, _since, _limit, _with_bus)  # alerts, notify-test (issue 4)
+    cli_health.add_parser(sub)  # healthcheck (issue 10)
     return parser
 
 

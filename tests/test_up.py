@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 from conftest import ROOT
 
@@ -40,6 +41,11 @@ def test_up_on_the_example_shows_runs_within_30s(tmp_path: Path) -> None:
         runtime = json.loads((data / "runtime.json").read_text())
         # port 4222 is taken on these machines (Debian's NATS): up must have picked another
         assert runtime["nats_url"].startswith("nats://127.0.0.1:")
+        # the health/metrics endpoint (issue 10): in runtime.json and the log, and it counts the runs
+        metrics = httpx.get(runtime["metrics_url"], timeout=5).text
+        assert 'cropcron_runs_total{job="edge_heartbeat",state="succeeded"}' in metrics
+        assert httpx.get(runtime["metrics_url"].replace("/metrics", "/healthz"), timeout=5).status_code == 200
+        assert f"metrics on {runtime['metrics_url']}" in (tmp_path / "up.log").read_text()
         jobs = _cli(["jobs", "--json"], env)
         assert jobs.returncode == 0 and len(json.loads(jobs.stdout)) == 9  # 7 scheduled + 2 on drone uploads
         nats = [p for p in psutil.Process(up.pid).children(recursive=True) if "nats-server" in p.name()]
