@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from cropcron.healthcheck import local_url
 from shared import metrics
 from shared.bus import Bus
 from shared.settings import ServiceSettings
@@ -130,15 +131,6 @@ def _bind(host: str, port: int, fallback: bool) -> socket.socket:
     sock.listen(64)
     sock.setblocking(False)
     return sock
-
-
-def local_url(host: str, port: int) -> str:
-    """How a process on this host reaches the endpoint (a wildcard address is reached on loopback)."""
-    if host in ("0.0.0.0", ""):  # noqa: S104 - naming the wildcard, not binding it
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
 
 class Endpoint:
