@@ -148,7 +148,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], file: Any
 
 
 def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra or {})}
+    # several service processes per host: each health/metrics endpoint on a free port
+    env = {"CROPCRON_HTTP_PORT": "0", **os.environ, "PYTHONPATH": str(ROOT), **(extra or {})}
     env.pop("PYTHONSTARTUP", None)
     return env
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cropcron import cli_alerts, cli_files, commands
+from cropcron import cli_alerts, cli_files, cli_health, commands
 from cropcron.datadir_lock import DataDirError
 from cropcron.embedded import EmbeddedError, default_data_dir, read_runtime, runtime_file
 from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
@@ -216,7 +216,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return _with_bus(args, go)
 
 
-def _serve(names: list[str], settings: ServiceSettings, before: Callable[[], Awaitable[None]] | None = None) -> int:
+def _serve(names: list[str], settings: ServiceSettings, before: Callable[[], Awaitable[None]] | None = None,
+           on_http: Callable[[str], None] | None = None) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -224,7 +225,7 @@ def _serve(names: list[str], settings: ServiceSettings, before: Callable[[], Awa
             loop.add_signal_handler(sig, stop.set)
         if before is not None:
             await before()
-        await run_services(names, settings, stop)
+        await run_services(names, settings, stop, on_http=on_http)
         return 0
 
     return asyncio.run(main())
@@ -313,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than-days", type=_positive, required=True)
     p.set_defaults(fn=cmd_cleanup)
     cli_alerts.add_parsers(sub, common, _since, _limit, _with_bus)  # alerts, notify-test (issue 4)
+    cli_health.add_parser(sub)  # healthcheck (issue 10)
     return parser
 
 

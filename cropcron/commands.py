@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from shared import wire
 from shared.atomic import BatchUncertain
-from shared.bus import TRANSIENT_ERRORS, Bus, connect_once, ensure_topology
+from shared.bus import TRANSIENT_ERRORS, Bus, connect_once, ensure_missing
 from shared.catalog import (
     ApplyError,
     Changes,
@@ -57,12 +57,10 @@ async def request(bus: Bus, subject: str, query: BaseModel, timeout: float = 10.
 
 
 async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], list[str], list[str]]:
-    try:
-        await bus.js.key_value(wire.KV_JOBS)
-    except Exception:
-        # a fresh broker: create what the services would. On an existing one the services own
-        # the stream and consumer settings (from their environment), so the CLI leaves them.
-        await ensure_topology(bus.js)
+    # Create whatever does not exist yet (a fresh broker, or services still creating it: compose
+    # starts this one-shot beside them, and a bucket missing here once left the farm with no
+    # jobs), and change nothing that does: the services own the settings, from their environment.
+    await ensure_missing(bus)
     previous = await read_specs(bus.js)
     old_watches = await read_bucket(bus.js, wire.KV_WATCHES, WatchConfig)
     watch_changes, _ = plan_watches(old_watches, resolve_watches(config, base_dir))

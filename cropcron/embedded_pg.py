@@ -52,8 +52,9 @@ def binaries() -> Path:
     without importing pgserver (its import creates lock files and warns without a runtime dir)."""
     spec = importlib.util.find_spec("pgserver")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedError("the embedded Postgres needs the pgserver package (`pip install pgserver`), "
-                            "or set DATABASE_URL to a Postgres you run")
+        raise EmbeddedError("pgserver is not installed: `cropcron up` runs its own Postgres from the `embedded` "
+                            "extra; install it with `pip install 'cropcron[embedded]'` (from a checkout: `pip "
+                            "install -e '.[embedded]'`), or set DATABASE_URL to a Postgres you run")
     bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     if not (bin_dir / "postgres").is_file():
         raise EmbeddedError(f"the pgserver package has no PostgreSQL binaries in {bin_dir}; reinstall it, "

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from cropcron.endpoint import Endpoint, EndpointError, Readiness, watch_consumers
 from services.dashboard.service import DashboardService
 from services.history.migrate import migrate
 from services.history.service import HistoryService
@@ -22,6 +23,7 @@ from services.runner.service import RunnerService
 from services.timer.service import TimerService
 from services.watcher.dispatch import Dispatcher
 from services.watcher.service import WatcherService
+from shared import wire
 from shared.bus import Bus, connect, ensure_topology
 from shared.catalog import Catalog
 from shared.health import heartbeat_loop
@@ -66,10 +68,45 @@ def _catalog_services(names: list[str], bus: Bus, catalog: Catalog, settings: Se
     return services
 
 
+def _with_url(svc: Service, metrics_url: str) -> Callable[[], dict[str, Any]]:
+    return lambda: {**svc.status(), "metrics_url": metrics_url}
+
+
+# the durable consumers each service consumes: their pending/redelivered counts become gauges
+CONSUMERS: dict[str, list[tuple[str, str]]] = {
+    "runner": [(wire.STREAM_TRIGGERS, wire.runner_consumer(band)) for band in wire.BANDS],
+    "history": [(wire.STREAM_RUNS, wire.HISTORY_CONSUMER), (wire.STREAM_ALERTS, wire.HISTORY_ALERTS_CONSUMER)],
+    "dispatcher": [(wire.STREAM_FILES, wire.DISPATCH_CONSUMER)],
+    "notifier": [(wire.STREAM_RUNS, wire.NOTIFIER_RUNS_CONSUMER), (wire.STREAM_ALERTS, wire.NOTIFIER_ALERTS_CONSUMER),
+                 (wire.STREAM_NOTIFY, wire.DELIVER_CONSUMER)],
+}
+
+
 async def run_services(names: list[str], settings: ServiceSettings, stop: asyncio.Event,
-                       ready: Callable[[], None] | None = None) -> None:
+                       ready: Callable[[], None] | None = None,
+                       on_http: Callable[[str], None] | None = None) -> None:
+    """Run the named services until `stop`. The health/metrics endpoint listens first (its URL
+    goes to `on_http`), so /healthz says "starting" while NATS is still being reached."""
+    readiness = Readiness(list(names))
+    endpoint = Endpoint(settings, readiness)
+    try:
+        url = await endpoint.start()
+    except EndpointError as exc:
+        raise ServiceFailed(str(exc)) from None
+    if on_http is not None:
+        on_http(url)
+    try:
+        await _run(names, settings, stop, ready, readiness, url)
+    finally:
+        readiness.stopping = True
+        await endpoint.stop()
+
+
+async def _run(names: list[str], settings: ServiceSettings, stop: asyncio.Event, ready: Callable[[], None] | None,
+               readiness: Readiness, url: str) -> None:
     bus_settings = BusSettings()
     bus = await connect(settings.nats_url, f"cropcron-{'+'.join(names)}-{settings.instance}", bus_settings)
+    readiness.bus = bus
     pool = None
     try:
         await ensure_topology(bus.js, bus_settings)
@@ -84,11 +121,17 @@ async def run_services(names: list[str], settings: ServiceSettings, stop: asynci
             services["history"] = HistoryService(bus, pool, settings,
                                                  retention_days=lambda: catalog.system.history_retention / 86400)
         services.update(_catalog_services(names, bus, catalog, settings, bus_settings))
+        readiness.add(dict(services))
         tasks: dict[asyncio.Task[Any], str] = {
             asyncio.create_task(svc.run(stop), name=name): name for name, svc in services.items()}
         for name, svc in services.items():
-            beat = heartbeat_loop(bus.js, name, settings.instance, settings.heartbeat_interval, svc.status, stop)
+            # the heartbeat carries the endpoint's URL, so an operator (or a test) finds a port chosen at random
+            beat = heartbeat_loop(bus.js, name, settings.instance, settings.heartbeat_interval,
+                                  _with_url(svc, url + "metrics"), stop)
             tasks[asyncio.create_task(beat)] = f"{name}-heartbeat"
+        consumers = [c for name in services for c in CONSUMERS.get(name, [])]
+        if consumers:  # (a task in `tasks` that ends stops the process: none without consumers)
+            tasks[asyncio.create_task(watch_consumers(bus, consumers, settings.metrics_interval, stop))] = "metrics"
         closed = asyncio.create_task(bus.health.closed.wait())
         # "ready" only once every service is live (subscribed, fetching), not merely started;
         # a service that fails while starting ends the wait too

@@ -21,7 +21,7 @@ from cropcron import cli_alerts, commands
 from cropcron.child import ChildError, ChildProcess, EmbeddedError
 from cropcron.direct_alert import send_direct
 from cropcron.diskguard import DiskGuard, disk_reserve
-from cropcron.embedded import EmbeddedNats, remove_runtime, write_runtime
+from cropcron.embedded import EmbeddedNats, read_runtime, remove_runtime, write_runtime
 from cropcron.services import SERVICE_NAMES, run_services
 from cropcron.supervise import Supervisor, restart_limit
 from services.dashboard.settings import ensure_token_file
@@ -123,6 +123,12 @@ async def _start_servers(data_dir: Path, children: list[ChildProcess]) -> tuple[
     return nats_url, database_url
 
 
+def _metrics_url(data_dir: Path, url: str) -> None:
+    """`up`'s health/metrics endpoint: logged, and kept in runtime.json beside the NATS URL."""
+    write_runtime(data_dir, **{**(read_runtime(data_dir) or {}), "metrics_url": url + "metrics"})
+    log.info("cropcron up: metrics on %smetrics, health on %shealthz", url, url)
+
+
 async def _apply(nats_url: str, config: Config, base_dir: Path) -> tuple[list[str], list[str], list[str]]:
     bus = await commands.open_bus(nats_url)
     try:
@@ -134,11 +140,12 @@ async def _apply(nats_url: str, config: Config, base_dir: Path) -> tuple[list[st
     return added, changed, removed
 
 
-async def _serve(stop: asyncio.Event, supervisor: Supervisor, settings: ServiceSettings,
+async def _serve(stop: asyncio.Event, supervisor: Supervisor, settings: ServiceSettings, data_dir: Path,
                  guard: DiskGuard | None = None) -> int:
     watch = asyncio.create_task(supervisor.run(stop))
     disk = asyncio.create_task(guard.run(stop)) if guard is not None else None
-    services = asyncio.create_task(run_services(list(SERVICE_NAMES), settings, stop))
+    services = asyncio.create_task(run_services(list(SERVICE_NAMES), settings, stop,
+                                                on_http=lambda url: _metrics_url(data_dir, url)))
     done, _ = await asyncio.wait({watch, services}, return_when=asyncio.FIRST_COMPLETED)
     stop.set()
     if watch in done and watch.exception() is not None:
@@ -176,7 +183,8 @@ async def main(config_path: str, base_dir: Path, config: Config, data_dir: Path)
         os.environ.update(NATS_URL=nats_url, DATABASE_URL=database_url, CROPCRON_DATA_DIR=str(data_dir))
         # the dashboard's access token: <data-dir>/dashboard-token unless CROPCRON_DASHBOARD_TOKEN[_FILE] is set
         ensure_token_file(data_dir)
-        settings = ServiceSettings()  # type: ignore[call-arg]
+        # the health/metrics endpoint takes a free port if CROPCRON_HTTP_PORT's is taken
+        settings = ServiceSettings().model_copy(update={"http_port_fallback": True})  # type: ignore[call-arg]
         added, changed, removed = await _apply(nats_url, config, base_dir)
         log.info("cropcron up: NATS %s, data in %s; config %s applied (%d jobs: %d added, %d changed, %d removed). "
                  "Try `cropcron jobs` and `cropcron history`; Ctrl-C stops.", nats_url, data_dir, config_path,
@@ -184,7 +192,7 @@ async def main(config_path: str, base_dir: Path, config: Config, data_dir: Path)
         alerts = AlertBus(nats_url, config.notifications)
         guard = DiskGuard(data_dir, children, reserve, alerts.raise_urgent)
         supervisor = Supervisor(children, alerts.raise_alert, limit, hold=guard.hold)
-        return await _serve(stop, supervisor, settings, guard)
+        return await _serve(stop, supervisor, settings, data_dir, guard)
     finally:
         remove_runtime(data_dir)
         if alerts is not None:

@@ -29,7 +29,8 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 
 from shared import wire
 from shared.atomic import ensure_atomic
@@ -292,6 +293,44 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = N
     from services.notifier.topology import ensure_alert_topology
 
     await ensure_alert_topology(js, settings)
+
+
+class _CreateOnly(JetStreamContext):
+    """JetStream for ensure_topology that creates what is missing and changes nothing that
+    exists: each create is preceded by a look-up, and updates are skipped."""
+
+    async def add_stream(self, config: StreamConfig | None = None, **params: Any) -> Any:
+        assert config is not None and config.name is not None
+        try:
+            return await self.stream_info(config.name)
+        except NotFoundError:
+            return await super().add_stream(config, **params)
+
+    async def update_stream(self, config: StreamConfig | None = None, **params: Any) -> Any:
+        assert config is not None and config.name is not None
+        return await self.stream_info(config.name)
+
+    async def add_consumer(self, stream: str, config: ConsumerConfig | None = None, timeout: float | None = None,
+                           **params: Any) -> Any:
+        assert config is not None and config.durable_name is not None
+        try:
+            return await self.consumer_info(stream, config.durable_name)
+        except NotFoundError:
+            return await super().add_consumer(stream, config, timeout, **params)
+
+    async def create_key_value(self, config: KeyValueConfig | None = None, **params: Any) -> KeyValue:
+        assert config is not None
+        try:
+            return await self.key_value(config.bucket)
+        except NotFoundError:
+            return await super().create_key_value(config, **params)
+
+
+async def ensure_missing(bus: Bus, settings: BusSettings | None = None) -> None:
+    """Create every stream, consumer and KV bucket that does not exist yet, leaving those that do
+    as they are (the services set them from their own environment). For `cropcron apply`, which
+    may run while the services are still creating them (compose starts it beside them)."""
+    await ensure_topology(_CreateOnly(bus.nc, timeout=10.0), settings)
 
 
 async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:

@@ -252,9 +252,15 @@ def read_secret(env_name: str | None, file: str | None, what: str,
     environ = os.environ if environ is None else environ
     if env_name is not None:
         value = environ.get(env_name, "")
-        if not value.strip():
-            raise SecretError(f"{what}: environment variable {env_name} is not set")
-        return value.strip()
+        if not value.strip() and environ.get(f"{env_name}_FILE"):
+            # the container convention (POSTGRES_PASSWORD_FILE): the variable names a secret
+            # file, so one config serves `cropcron up` (a variable) and compose (a secret)
+            file = environ[f"{env_name}_FILE"]
+            what = f"{what} ({env_name}_FILE)"
+        elif not value.strip():
+            raise SecretError(f"{what}: environment variable {env_name} is not set (nor {env_name}_FILE)")
+        else:
+            return value.strip()
     if file is not None:
         try:
             value = Path(file).read_text(encoding="utf-8")

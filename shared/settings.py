@@ -4,7 +4,9 @@ every timeout and backoff is configurable so tests can shrink them (RELIABILITY 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
+from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,7 +29,15 @@ class ServiceSettings(BaseSettings):
 
     nats_url: str = Field("nats://127.0.0.1:4222", validation_alias=AliasChoices("NATS_URL", "CROPCRON_NATS_URL"))
     database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "CROPCRON_DATABASE_URL"))
-    instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # unique per process even where containers share a hostname (host networking) and a pid
+    # (each container's first process has the same low pid): a random suffix
+    instance: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
+    # the health/metrics endpoint (cropcron/endpoint.py): one port per process; 0 = any free port
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(9464, ge=0, le=65535)
+    http_port_fallback: bool = False  # taken port: use a free one and log it (`cropcron up`) instead of failing
+    http_url_file: Path | None = None  # where the URL actually listened on is written (`cropcron healthcheck`)
+    metrics_interval: float = Field(10.0, gt=0)  # seconds between reads of consumer info for the gauges
     # runner
     concurrency: int = 16  # runs at once in this runner process
     fetch_batch: int = 256

@@ -34,12 +34,19 @@ from shared.settings import BusSettings, ServiceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Every service process a test starts (in this process or spawned, inheriting the environment)
+# puts its health/metrics endpoint on a free port: the fixed default would collide between them.
+# A test that needs the URL finds it in the services' heartbeats ("metrics_url").
+os.environ.setdefault("CROPCRON_HTTP_PORT", "0")
+
 # Short timeouts so fault scenarios end in seconds (RELIABILITY §7.1 budget).
 FAST_ENV = {
     "CROPCRON_ACK_WAIT": "3",
     "CROPCRON_HEARTBEAT_INTERVAL": "0.5",
     "CROPCRON_LEADER_TTL": "3",
     "CROPCRON_KILL_GRACE": "1",
+    "CROPCRON_HTTP_PORT": "0",
+    "CROPCRON_METRICS_INTERVAL": "1",
 }
 
 

@@ -116,5 +116,5 @@ def test_binaries_out_of_the_postgres_users_reach_are_used_from_a_copy(data_dir:
 
 def test_without_the_pgserver_package_the_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pgserver", None)  # as if not installed (an extra, issue 10)
-    with pytest.raises(EmbeddedError, match=r"needs the pgserver package .*or set DATABASE_URL"):
+    with pytest.raises(EmbeddedError, match=r"pgserver is not installed: .*pip install .cropcron\[embedded\].*or set DATABASE_URL"):
         binaries()

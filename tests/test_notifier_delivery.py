@@ -12,6 +12,7 @@ from conftest import System, wait_for
 from notify_helpers import apply_all, fast_notify, history_alerts, notifications, raise_alert
 from peers_mail import MailServer
 from peers_slack import SlackServer
+from prometheus_client import REGISTRY
 
 from shared.bus import Bus
 from shared.events import Alert, utcnow
@@ -163,6 +164,8 @@ async def test_slack_500_retried_404_permanent_and_escalated_by_email_once(syste
         notify = notifications(mail.port, rules=[{"channels": ["slack"]}])
         notify["channels"]["slack"]["escalate_to"] = "mail"
         await apply_all(bus, "", notify)
+        counters = ("sent", "retried", "failed")
+        before = {(c, ch): _count(c, ch) for c in counters for ch in ("slack", "mail")}
         await system.start("history", "notifier")
         await raise_alert(bus, _alert("first"))
         await wait_for(lambda: _now(slack.ok()), 30, "the first alert on Slack after a 500")
@@ -177,6 +180,14 @@ async def test_slack_500_retried_404_permanent_and_escalated_by_email_once(syste
         assert "secret-token" not in text, "the webhook URL is a secret"
         assert "secret-token" not in caplog.text, "the webhook URL must never be logged"
         assert "Slack 404" in caplog.text
+        # and on /metrics (issue 10): Slack sent once, retried once, failed once; the escalation sent
+        assert {k: _count(*k) - v for k, v in before.items()} == {
+            ("sent", "slack"): 1, ("retried", "slack"): 1, ("failed", "slack"): 1,
+            ("sent", "mail"): 1, ("retried", "mail"): 0, ("failed", "mail"): 0}
+
+
+def _count(what: str, channel: str) -> float:
+    return REGISTRY.get_sample_value(f"cropcron_alerts_{what}_total", {"channel": channel}) or 0.0
 
 
 async def test_starttls_and_login_with_a_password_file_then_535_is_permanent(

@@ -14,7 +14,14 @@ from services.notifier.rules import alert_from_run, route
 from services.notifier.state import JobWatch
 from shared.config import ConfigError, JobConfig, JobSpec, parse_config
 from shared.events import Alert, RunEvent, RunState
-from shared.notify_config import NotificationsConfig, OverdueConfig, parse_notifications, secret_problems
+from shared.notify_config import (
+    NotificationsConfig,
+    OverdueConfig,
+    SecretError,
+    parse_notifications,
+    read_secret,
+    secret_problems,
+)
 
 T0 = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 TIMING = g.Timing(group_window=30, group_interval=300, repeat_interval=3600, max_alerts=5)
@@ -90,8 +97,20 @@ def test_secret_problems_missing_variable_file_and_malformed_url(tmp_path) -> No
     assert "notifications: channel 's': field 'webhook_url_env': webhook URL must start with https:// " \
            "(got scheme 'none')" in problems
     assert any("channel 'f': field 'webhook_url_file': cannot read secret file" in p for p in problems)
-    assert "notifications: channel 'm': field 'password_env': environment variable PW is not set" in problems
+    assert "notifications: channel 'm': field 'password_env': environment variable PW is not set (nor PW_FILE)" \
+        in problems
     assert not any("SECRET" in p for p in problems), "never echo the webhook URL"
+
+
+def test_a_variable_unset_falls_back_to_its_FILE_twin(tmp_path) -> None:
+    """compose: CROPCRON_SLACK_WEBHOOK_FILE=/run/secrets/slack_webhook serves webhook_url_env."""
+    (tmp_path / "hook").write_text("https://hooks.slack.com/services/T/B/SECRET\n")
+    assert read_secret("HOOK", None, "w", {"HOOK_FILE": str(tmp_path / "hook")}).endswith("/SECRET")
+    assert read_secret("HOOK", None, "w", {"HOOK": "https://set", "HOOK_FILE": "/nowhere"}) == "https://set"
+    with pytest.raises(SecretError, match=r"w \(HOOK_FILE\): cannot read secret file .*/missing"):
+        read_secret("HOOK", None, "w", {"HOOK_FILE": str(tmp_path / "missing")})
+    with pytest.raises(SecretError, match="environment variable HOOK is not set \\(nor HOOK_FILE\\)"):
+        read_secret("HOOK", None, "w", {})
 
 
 def _run(state: RunState, **kw: object) -> RunEvent:

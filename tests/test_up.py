@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 from conftest import ROOT
 
@@ -24,6 +26,11 @@ def test_up_on_the_example_shows_runs_within_30s(tmp_path: Path, up_data_dir: Pa
     data = up_data_dir
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
     env["CROPCRON_DATA_DIR"] = str(data)
+    # the health/metrics port is taken (as 9464 may be): `up` takes a free one and says so
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    env["CROPCRON_HTTP_PORT"] = str(taken.getsockname()[1])
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen([sys.executable, "-m", "cropcron", "up", "--config", "examples/farm.yaml"], env=env,
                           stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
@@ -40,6 +47,13 @@ def test_up_on_the_example_shows_runs_within_30s(tmp_path: Path, up_data_dir: Pa
         runtime = json.loads((data / "runtime.json").read_text())
         # port 4222 is taken on these machines (Debian's NATS): up must have picked another
         assert runtime["nats_url"].startswith("nats://127.0.0.1:")
+        # the health/metrics endpoint (issue 10): in runtime.json and the log, and it counts the runs
+        metrics = httpx.get(runtime["metrics_url"], timeout=5).text
+        assert 'cropcron_runs_total{job="edge_heartbeat",state="succeeded"}' in metrics
+        assert httpx.get(runtime["metrics_url"].replace("/metrics", "/healthz"), timeout=5).status_code == 200
+        assert f"metrics on {runtime['metrics_url']}" in (tmp_path / "up.log").read_text()
+        assert f":{env['CROPCRON_HTTP_PORT']}/" not in runtime["metrics_url"]
+        assert f"port {env['CROPCRON_HTTP_PORT']} on 127.0.0.1 is taken" in (tmp_path / "up.log").read_text()
         jobs = _cli(["jobs", "--json"], env)
         assert jobs.returncode == 0 and len(json.loads(jobs.stdout)) == 9  # 7 scheduled + 2 on drone uploads
         nats = [p for p in psutil.Process(up.pid).children(recursive=True) if "nats-server" in p.name()]
@@ -57,3 +71,4 @@ def test_up_on_the_example_shows_runs_within_30s(tmp_path: Path, up_data_dir: Pa
         if up.poll() is None:
             up.kill()
         log.close()
+        taken.close()

@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+from prometheus_client import REGISTRY
 from watch_helpers import (  # noqa: F401 - the *_fixture names register fixtures
     Collector,
     InProcessWatcher,
@@ -98,6 +99,9 @@ async def test_odd_files_rejected_once_with_a_reason(
     outside.mkdir()
     secret = outside / "secret.jpg"
     write_file(secret, b"canary")
+    reasons = ("symlink", "not_regular", "empty", "hard_links")
+    before = {r: _count("cropcron_files_rejected_total", watch="imgs", reason=r) for r in reasons}
+    announced = _count("cropcron_files_announced_total", watch="imgs")
     await set_watches(bus, watch("imgs", root))
     await wait_live(bus, "imgs")
     os.symlink(secret, root / "link.jpg")  # a symlink out of the root
@@ -117,6 +121,15 @@ async def test_odd_files_rejected_once_with_a_reason(
     # several scans later, each odd file was still reported exactly once
     assert len(collector.rejected) == 4, collector.reasons()
     assert secret.read_bytes() == b"canary"
+    # counted on /metrics too, each under its reason (issue 10)
+    assert {r: _count("cropcron_files_rejected_total", watch="imgs", reason=r) - before[r] for r in reasons} == \
+        dict.fromkeys(reasons, 1.0)
+    assert _count("cropcron_files_announced_total", watch="imgs") - announced == 1
+
+
+def _count(name: str, **labels: str) -> float:
+    """A counter of this process's registry (the watcher runs in-process here)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_zero_byte_accept_policy_and_non_utf8_name(

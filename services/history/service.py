@@ -19,9 +19,9 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
 from services.history import alerts, reports, store
-from shared import wire
+from shared import metrics, wire
 from shared.bus import Bus, fetch_batches
-from shared.events import Rejected, RunEvent, decode
+from shared.events import Rejected, RunEvent, decode, utcnow
 from shared.queries import AlertsQuery, CleanupRequest, LastQuery, RunsQuery, StatsQuery, fail, ok
 from shared.reply import ReplyTooLarge, respond
 from shared.settings import ServiceSettings
@@ -113,6 +113,8 @@ class HistoryService:
         events = [i for i in items if isinstance(i, RunEvent)]
         await store.apply_events(self.pool, events, [i for i in items if isinstance(i, Rejected)])
         self.written += len(events)
+        committed = utcnow()
+        metrics.written((committed - e.at).total_seconds() for e in events)
 
     async def _store_singly(self, parsed: list[tuple[Msg, RunEvent | Rejected]], bad: list[Msg]) -> None:
         for msg, item in parsed:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from services.notifier.channels import DeliveryError
 from services.notifier.context import Notifier
-from shared import wire
+from shared import metrics, wire
 from shared.bus import publish_until_acked
 from shared.events import DeliveryOutcome, DeliveryRecord, Notification, decode, utcnow
 
@@ -94,6 +94,7 @@ async def deliver_one(svc: Notifier, msg: Msg) -> None:
     finally:
         keepalive.cancel()
     svc.counts["sent"] += 1
+    metrics.ALERTS_SENT.labels(n.channel).inc()
     log.info("notifier: delivered %s via %s (attempt %d)", n.id, n.channel, attempt)
     await record(svc, n, attempt, "sent", None, mid)
     await msg.ack()
@@ -103,6 +104,7 @@ async def _failed(svc: Notifier, msg: Msg, n: Notification, attempt: int, exc: D
     if not exc.permanent and attempt < svc.ns.notify_max_attempts:
         wait = exc.retry_after if exc.retry_after is not None else backoff(svc, attempt)
         svc.counts["retries"] += 1
+        metrics.ALERTS_RETRIED.labels(n.channel).inc()
         log.warning("notifier: %s via %s failed (attempt %d): %s; retrying in %.1fs", n.id, n.channel, attempt,
                     exc.reason, wait)
         await record(svc, n, attempt, "retry", exc.reason)
@@ -110,6 +112,7 @@ async def _failed(svc: Notifier, msg: Msg, n: Notification, attempt: int, exc: D
         return
     reason = exc.reason if exc.permanent else f"gave up after {attempt} attempts: {exc.reason}"
     svc.counts["failed"] += 1
+    metrics.ALERTS_FAILED.labels(n.channel).inc()
     log.error("notifier: %s via %s failed permanently: %s", n.id, n.channel, reason)
     await record(svc, n, attempt, "failed", reason)
     target = await escalate(svc, n, reason)

@@ -30,7 +30,7 @@ from services.runner.leases import Leases
 from services.runner.queueing import LeaseQueue
 from services.runner.reaper import Reaper
 from services.runner.slots import PrioritySlots
-from shared import wire
+from shared import metrics, wire
 from shared.bus import Bus, publish_until_acked
 from shared.catalog import Catalog
 from shared.config import JobSpec, Overlap
@@ -274,6 +274,7 @@ class RunnerService:
                        inputs: RunInputs | None = None) -> None:
         started = utcnow()
         self.stats["started"] += 1
+        metrics.run_started(spec.name, trigger.scheduled_at, started, trigger.kind, attempt)
         started_ev = self._event(spec, trigger, RunState.STARTED, attempt, started_at=started)
         started_ack = await self.bus.js.publish_async(
             wire.run_event_subject(spec.name, "started"), started_ev.to_bytes(),
@@ -307,6 +308,7 @@ class RunnerService:
             started_at=started, finished_at=finished, duration_s=(finished - started).total_seconds(),
             exit_code=outcome.exit_code, timed_out=outcome.timed_out, error=outcome.error,
             output_tail=outcome.output_tail)
+        metrics.RUN_DURATION.labels(spec.name).observe(common["duration_s"])
         if outcome.ok:
             self.stats["succeeded"] += 1
             ev = self._event(spec, trigger, RunState.SUCCEEDED, attempt, result=outcome.result, **common)
@@ -381,6 +383,7 @@ class RunnerService:
             self.stats["skipped"] += 1
         await publish_until_acked(self.bus, [(wire.run_event_subject(e.job, e.state), e.to_bytes(), e.msg_id())
                                              for e in items], f"runner: run {items[0].run_id}")
+        metrics.run_events((e.job, e.state.value) for e in items)
         last = items[-1]
         # successes at DEBUG: at thousands of runs/s a line each is a real share of the cost
         # (bench/), and history has every run; anything else is worth a line

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from services.watcher.files import Examined, examine
 from services.watcher.state import Known, StateStore
 from services.watcher.tracker import Tracker
-from shared import wire
+from shared import metrics, wire
 from shared.bus import Bus, publish_until_acked
 from shared.events import Rejected, file_event_id, utcnow
 from shared.files import event_for
@@ -119,6 +119,10 @@ class Announcer:
             old = self.tracker.known[rel]
             self.tracker.known[rel] = Known(size, mtime, old.sha256)
         self.counters.published += len(batch.published)
+        if batch.published:
+            metrics.FILES_ANNOUNCED.labels(self.watch.name).inc(len(batch.published))
+        for *_, reason in batch.rejected:
+            metrics.file_rejected(self.watch.name, reason)
         self.counters.rejected += len(batch.rejected)
         self.counters.identical_rewrites += len(batch.touched)
 

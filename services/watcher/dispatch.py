@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.watcher.batches import BatchKeeper, Publish
-from shared import wire
+from shared import metrics, wire
 from shared.bus import Bus, fetch_batches, publish_until_acked
 from shared.catalog import Catalog
 from shared.config import JobSpec
@@ -142,6 +142,7 @@ class Dispatcher:
                 return  # nothing acked: the events come back to the next dispatcher
             if reason is not None:
                 self.stats["rejected"] += 1
+                metrics.file_rejected(msg.subject.rpartition(".")[2], reason, self.catalog.watches)
                 log.error("dispatch: rejected file event on %s: %s", msg.subject, reason)
                 body = Rejected(source="dispatch", subject=msg.subject, reason=reason, at=utcnow(),
                                 payload_excerpt=msg.data[:500].decode("utf-8", "replace"))

@@ -1,0 +1,52 @@
+"""`cropcron apply` against a broker whose topology is half made (compose starts the one-shot
+apply beside the services that create it): it creates what is missing and changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import NatsProcess
+from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, StreamConfig
+from test_config_apply import cli
+
+from shared import wire
+from shared.bus import connect
+
+CONFIG = """
+jobs:
+  - {name: alpha, type: data_cleanup, interval: 1h, call: tests.jobs.calls:noop}
+folder_watches:
+  - {name: drops, path: drops}
+notifications:
+  channels: {journal: {type: log}}
+  rules: [{when: [dead], channels: [journal]}]
+"""
+
+
+async def test_apply_creates_missing_topology_and_keeps_existing_settings(nats_server: NatsProcess,
+                                                                          tmp_path: Path) -> None:
+    bus = await connect(nats_server.url, "half")
+    try:
+        # what a service had created when it was interrupted: the jobs bucket and one consumer,
+        # with an ack wait of its own
+        await bus.js.create_key_value(KeyValueConfig(bucket=wire.KV_JOBS, history=1))
+        await bus.js.add_stream(StreamConfig(name=wire.STREAM_TRIGGERS, subjects=[wire.TRIGGER_SUBJECTS]))
+        await bus.js.add_consumer(wire.STREAM_TRIGGERS, ConsumerConfig(
+            durable_name=wire.runner_consumer("high"), filter_subject="cropcron.trigger.high.>",
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=7))
+        (tmp_path / "drops").mkdir()
+        (tmp_path / "farm.yaml").write_text(CONFIG)
+        out = cli(["apply", str(tmp_path / "farm.yaml")], nats_server.url, tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert "1 added" in out.stdout
+        for bucket in (wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_WATCHES, wire.KV_NOTIFY, wire.KV_SERVICES):
+            await bus.js.key_value(bucket)  # raises BucketNotFoundError if apply left it out
+        for stream, consumer in ((wire.STREAM_RUNS, wire.HISTORY_CONSUMER), (wire.STREAM_FILES, wire.DISPATCH_CONSUMER),
+                                 (wire.STREAM_TRIGGERS, wire.runner_consumer("low"))):
+            await bus.js.consumer_info(stream, consumer)
+        kept = await bus.js.consumer_info(wire.STREAM_TRIGGERS, wire.runner_consumer("high"))
+        assert kept.config.ack_wait == 7, "apply must not change what the services set up"
+        jobs = cli(["jobs", "--json"], nats_server.url, tmp_path)
+        assert jobs.returncode == 0 and '"alpha"' in jobs.stdout, jobs.stderr
+    finally:
+        await bus.close()

