@@ -204,7 +204,13 @@ async def _kill_and_recover(up: SharedUp, name: str) -> tuple[datetime, list[dic
         if rows and not recorded and any(r["started_at"] and _at(r["started_at"]) > killed_at for r in rows):
             recorded.append((datetime.now(UTC) - killed_at).total_seconds())
         done = rows and any(_at(r["scheduled_at"]) >= recovered_after and r["state"] == "succeeded" for r in rows)
-        return rows if done else None
+        # history catches up in its own order: events it nak'ed while Postgres was away come back
+        # after later ones, so wait until the whole window is in (the check below says what is not)
+        start = killed_at - timedelta(seconds=3)
+        have = {_at(r["scheduled_at"]) for r in rows or [] if r["state"] == "succeeded"}
+        first = start.replace(microsecond=0) + timedelta(seconds=1)
+        due = [first + timedelta(seconds=i) for i in range(int((recovered_after - first).total_seconds()) + 1)]
+        return rows if done and all(t in have for t in due) else None
 
     rows: list[dict[str, Any]] = await wait_for(recovered, 40, f"runs after the {name} was killed")
     print(f"\n{name} killed: history showed a run started after the kill {recorded[0]:.2f}s after it")

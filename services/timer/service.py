@@ -21,7 +21,7 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from services.timer.planner import Plan, plan_catchup
-from shared import wire
+from shared import metrics, wire
 from shared.bus import Bus, Stopping, publish_until_acked, retry_transient
 from shared.catalog import Catalog
 from shared.clock import Clock, SystemClock
@@ -319,6 +319,7 @@ class TimerService:
             return
         self.fired += len(triggers)
         self.missed += len(missed)
+        metrics.run_events((e.job, e.state.value) for e in missed)
         await self._save_progress(horizon, horizon)
 
 
