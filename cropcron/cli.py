@@ -20,14 +20,16 @@ from pydantic import ValidationError
 
 from cropcron import cli_alerts, cli_files, cli_health, commands
 from cropcron.datadir_lock import DataDirError
-from cropcron.embedded import EmbeddedError, default_data_dir, read_runtime, runtime_file
+from cropcron.embedded import EmbeddedError, default_data_dir, runtime_connection, runtime_file
 from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
 from cropcron.tables import print_json, print_table
+from shared import nats_auth
 from shared.bus import Bus, IncompatibleBroker
 from shared.config import ConfigError, load_config
 from shared.durations import parse_since
 from shared.errors import CommandError, UserError
 from shared.events import RunState
+from shared.nats_auth import Credentials, CredentialsError
 from shared.queries import RunsQuery
 from shared.settings import ServiceSettings
 
@@ -51,20 +53,22 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.getLogger("asyncpg.pool").addFilter(_OneLine())
 
 
-def _nats_url(args: argparse.Namespace) -> str:
+def _nats_url(args: argparse.Namespace) -> tuple[str, Credentials | None]:
+    """Where the broker is and who to be: NATS_URL with the CROPCRON_NATS_* credentials, else
+    what `cropcron up` wrote into <data-dir>/runtime.json (its broker, as the operator user `cli`)."""
     if os.environ.get("NATS_URL"):
-        return os.environ["NATS_URL"]
+        return os.environ["NATS_URL"], nats_auth.from_environment("cli")
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    runtime = read_runtime(data_dir)
-    if runtime and runtime.get("nats_url"):
-        return str(runtime["nats_url"])
+    found = runtime_connection(data_dir)
+    if found is not None:
+        return found
     raise CommandError(f"cropcron does not seem to be running (no {runtime_file(data_dir)}); start it with "
                        "`cropcron up --config FILE`, or set NATS_URL")
 
 
 def _with_bus(args: argparse.Namespace, fn: Callable[[Bus], Awaitable[int]]) -> int:
     async def main() -> int:
-        bus = await commands.open_bus(_nats_url(args))
+        bus = await commands.open_bus(*_nats_url(args))
         try:
             return await fn(bus)
         finally:
@@ -334,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValidationError, DataDirError) as exc:
         print(f"cropcron: {exc}", file=sys.stderr)
         return 2
-    except (CommandError, EmbeddedError, ServiceFailed, IncompatibleBroker) as exc:
+    except (CommandError, EmbeddedError, ServiceFailed, IncompatibleBroker, CredentialsError) as exc:
         print(f"cropcron: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

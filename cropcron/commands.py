@@ -31,14 +31,15 @@ from shared.errors import CommandError, UserError
 from shared.events import TERMINAL_STATES, RunEvent, decode
 from shared.job_schedule import describe_when, schedule_of
 from shared.manual import CannotRunNow, manual_trigger
+from shared.nats_auth import Credentials
 from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
 from shared.reply import ask
 from shared.watch_config import WatchConfig
 
 
-async def open_bus(url: str) -> Bus:
+async def open_bus(url: str, creds: Credentials | None = None) -> Bus:
     try:
-        return await connect_once(url, "cropcron-cli")
+        return await connect_once(url, "cropcron-cli", creds=creds)
     except ConnectionError as exc:
         raise CommandError(f"{exc}. Is cropcron running? Start it with `cropcron up --config FILE`, "
                            "or set NATS_URL.") from None

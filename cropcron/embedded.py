@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from cropcron.child import ChildError, ChildProcess, EmbeddedError, stop_orphans
+from shared import nats_auth
+from shared.nats_auth import Credentials
 from shared.paths import default_data_dir
 
 __all__ = ["EmbeddedError", "EmbeddedNats", "default_data_dir", "start_nats"]
@@ -99,13 +101,17 @@ def nats_sync() -> str:
     return value
 
 
-def write_nats_config(store_dir: Path, port: int, conf: Path, sync: str | None = None) -> None:
+def write_nats_config(store_dir: Path, port: int, conf: Path, sync: str | None = None,
+                      authorization: str = "") -> None:
+    """`authorization`: a block of users and permissions (shared/nats_auth.py); without one the
+    broker takes any connection (tests, development)."""
     store_dir.mkdir(parents=True, exist_ok=True)
-    conf.write_text(
-        f'listen: "127.0.0.1:{port}"\n'
-        f'server_name: "cropcron-edge"\n'
-        f'jetstream {{\n  store_dir: "{store_dir}"\n  sync_interval: {sync or nats_sync()}\n}}\n'
-    )
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds password hashes
+    with os.fdopen(fd, "w") as f:
+        f.write(f'listen: "127.0.0.1:{port}"\n'
+                f'server_name: "cropcron-edge"\n'
+                f'jetstream {{\n  store_dir: "{store_dir}"\n  sync_interval: {sync or nats_sync()}\n}}\n'
+                + authorization)
 
 
 class EmbeddedNats(ChildProcess):
@@ -115,7 +121,7 @@ class EmbeddedNats(ChildProcess):
     name = "nats-server"
     log_markers = ("[FTL]", "[ERR]")
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, authorization: str = "") -> None:
         super().__init__(data_dir / "nats-server.log")
         self.binary = nats_server_binary()
         if port is None:
@@ -127,7 +133,7 @@ class EmbeddedNats(ChildProcess):
         self.port = port
         self.url = f"nats://127.0.0.1:{port}"
         self.conf = data_dir / "nats-server.conf"
-        write_nats_config(data_dir / "nats", port, self.conf)
+        write_nats_config(data_dir / "nats", port, self.conf, authorization=authorization)
 
     def command(self) -> list[str]:
         return [self.binary, "-c", str(self.conf)]
@@ -171,3 +177,14 @@ def read_runtime(data_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data
+
+
+def runtime_connection(data_dir: Path) -> tuple[str, Credentials | None] | None:
+    """The broker a running `up` wrote into runtime.json, and the operator's credentials for it
+    (user `cli`, from its users directory), or None when no `up` runs there."""
+    runtime = read_runtime(data_dir)
+    if not runtime or not runtime.get("nats_url"):
+        return None
+    users = runtime.get("nats_users")
+    creds = nats_auth.from_environment("cli", {"CROPCRON_NATS_CREDENTIALS_DIR": str(users)}) if users else None
+    return str(runtime["nats_url"]), creds

@@ -48,13 +48,13 @@ class Readiness:
 
     def __init__(self, names: list[str]) -> None:
         self.names = names  # the services this process will run, reported "starting" until built
-        self.bus: Bus | None = None
+        self.buses: list[Bus] = []  # one per broker user the process connects as
         self.services: dict[str, _Readied] = {}
         self.stopping = False
         metrics.NATS_CONNECTED.set_function(lambda: float(self.connected()))
 
     def connected(self) -> bool:
-        return self.bus is not None and self.bus.health.connected and not self.bus.nc.is_closed
+        return bool(self.buses) and all(b.health.connected and not b.nc.is_closed for b in self.buses)
 
     def add(self, services: dict[str, Any]) -> None:
         self.services = dict(services)
@@ -63,7 +63,7 @@ class Readiness:
             metrics.SERVICE_READY.labels(name).set_function(_is_set(svc.ready))
 
     def report(self) -> tuple[bool, dict[str, Any]]:
-        nats = "connected" if self.connected() else ("connecting" if self.bus is None else "disconnected")
+        nats = "connected" if self.connected() else ("connecting" if not self.buses else "disconnected")
         states = {name: "ready" if name in self.services and self.services[name].ready.is_set() else "starting"
                   for name in self.names}
         problems = [] if nats == "connected" else [f"NATS {nats}"]

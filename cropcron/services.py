@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cropcron.endpoint import Endpoint, EndpointError, Readiness, watch_consumers
@@ -23,8 +24,8 @@ from services.runner.service import RunnerService
 from services.timer.service import TimerService
 from services.watcher.dispatch import Dispatcher
 from services.watcher.service import WatcherService
-from shared import wire
-from shared.bus import Bus, connect, ensure_topology
+from shared import nats_auth, wire
+from shared.bus import Bus, await_topology, connect, ensure_topology
 from shared.catalog import Catalog
 from shared.health import heartbeat_loop
 from shared.settings import BusSettings, ServiceSettings
@@ -48,23 +49,58 @@ class ServiceFailed(RuntimeError):
     pass
 
 
-def _catalog_services(names: list[str], bus: Bus, catalog: Catalog, settings: ServiceSettings,
+@dataclass
+class Link:
+    """One broker connection and the catalog read through it: the services that connect as the
+    same user share it (all of them without credentials; one each under `cropcron up` with
+    per-service users)."""
+
+    bus: Bus
+    catalog: Catalog
+    user: str | None
+
+
+async def _open_links(names: list[str], settings: ServiceSettings, bus_settings: BusSettings,
+                      readiness: Readiness) -> dict[str, Link]:
+    """service -> its Link, connecting once per user. The operator (no credentials, or `cli`)
+    creates the topology; a service user may only bind to it and waits until it exists."""
+    by_user: dict[str | None, Link] = {}
+    out: dict[str, Link] = {}
+    for name in [*names, *(["dispatcher"] if "watcher" in names and "dispatcher" not in names else [])]:
+        creds = nats_auth.from_environment(name)
+        user = creds.user if creds else None
+        if user not in by_user:
+            bus = await connect(settings.nats_url, f"cropcron-{user or '+'.join(names)}-{settings.instance}",
+                                bus_settings, creds)
+            readiness.buses.append(bus)
+            if user in (None, "cli"):
+                await ensure_topology(bus.js, bus_settings)
+            else:
+                await await_topology(bus, user)
+            catalog = Catalog(bus.js)
+            await catalog.start()
+            by_user[user] = Link(bus, catalog, user)
+        out[name] = by_user[user]
+    return out
+
+
+def _catalog_services(names: list[str], links: dict[str, Link], settings: ServiceSettings,
                       bus_settings: BusSettings) -> dict[str, Service]:
     """The services that need only the bus and the catalog (kept apart from run_services so that
     adding one does not push its complexity past the lint cap)."""
     services: dict[str, Service] = {}
     if "runner" in names:
-        services["runner"] = RunnerService(bus, catalog, settings, bus_settings)
+        services["runner"] = RunnerService(links["runner"].bus, links["runner"].catalog, settings, bus_settings)
     if "timer" in names:
-        services["timer"] = TimerService(bus, catalog, settings)
-    if "watcher" in names:
-        services["watcher"] = WatcherService(bus, catalog, settings)  # CROPCRON_WATCHER_* settings
-    if "watcher" in names or "dispatcher" in names:
-        services["dispatcher"] = Dispatcher(bus, catalog, settings)  # CROPCRON_DISPATCH_* settings
-    if "notifier" in names:
-        services["notifier"] = NotifierService(bus, catalog, settings)  # CROPCRON_NOTIFY_* settings
-    if "dashboard" in names:
-        services["dashboard"] = DashboardService(bus, catalog)  # CROPCRON_DASHBOARD_* settings
+        services["timer"] = TimerService(links["timer"].bus, links["timer"].catalog, settings)
+    if "watcher" in names:  # CROPCRON_WATCHER_* settings
+        services["watcher"] = WatcherService(links["watcher"].bus, links["watcher"].catalog, settings)
+    if "watcher" in names or "dispatcher" in names:  # CROPCRON_DISPATCH_* settings
+        services["dispatcher"] = Dispatcher(links["dispatcher"].bus, links["dispatcher"].catalog, settings)
+    if "notifier" in names:  # CROPCRON_NOTIFY_* settings
+        services["notifier"] = NotifierService(links["notifier"].bus, links["notifier"].catalog, settings)
+    if "dashboard" in names:  # CROPCRON_DASHBOARD_* settings
+        services["dashboard"] = DashboardService(links["dashboard"].bus, links["dashboard"].catalog)
     return services
 
 
@@ -102,37 +138,44 @@ async def run_services(names: list[str], settings: ServiceSettings, stop: asynci
         await endpoint.stop()
 
 
+def _start(services: dict[str, Service], links: dict[str, Link], settings: ServiceSettings, url: str,
+           stop: asyncio.Event) -> dict[asyncio.Task[Any], str]:
+    """Each service's loop, heartbeat and consumer gauges; a task that ends stops the process."""
+    tasks: dict[asyncio.Task[Any], str] = {
+        asyncio.create_task(svc.run(stop), name=name): name for name, svc in services.items()}
+    for name, svc in services.items():
+        # the heartbeat carries the endpoint's URL, so an operator (or a test) finds a port chosen at random
+        beat = heartbeat_loop(links[name].bus.js, name, settings.instance, settings.heartbeat_interval,
+                              _with_url(svc, url + "metrics"), stop)
+        tasks[asyncio.create_task(beat)] = f"{name}-heartbeat"
+        if CONSUMERS.get(name):
+            gauges = watch_consumers(links[name].bus, CONSUMERS[name], settings.metrics_interval, stop)
+            tasks[asyncio.create_task(gauges)] = f"{name}-metrics"
+    return tasks
+
+
 async def _run(names: list[str], settings: ServiceSettings, stop: asyncio.Event, ready: Callable[[], None] | None,
                readiness: Readiness, url: str) -> None:
     bus_settings = BusSettings()
-    bus = await connect(settings.nats_url, f"cropcron-{'+'.join(names)}-{settings.instance}", bus_settings)
-    readiness.bus = bus
+    links: dict[str, Link] = {}
     pool = None
     try:
-        await ensure_topology(bus.js, bus_settings)
-        catalog = Catalog(bus.js)
-        await catalog.start()
+        links = await _open_links(names, settings, bus_settings, readiness)
         services: dict[str, Service] = {}
         if "history" in names:
             if not settings.database_url:
                 raise ServiceFailed("history needs DATABASE_URL (e.g. postgresql://user@host:5432/db)")
             pool = await create_pool(settings.database_url)
             await migrate(pool)
-            services["history"] = HistoryService(bus, pool, settings,
-                                                 retention_days=lambda: catalog.system.history_retention / 86400)
-        services.update(_catalog_services(names, bus, catalog, settings, bus_settings))
+            history = links["history"]
+            services["history"] = HistoryService(
+                history.bus, pool, settings, retention_days=lambda: history.catalog.system.history_retention / 86400)
+        services.update(_catalog_services(names, links, settings, bus_settings))
         readiness.add(dict(services))
-        tasks: dict[asyncio.Task[Any], str] = {
-            asyncio.create_task(svc.run(stop), name=name): name for name, svc in services.items()}
-        for name, svc in services.items():
-            # the heartbeat carries the endpoint's URL, so an operator (or a test) finds a port chosen at random
-            beat = heartbeat_loop(bus.js, name, settings.instance, settings.heartbeat_interval,
-                                  _with_url(svc, url + "metrics"), stop)
-            tasks[asyncio.create_task(beat)] = f"{name}-heartbeat"
-        consumers = [c for name in services for c in CONSUMERS.get(name, [])]
-        if consumers:  # (a task in `tasks` that ends stops the process: none without consumers)
-            tasks[asyncio.create_task(watch_consumers(bus, consumers, settings.metrics_interval, stop))] = "metrics"
-        closed = asyncio.create_task(bus.health.closed.wait())
+        tasks = _start(services, links, settings, url, stop)
+        buses = {id(link.bus): link.bus for link in links.values()}.values()
+        closed = asyncio.ensure_future(asyncio.wait([asyncio.ensure_future(b.health.closed.wait()) for b in buses],
+                                                    return_when=asyncio.FIRST_COMPLETED))
         # "ready" only once every service is live (subscribed, fetching), not merely started;
         # a service that fails while starting ends the wait too
         live: asyncio.Future[Any] = asyncio.gather(*(svc.ready.wait() for svc in services.values()))
@@ -153,11 +196,12 @@ async def _run(names: list[str], settings: ServiceSettings, stop: asyncio.Event,
         await asyncio.gather(*tasks, return_exceptions=True)
         closed.cancel()
         live.cancel()
-        await catalog.stop()
         if failure:
             raise ServiceFailed(failure)
     finally:
-        await bus.close()
+        for link in {id(link.bus): link for link in links.values()}.values():
+            await link.catalog.stop()
+            await link.bus.close()
         if pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), 5)

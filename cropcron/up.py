@@ -26,10 +26,11 @@ from cropcron.services import SERVICE_NAMES, run_services
 from cropcron.supervise import Supervisor, restart_limit
 from services.dashboard.settings import ensure_token_file
 from services.notifier.rules import DELIVERED_TO
-from shared import wire
+from shared import nats_auth, wire
 from shared.bus import Bus, connect, publish_until_acked
 from shared.config import Config
 from shared.events import Alert
+from shared.nats_auth import Credentials, authorization_block, ensure_users
 from shared.notify_config import NotificationsConfig
 from shared.settings import ServiceSettings
 
@@ -54,7 +55,7 @@ class AlertBus:
     async def _publish(self, alert: Alert) -> None:
         async with self.lock:
             if self.bus is None:
-                self.bus = await connect(self.url, "cropcron-up-supervisor")
+                self.bus = await connect(self.url, "cropcron-up-supervisor", creds=operator())
         item = (wire.alert_subject(alert.level, alert.kind), alert.to_bytes(), alert.id)
         if await publish_until_acked(self.bus, [item], "cropcron up: raising an alert", self.closing):
             log.warning("cropcron up: stopping before the alert %r reached the bus", alert.summary)
@@ -111,7 +112,12 @@ async def _start_servers(data_dir: Path, children: list[ChildProcess]) -> tuple[
         postgres = EmbeddedPostgres(data_dir)  # first: it refuses a data dir its user cannot reach
         postgres.prepare()
     if not nats_url:
-        nats = EmbeddedNats(data_dir)
+        # its own broker: one user per service and for outside programs, least privilege each
+        # (shared/permissions.py); passwords generated once into the data dir
+        users = users_dir(data_dir)
+        authorization = authorization_block(ensure_users(users), users)
+        os.environ["CROPCRON_NATS_CREDENTIALS_DIR"] = str(users)  # each service connects as its own user
+        nats = EmbeddedNats(data_dir, authorization=authorization)
         await _start(nats)
         children.append(nats)
         nats_url = nats.url
@@ -129,8 +135,17 @@ def _metrics_url(data_dir: Path, url: str) -> None:
     log.info("cropcron up: metrics on %smetrics, health on %shealthz", url, url)
 
 
+def operator() -> Credentials | None:
+    """`up`'s own connections (apply, its alerts) are the operator's: user `cli`."""
+    return nats_auth.from_environment("cli")
+
+
+def users_dir(data_dir: Path) -> Path:
+    return data_dir / "nats-users"
+
+
 async def _apply(nats_url: str, config: Config, base_dir: Path) -> tuple[list[str], list[str], list[str]]:
-    bus = await commands.open_bus(nats_url)
+    bus = await commands.open_bus(nats_url, operator())
     try:
         added, changed, removed = await commands.apply(bus, config, base_dir)
         await cli_alerts.apply_notifications(bus, config)
@@ -176,7 +191,10 @@ async def main(config_path: str, base_dir: Path, config: Config, data_dir: Path)
     reserve = disk_reserve()
     try:
         nats_url, database_url = await _start_servers(data_dir, children)
-        write_runtime(data_dir, nats_url=nats_url, database_url=redact(database_url))
+        # the CLI finds the broker here, and the operator's credentials (files only `up`'s user reads)
+        write_runtime(data_dir, nats_url=nats_url, database_url=redact(database_url),
+                      **({"nats_users": os.environ["CROPCRON_NATS_CREDENTIALS_DIR"]}
+                         if os.environ.get("CROPCRON_NATS_CREDENTIALS_DIR") else {}))
         # for the services started below (the runner strips DATABASE_URL from jobs' environment;
         # NATS_URL lets a job itself call `cropcron run ...`); the data dir too, so that the
         # watcher's record follows --data-dir rather than the default data dir

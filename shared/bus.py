@@ -34,6 +34,7 @@ from nats.js.kv import KeyValue
 
 from shared import wire
 from shared.atomic import ensure_atomic
+from shared.nats_auth import Credentials, CredentialsError
 from shared.settings import BusSettings
 
 log = logging.getLogger("cropcron.bus")
@@ -114,8 +115,26 @@ class Bus:
             await self.nc.close()
 
 
-async def connect(url: str, name: str, settings: BusSettings | None = None) -> Bus:
-    """Connect, retrying the first connection forever too (the broker may start after us)."""
+def _auth_options(creds: Credentials | None) -> dict[str, Any]:
+    if creds is None:
+        return {}
+    # replies come back on the user's own inbox prefix: its permissions allow only that one
+    return {"user": creds.user, "password": creds.password, "inbox_prefix": creds.inbox_prefix}
+
+
+def _refused(exc: BaseException, creds: Credentials | None, url: str) -> CredentialsError | None:
+    """A connection refused for its credentials: retrying cannot help."""
+    if "authorization violation" in str(exc).lower() or "authentication" in str(exc).lower():
+        who = f"user {creds.user!r}" if creds else "a connection without credentials"
+        return CredentialsError(f"the NATS server at {url} refused {who}: wrong password, unknown user, or "
+                                "credentials required (CROPCRON_NATS_USER / CROPCRON_NATS_PASSWORD_FILE)")
+    return None
+
+
+async def connect(url: str, name: str, settings: BusSettings | None = None,
+                  creds: Credentials | None = None) -> Bus:
+    """Connect, retrying the first connection forever too (the broker may start after us); a
+    refusal of the credentials ends it at once (CredentialsError)."""
     settings = settings or BusSettings()
     health = Health()
 
@@ -131,7 +150,11 @@ async def connect(url: str, name: str, settings: BusSettings | None = None) -> B
 
     async def on_error(exc: Exception) -> None:
         health.last_error = repr(exc)
-        log.debug("nats error (%s): %r", name, exc)
+        if "permissions violation" in str(exc).lower():
+            # a denied publish or subscribe: the server logged it too; the service goes on
+            log.warning("nats (%s, user %s): %s", name, creds.user if creds else "-", exc)
+        else:
+            log.debug("nats error (%s): %r", name, exc)
 
     async def on_closed() -> None:
         health.connected = False
@@ -153,9 +176,15 @@ async def connect(url: str, name: str, settings: BusSettings | None = None) -> B
                 reconnected_cb=on_reconnect,
                 error_cb=on_error,
                 closed_cb=on_closed,
+                **_auth_options(creds),
             )
             break
         except (OSError, nats.errors.Error, TimeoutError) as exc:
+            refused = _refused(exc, creds, url)
+            if refused is not None:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+                raise refused from None
             log.warning("cannot reach NATS at %s (%s); retrying in %.1fs", url, exc or type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -168,21 +197,28 @@ async def connect(url: str, name: str, settings: BusSettings | None = None) -> B
     return Bus(nc=nc, js=nc.jetstream(timeout=settings.request_timeout), health=health)
 
 
-async def connect_once(url: str, name: str, timeout: float = 3.0) -> Bus:
+async def connect_once(url: str, name: str, timeout: float = 3.0, creds: Credentials | None = None) -> Bus:
     """For short-lived commands (the CLI): one attempt, a clear error instead of waiting forever."""
     nc = Client()
+    seen: list[Exception] = []
 
     async def quiet(exc: Exception) -> None:  # the default callback logs a traceback per attempt
-        pass
+        seen.append(exc)  # (a refused password shows only here; the connect ends "no servers")
 
     try:
         # (allow_reconnect=False or max_reconnect_attempts=0 make nats-py retry forever on a
         # refused first connection; one retry with a short wait gives a prompt NoServersError)
         await asyncio.wait_for(nc.connect(servers=[url], name=name, connect_timeout=int(max(timeout, 1)),
                                           max_reconnect_attempts=1, reconnect_time_wait=0.1,  # type: ignore[arg-type]
-                                          error_cb=quiet),
+                                          error_cb=quiet, **_auth_options(creds)),
                                timeout * 2)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
+        for cause in (exc, *seen):
+            refused = _refused(cause, creds, url)
+            if refused is not None:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+                raise refused from None
         raise ConnectionError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
     try:
         check_server(nc, url)
@@ -421,3 +457,44 @@ async def retry_transient(op: Callable[[], Awaitable[T]], what: str, stop: async
             log.warning("%s failed (%r); retrying in %.1fs", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def topology_names() -> tuple[list[str], list[tuple[str, str]]]:
+    """The streams (KV buckets' included) and the durable consumers ensure_topology makes."""
+    buckets = [wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_TIMER, wire.KV_LEASES, wire.KV_SERVICES, wire.KV_WATCHES,
+               wire.KV_BATCHES, wire.KV_NOTIFY]
+    streams = [wire.STREAM_TRIGGERS, wire.STREAM_RUNS, wire.STREAM_FILES, wire.STREAM_ALERTS, wire.STREAM_NOTIFY,
+               *(f"KV_{b}" for b in buckets)]
+    consumers = [*((wire.STREAM_TRIGGERS, wire.runner_consumer(b)) for b in wire.BANDS),
+                 (wire.STREAM_RUNS, wire.HISTORY_CONSUMER), (wire.STREAM_FILES, wire.DISPATCH_CONSUMER),
+                 (wire.STREAM_RUNS, wire.NOTIFIER_RUNS_CONSUMER), (wire.STREAM_ALERTS, wire.NOTIFIER_ALERTS_CONSUMER),
+                 (wire.STREAM_ALERTS, wire.HISTORY_ALERTS_CONSUMER), (wire.STREAM_NOTIFY, wire.DELIVER_CONSUMER)]
+    return streams, consumers
+
+
+async def await_topology(bus: Bus, user: str, every: float = 2.0) -> None:
+    """For a service user, which may not create streams: wait until the operator's `apply` (or
+    `cropcron up`) has made every stream, bucket and consumer, saying what is missing."""
+    streams, consumers = topology_names()
+    said = ""
+    while True:
+        missing: list[str] = []
+        for stream in streams:
+            try:
+                await bus.js.stream_info(stream)
+            except NotFoundError:
+                missing.append(stream)
+        for stream, consumer in consumers:
+            if stream not in missing:
+                try:
+                    await bus.js.consumer_info(stream, consumer)
+                except NotFoundError:
+                    missing.append(f"{stream}/{consumer}")
+        if not missing:
+            return
+        text = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
+        if text != said:
+            log.warning("NATS user %s may not create the topology and it is not all there yet (missing %s): "
+                        "waiting for `cropcron apply` to create it", user, text)
+            said = text
+        await asyncio.sleep(every)

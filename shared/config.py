@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -132,6 +133,12 @@ class JobConfig(BaseModel):
     call: str | None = None  # "package.module:function"
     cwd: str | None = None  # default: the config file's directory
     env: dict[str, str] = Field(default_factory=dict)
+    # variables passed through from the runner's environment (a job gets only the basics otherwise:
+    # services/runner/job_env.py); cropcron's own configuration and secrets cannot be passed
+    pass_env: list[str] = Field(default_factory=list)
+    # the broker user the job runs as, if it must publish or read (credentials in its environment);
+    # none by default: a job cannot reach the broker
+    nats_user: Literal["uploader", "observer"] | None = None
     # policies
     priority: int = Field(5, ge=1, le=10)
     max_retries: int = Field(3, ge=0, le=50)
@@ -161,6 +168,17 @@ class JobConfig(BaseModel):
         if value is not None:
             _tz(value)
         return value
+
+    @field_validator("pass_env")
+    @classmethod
+    def _check_pass_env(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if name.upper().startswith(("CROPCRON_", "NATS_", "PG")) or name.upper() == "DATABASE_URL":
+                raise ValueError(f"{name!r} is cropcron's own configuration or a secret of it; give the job what it "
+                                 "needs in env: (or nats_user: for the broker)")
+        return names
 
     @field_validator("schedule")
     @classmethod

@@ -28,6 +28,7 @@ import pytest
 from conftest import FAST_ENV, ROOT, reachable_temp_dir, wait_for
 
 from cropcron import commands
+from cropcron.embedded import runtime_connection
 from shared import wire
 from shared.bus import connect_once
 from shared.queries import AlertsQuery, RunsQuery
@@ -135,7 +136,8 @@ class SharedUp:
     async def runs(self, since: datetime) -> list[dict[str, Any]] | None:
         """beat's runs scheduled since then, or None while history cannot answer."""
         try:
-            bus = await connect_once(self.runtime()["nats_url"], "test", timeout=1)
+            url, creds = runtime_connection(self.data) or ("", None)
+            bus = await connect_once(url, "test", timeout=1, creds=creds)
         except (OSError, ValueError, KeyError):
             return None
         try:
@@ -147,7 +149,8 @@ class SharedUp:
 
     async def alerts(self) -> list[dict[str, Any]] | None:
         try:
-            bus = await connect_once(self.runtime()["nats_url"], "test", timeout=1)
+            url, creds = runtime_connection(self.data) or ("", None)
+            bus = await connect_once(url, "test", timeout=1, creds=creds)
         except (OSError, ValueError, KeyError):
             return None
         try:

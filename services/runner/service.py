@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from nats.js import JetStreamContext
 from services.runner.backoff import retry_delay
 from services.runner.execute import Outcome, render_argv, run_callable, run_command
 from services.runner.inputs import RunInputs, prepare, watches_for
+from services.runner.job_env import job_environ
 from services.runner.leases import Leases
 from services.runner.queueing import LeaseQueue
 from services.runner.reaper import Reaper
@@ -335,9 +335,9 @@ class RunnerService:
                                   "scheduled_at": scheduled, "attempt": str(attempt), "trigger": trigger.kind,
                                   "python": sys.executable, **(inputs.values if inputs else {})}
         if job.run is not None:
-            env = {**_job_environ(), **job.env, "CROPCRON_RUN_ID": trigger.run_id, "CROPCRON_JOB": job.name,
-                   "CROPCRON_ATTEMPT": str(attempt), "CROPCRON_SCHEDULED_AT": scheduled,
-                   **(inputs.env if inputs else {})}
+            env = job_environ(job, self.settings.nats_url, {
+                "CROPCRON_RUN_ID": trigger.run_id, "CROPCRON_JOB": job.name, "CROPCRON_ATTEMPT": str(attempt),
+                "CROPCRON_SCHEDULED_AT": scheduled, **(inputs.env if inputs else {})})
             try:
                 argv = render_argv(job.run, values)
             except ValueError as exc:
@@ -432,14 +432,6 @@ class RunnerService:
         await publish_until_acked(self.bus, [(wire.rejected_subject("trigger"), body.to_bytes(),
                                               f"rejected.{msg.metadata.sequence.stream}")], "runner: rejection")
         await msg.term()
-
-
-# cropcron's own secrets are not the jobs' business; a job that needs a database gets it via env:
-_PRIVATE_ENV = ("DATABASE_URL", "CROPCRON_DATABASE_URL", "PGPASSWORD")
-
-
-def _job_environ() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.upper() not in _PRIVATE_ENV}
 
 
 class _Slot:
