@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cropcron import cli_alerts, cli_files, cli_health, commands
+from cropcron import cli_alerts, cli_files, cli_health, cli_nats, commands
 from cropcron.datadir_lock import DataDirError
 from cropcron.embedded import EmbeddedError, default_data_dir, runtime_connection, runtime_file
 from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cleanup", parents=[common], help="delete history older than N days")
     p.add_argument("--older-than-days", type=_positive, required=True)
     p.set_defaults(fn=cmd_cleanup)
+    cli_nats.add_parser(sub)
     cli_alerts.add_parsers(sub, common, _since, _limit, _with_bus)  # alerts, notify-test (issue 4)
     cli_health.add_parser(sub)  # healthcheck (issue 10)
     return parser

@@ -76,8 +76,11 @@ def from_environment(service: str | None = None, env: dict[str, str] | None = No
     return None
 
 
-def ensure_users(directory: Path) -> dict[str, str]:
-    """Every user's password, generated once into `directory` (mode 0700, files 0600)."""
+def ensure_users(directory: Path, file_mode: int = 0o600) -> dict[str, str]:
+    """Every user's password, generated once into `directory` (mode 0700; the files `file_mode`:
+    0600 for `cropcron up`, which reads them itself; compose mounts each as a secret into a
+    container whose user is not the owner, so there the directory protects them and the files
+    are 0644, as for the other compose secrets)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     out: dict[str, str] = {}
@@ -87,6 +90,7 @@ def ensure_users(directory: Path) -> dict[str, str]:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(32) + "\n")
+        os.chmod(path, file_mode)
         out[user] = read_password(path, user)
     return out
 

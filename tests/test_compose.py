@@ -23,14 +23,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import broker_boundaries as boundaries
 import httpx
 import pytest
 from conftest import ROOT, wait_for
 from peers_slack import SlackServer
 
+from cropcron.cli import main as cli_main
 from cropcron.embedded import free_port
 from shared import wire
 from shared.bus import Bus, connect_once
+from shared.events import file_run_id
+from shared.files import event_for
+from shared.nats_auth import Credentials
 from shared.queries import RunsQuery
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
@@ -138,6 +143,13 @@ class Stack:
         out = self.compose("exec", "-T", "runner", "cat", f"/config/data/{name}", check=False, timeout=60)
         return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.ports['nats']}"
+
+    def password(self, user: str) -> str:
+        return (self.tmp / "secrets" / "nats" / f"{user}.password").read_text().strip()
+
     def services(self) -> dict[str, dict[str, Any]]:
         out = self.compose("ps", "--all", "--format", "json")
         rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
@@ -145,7 +157,8 @@ class Stack:
 
     async def connect(self) -> Bus:
         if self.bus is None or self.bus.nc.is_closed:
-            self.bus = await connect_once(f"nats://127.0.0.1:{self.ports['nats']}", "compose-test", timeout=5)
+            self.bus = await connect_once(self.nats_url, "compose-test", timeout=5,
+                                          creds=Credentials("cli", self.password("cli")))
         return self.bus
 
     async def runs(self, job: str, state: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
@@ -205,6 +218,8 @@ def _layout(tmp: Path, slack_url: str) -> None:
     (secrets / "db_password.txt").write_text(uuid.uuid4().hex + "\n")
     (secrets / "dashboard_token.txt").write_text(TOKEN + "\n")
     (secrets / "slack_webhook.txt").write_text(slack_url + "\n")
+    # the broker's users, as `cropcron nats-users secrets/nats` makes them (README, compose.yaml)
+    assert cli_main(["nats-users", str(secrets / "nats")]) == 0
     # the containers run as uid 10001 (postgres as its own user): everything readable, like the
     # README's chmod 644 of secrets/*.txt
     for path in [tmp, *tmp.rglob("*")]:
@@ -340,6 +355,34 @@ async def test_a_file_dropped_into_uploads_runs_its_on_file_job(stack: Stack) ->
     assert paths == ["/uploads/IMG_0001.jpg"]
 
 
+async def test_broker_users_keep_to_their_permissions(stack: Stack) -> None:
+    """The same boundaries as under `cropcron up` (tests/test_nats_permissions.py), in the stack:
+    an upload tool (user uploader) announces a file and its job runs, and may do nothing else;
+    the observer reads run events and publishes nothing; the runner cannot rewrite job
+    definitions; a connection without credentials is refused."""
+    url = stack.nats_url
+    image = stack.tmp / "uploads" / "FROM_TOOL.jpg"
+    image.write_bytes(os.urandom(1024))
+    image.chmod(0o644)
+    stack.dropped.append(image.name)  # (the watcher sees it too: the same id, one run)
+    event = event_for("drops", "/uploads", image.name.encode(), image.stat(), source="test-upload-tool")
+    await boundaries.announce(url, stack.password("uploader"), event)
+    await boundaries.assert_denied(url, "uploader", stack.password("uploader"), boundaries.FORBIDDEN)
+    await boundaries.observer_reads_and_cannot_publish(url, stack.password("observer"))
+    await boundaries.assert_denied(url, "runner", stack.password("runner"), ("$KV.cropcron_jobs.tick",))
+    await boundaries.refused_without_credentials(url)
+
+    async def ran() -> bool:
+        return any(r["run_id"] == file_run_id("on_upload", event.id) for r in await stack.runs("on_upload", "succeeded"))
+
+    await wait_for(ran, 60, "the run of the file the upload tool announced")
+    # the services themselves were denied nothing
+    logs = stack.compose("logs", "--no-color", "nats").stdout
+    provoked = ("user:uploader", "user:observer", 'user:runner" - Publish Violation - Subject "$KV.cropcron_jobs')
+    denied = [line for line in logs.splitlines() if "Violation" in line and not any(p in line for p in provoked)]
+    assert denied == [], denied[:5]
+
+
 def _instants(rows: list[dict[str, Any]]) -> list[datetime]:
     return sorted(datetime.fromisoformat(r["scheduled_at"]) for r in rows if r.get("scheduled_at"))
 
@@ -396,7 +439,11 @@ async def test_nats_restart_and_postgres_outage_lose_no_run(stack: Stack, reques
     await stack.close_bus()
     TIMINGS["nats_restart_s"] = time.monotonic() - began
     after_nats = datetime.now(UTC)
-    await _every_instant_ran(stack, start, after_nats + timedelta(seconds=2), 90)
+    try:
+        await _every_instant_ran(stack, start, after_nats + timedelta(seconds=2), 90)
+    except AssertionError:
+        print("compose logs after the NATS restart:\n" + stack.logs())  # for whoever reads a CI failure
+        raise
 
     before = len(stack.ledger("ticks.jsonl"))
     stack.compose("stop", "postgres", timeout=120)

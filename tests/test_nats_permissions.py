@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nats
+import broker_boundaries as boundaries
 import pytest
 from conftest import FAST_ENV, ROOT, reachable_temp_dir, wait_for
 
-from shared import wire
 from shared.events import file_event_id, file_run_id
 from shared.files import event_for
 
@@ -98,16 +97,6 @@ class Farm:
     def server_log(self) -> str:
         return (self.data / "nats-server.log").read_text(errors="replace")
 
-    async def connect(self, user: str) -> tuple[nats.NATS, list[str]]:
-        errors: list[str] = []
-
-        async def on_error(exc: Exception) -> None:
-            errors.append(str(exc))
-
-        nc = await nats.connect(self.url, user=user, password=self.password(user), inbox_prefix=f"_INBOX_{user}",
-                                error_cb=on_error, max_reconnect_attempts=0)
-        return nc, errors
-
     def rows(self, job: str) -> list[dict[str, Any]]:
         out = self.cli("history", "--job", job, "--limit", "100", "--json")
         return json.loads(out.stdout) if out.returncode == 0 else []
@@ -134,29 +123,14 @@ def farm() -> Iterator[Farm]:
         subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
-async def _denied(errors: list[str], subject: str) -> bool:
-    # (nats-py lowercases the server's message)
-    return any(f'permissions violation for publish to "{subject}"'.lower() in e.lower() for e in errors)
-
-
 async def test_the_uploader_announces_files_and_nothing_else(farm: Farm) -> None:
-    nc, errors = await farm.connect("uploader")
-    js = nc.jetstream(timeout=3)
-    try:
-        image = farm.drops / "IMG_0001.jpg"
-        image.write_bytes(b"\xff\xd8 a drone image")
-        event = event_for("drops", str(farm.drops), b"IMG_0001.jpg", image.stat(), source="test-uploader")
-        ack = await js.publish(wire.file_subject("drops"), event.to_bytes(),
-                               headers={wire.HEADER_MSG_ID: event.id})
-        assert ack.stream == wire.STREAM_FILES
-        for subject in ("cropcron.trigger.normal.pulse", "cropcron.run.pulse.succeeded",
-                        "cropcron.alert.critical.forged", "$KV.cropcron_jobs.pulse"):
-            with pytest.raises((nats.errors.TimeoutError, nats.js.errors.Error)):
-                await js.publish(subject, b"{}", timeout=1)
-            await wait_for(lambda s=subject: _denied(errors, s), 5, f"the server to deny {subject}")
-            assert f'"$G/user:uploader" - Publish Violation - Subject "{subject}"' in farm.server_log()
-    finally:
-        await nc.close()
+    image = farm.drops / "IMG_0001.jpg"
+    image.write_bytes(b"\xff\xd8 a drone image")
+    event = event_for("drops", str(farm.drops), b"IMG_0001.jpg", image.stat(), source="test-uploader")
+    await boundaries.announce(farm.url, farm.password("uploader"), event)
+    await boundaries.assert_denied(farm.url, "uploader", farm.password("uploader"), boundaries.FORBIDDEN)
+    for subject in boundaries.FORBIDDEN:  # and the server logged each refusal, naming the user
+        assert f'"$G/user:uploader" - Publish Violation - Subject "{subject}"' in farm.server_log()
 
     async def ran() -> list[dict[str, Any]]:
         return [r for r in await _finished(farm, "on_drop") if r["run_id"] == file_run_id("on_drop", event.id)
@@ -171,35 +145,12 @@ async def _finished(farm: Farm, job: str) -> list[dict[str, Any]]:
 
 
 async def test_the_observer_reads_run_events_and_publishes_nothing(farm: Farm) -> None:
-    nc, errors = await farm.connect("observer")
-    try:
-        sub = await nc.subscribe("cropcron.run.>")
-        msg = await sub.next_msg(10)  # pulse runs every second
-        assert msg.subject.startswith("cropcron.run.pulse.")
-        for subject in ("cropcron.file.drops", "cropcron.trigger.high.pulse", "cropcron.run.pulse.dead"):
-            await nc.publish(subject, b"{}")
-            await wait_for(lambda s=subject: _denied(errors, s), 5, f"the server to deny {subject}")
-        # and no reading of anyone's replies
-        await nc.subscribe("_INBOX.>")
-        await wait_for(lambda: _any(errors, 'permissions violation for subscription to "_INBOX.>"'), 5,
-                       "the server to deny _INBOX.>")
-    finally:
-        await nc.close()
-
-
-async def _any(errors: list[str], text: str) -> bool:
-    return any(text.lower() in e.lower() for e in errors)
+    await boundaries.observer_reads_and_cannot_publish(farm.url, farm.password("observer"))
 
 
 async def test_the_runner_cannot_write_job_definitions(farm: Farm) -> None:
-    nc, errors = await farm.connect("runner")
-    try:
-        await nc.publish("$KV.cropcron_jobs.pulse", b'{"forged": true}')
-        await wait_for(lambda: _denied(errors, "$KV.cropcron_jobs.pulse"), 5, "the server to deny the runner")
-        await nc.publish("$JS.API.STREAM.DELETE.CROPCRON_RUNS", b"")
-        await wait_for(lambda: _denied(errors, "$JS.API.STREAM.DELETE.CROPCRON_RUNS"), 5, "a stream delete denied")
-    finally:
-        await nc.close()
+    await boundaries.assert_denied(farm.url, "runner", farm.password("runner"),
+                                   ("$KV.cropcron_jobs.pulse", "$JS.API.STREAM.DELETE.CROPCRON_RUNS"))
     jobs = farm.cli("jobs", "--json")
     assert jobs.returncode == 0 and "pulse" in [j["name"] for j in json.loads(jobs.stdout)]
 
@@ -208,6 +159,7 @@ async def test_jobs_get_no_credentials_unless_they_name_their_user(farm: Farm) -
     assert farm.cli("run", "nosy", "--wait", "60").returncode == 0
     seen = json.loads((farm.out / "nosy.json").read_text())
     assert "Authorization Violation" in seen["connect"], seen["connect"]
+    await boundaries.refused_without_credentials(farm.url)
     leaked = [k for k in seen["env"] if k.startswith(("CROPCRON_NATS", "NATS_", "CROPCRON_DASHBOARD", "PG"))
               or k in ("DATABASE_URL", "CROPCRON_SLACK_WEBHOOK")]
     assert leaked == [], leaked
