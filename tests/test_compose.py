@@ -135,7 +135,7 @@ class Stack:
         return json.loads(out.stdout)
 
     def logs(self) -> str:
-        out = subprocess.run(["docker", "compose", "-p", self.project, "logs", "--no-color", "--tail", "15"],
+        out = subprocess.run(["docker", "compose", "-p", self.project, "logs", "--no-color", "--tail", "40"],
                              env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
         return out.stdout[-6000:]
 
