@@ -20,9 +20,9 @@ from shared.catalog import (
     check_fits,
     plan_specs,
     plan_watches,
-    read_bucket,
     read_specs,
     read_states,
+    read_watches,
     set_paused,
     write_changes,
 )
@@ -31,6 +31,7 @@ from shared.errors import CommandError, UserError
 from shared.events import TERMINAL_STATES, RunEvent, decode
 from shared.job_schedule import describe_when, schedule_of
 from shared.manual import CannotRunNow, manual_trigger
+from shared.names import normalise_name, subject_key
 from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
 from shared.reply import ask
 from shared.watch_config import WatchConfig
@@ -64,7 +65,7 @@ async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], li
         # the stream and consumer settings (from their environment), so the CLI leaves them.
         await ensure_topology(bus.js)
     previous = await read_specs(bus.js)
-    old_watches = await read_bucket(bus.js, wire.KV_WATCHES, WatchConfig)
+    old_watches = await read_watches(bus.js)
     watch_changes, _ = plan_watches(old_watches, resolve_watches(config, base_dir))
     job_changes, names = plan_specs(previous, config.system, to_specs(config, base_dir, previous))
     # nothing is written unless everything fits; each bucket is then written all-or-nothing
@@ -86,7 +87,8 @@ async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], li
 async def _restore_watches(bus: Bus, old: dict[str, WatchConfig], written: Changes) -> None:
     """The jobs could not be written after the watches were: put the watches back as they were, so
     the broker holds the old config whole (a second failure is reported, not hidden)."""
-    undo: Changes = {name: old[name].model_dump_json().encode() if name in old else None for name in written}
+    names = {subject_key(name): name for name in old}
+    undo: Changes = {key: old[names[key]].model_dump_json().encode() if key in names else None for key in written}
     try:
         await write_changes(bus, wire.KV_WATCHES, undo)
     except Exception as exc:
@@ -111,7 +113,7 @@ async def job_rows(bus: Bus, with_last: bool = True) -> list[dict[str, Any]]:
         paused = bool(states.get(name) and states[name].paused)
         nxt = sched.next_after(now) if sched and not paused else None
         rows.append({
-            "name": name, "type": spec.job.type, "schedule": describe_when(spec), "timezone": spec.timezone,
+            "name": name, "key": subject_key(name), "type": spec.job.type, "schedule": describe_when(spec), "timezone": spec.timezone,
             "next_run": nxt.astimezone(ZoneInfo(spec.timezone)).isoformat() if nxt else None,
             "last_state": (last.get(name) or {}).get("state"), "last_at": (last.get(name) or {}).get("at"),
             "paused": paused, "enabled": spec.job.enabled, "priority": spec.job.priority,
@@ -120,7 +122,9 @@ async def job_rows(bus: Bus, with_last: bool = True) -> list[dict[str, Any]]:
 
 
 async def require_job(bus: Bus, name: str) -> JobSpec:
+    """The applied job named `name` as typed (NFC-normalised: a terminal may send decomposed Hangul)."""
     specs = await read_specs(bus.js)
+    name = normalise_name(name)
     if name not in specs:
         known = ", ".join(sorted(specs)) or "none applied"
         raise UserError(f"unknown job {name!r} (known: {known})")
@@ -130,6 +134,7 @@ async def require_job(bus: Bus, name: str) -> JobSpec:
 async def run_now(bus: Bus, name: str, wait: float | None) -> dict[str, Any]:
     """A manual trigger through the same path as ticks; optionally wait for its outcome."""
     spec = await require_job(bus, name)
+    name = spec.name
     try:
         subject, trigger = manual_trigger(spec, "cli")
     except CannotRunNow as exc:
@@ -156,8 +161,8 @@ async def run_now(bus: Bus, name: str, wait: float | None) -> dict[str, Any]:
 
 
 async def pause(bus: Bus, name: str, paused: bool) -> None:
-    await require_job(bus, name)
-    await set_paused(bus.js, name, paused)
+    spec = await require_job(bus, name)
+    await set_paused(bus.js, spec.name, paused)
 
 
 async def history(bus: Bus, query: RunsQuery) -> list[dict[str, Any]]:
