@@ -29,6 +29,7 @@ from shared.catalog import (
 from shared.config import Config, JobSpec, resolve_watches, to_specs
 from shared.errors import CommandError, UserError
 from shared.events import TERMINAL_STATES, RunEvent, decode
+from shared.i18n import Translator, translator
 from shared.job_schedule import describe_when, schedule_of
 from shared.manual import CannotRunNow, manual_trigger
 from shared.names import normalise_name, subject_key
@@ -96,7 +97,8 @@ async def _restore_watches(bus: Bus, old: dict[str, WatchConfig], written: Chang
                            f"put back ({exc!r}); run `cropcron apply` again") from None
 
 
-async def job_rows(bus: Bus, with_last: bool = True) -> list[dict[str, Any]]:
+async def job_rows(bus: Bus, with_last: bool = True, words: Translator | None = None) -> list[dict[str, Any]]:
+    """Every applied job, for `cropcron jobs`; `schedule` in `words` (English for --json)."""
     specs = await read_specs(bus.js)
     states = await read_states(bus.js)
     last: dict[str, Any] = {}
@@ -113,7 +115,7 @@ async def job_rows(bus: Bus, with_last: bool = True) -> list[dict[str, Any]]:
         paused = bool(states.get(name) and states[name].paused)
         nxt = sched.next_after(now) if sched and not paused else None
         rows.append({
-            "name": name, "key": subject_key(name), "type": spec.job.type, "schedule": describe_when(spec), "timezone": spec.timezone,
+            "name": name, "key": subject_key(name), "type": spec.job.type, "schedule": describe_when(spec, _=words or translator("en")), "timezone": spec.timezone,
             "next_run": nxt.astimezone(ZoneInfo(spec.timezone)).isoformat() if nxt else None,
             "last_state": (last.get(name) or {}).get("state"), "last_at": (last.get(name) or {}).get("at"),
             "paused": paused, "enabled": spec.job.enabled, "priority": spec.job.priority,
@@ -160,9 +162,11 @@ async def run_now(bus: Bus, name: str, wait: float | None) -> dict[str, Any]:
     return result
 
 
-async def pause(bus: Bus, name: str, paused: bool) -> None:
+async def pause(bus: Bus, name: str, paused: bool) -> str:
+    """Pause or resume; returns the job's name as applied."""
     spec = await require_job(bus, name)
     await set_paused(bus.js, spec.name, paused)
+    return spec.name
 
 
 async def history(bus: Bus, query: RunsQuery) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyDeletedError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -190,6 +190,15 @@ async def read_bucket(js: JetStreamContext, bucket: str, model: type[M]) -> dict
         except ValidationError as exc:
             log.error("ignoring unreadable %s entry %r: %s", bucket, key, exc)
     return out
+
+
+async def read_system(js: JetStreamContext) -> SystemConfig:
+    """The applied system section (defaults when nothing is applied yet or it is unreadable)."""
+    try:
+        entry = await (await js.key_value(wire.KV_JOBS)).get(wire.SYSTEM_KEY)
+        return SystemConfig.model_validate_json(entry.value or b"{}")
+    except (BucketNotFoundError, KeyNotFoundError, KeyDeletedError, ValidationError):
+        return SystemConfig()
 
 
 async def read_specs(js: JetStreamContext) -> dict[str, JobSpec]:

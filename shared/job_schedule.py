@@ -8,7 +8,10 @@ from zoneinfo import ZoneInfo
 
 from shared.config import JobSpec
 from shared.durations import format_duration
+from shared.i18n import Translator, translator
 from shared.schedule import Schedule
+
+ENGLISH = translator("en")
 
 
 def schedule_of(spec: JobSpec) -> Schedule | None:
@@ -24,18 +27,19 @@ def schedule_of(spec: JobSpec) -> Schedule | None:
     return None
 
 
-def describe_when(spec: JobSpec, cron: Callable[[str], str] = "cron {}".format) -> str:
-    """What starts the job, in a few words; `cron` renders a cron expression (the dashboard
-    passes one that says it in words)."""
+def describe_when(spec: JobSpec, cron: Callable[[str], str] = "cron {}".format,
+                  _: Translator = ENGLISH) -> str:
+    """What starts the job, in a few words, in the translator's language; `cron` renders a cron
+    expression (the dashboard passes one that says it in words)."""
     job = spec.job
     if job.schedule:
         return cron(job.schedule)
     if job.interval:
-        return f"every {format_duration(job.interval)}"
+        return _("every %(interval)s", interval=format_duration(job.interval))
     if job.run_at:
-        return f"once at {job.run_at.isoformat()}"
+        return _("once at %(at)s", at=job.run_at.isoformat())
     if job.on_file:
-        return f"on each file in {job.on_file}"
+        return _("on each file in %(watch)s", watch=job.on_file)
     if job.on_batch:
-        return f"on each flight batch in {job.on_batch.watch}"
-    return "on demand"
+        return _("on each flight batch in %(watch)s", watch=job.on_batch.watch)
+    return _("on demand")
