@@ -212,8 +212,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         _ = _words(args)
         # English keeps the ISO times it always printed; other languages read the farm's zone
         when = (lambda v: v) if _.locale == "en" else (lambda v: _.when(v, args.tz) if v else None)
-        print_table([_("run id"), _("job"), _("state"), _("attempt"), _("scheduled"), _("started"), _("duration s"),
-                     _("exit"), _("error / reason")],
+        print_table([_("run id"), _("job"), _("state"), _("attempt"), _("scheduled"), _.pgettext("column", "started"),
+                     _("duration s"), _("exit"), _("error / reason")],
                     [[r["run_id"], r["job"], _state(r["state"], _), r["attempt"], when(r["scheduled_at"]),
                       when(r["started_at"]), r["duration_s"], r["exit_code"], r["error"] or r["reason"]] for r in rows])
         return 0
@@ -229,7 +229,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
             return 0
         _ = _words(args)
         since = data["since"] if _.locale == "en" else _.when(data["since"], args.tz)
-        print(_("last %(days)s days (since %(since)s)", days=f"{args.days:g}", since=since))
+        days = format(args.days, "g")
+        print(_("last %(days)s days (since %(since)s)", days=days, since=since))
         cols = STATS_COLUMNS
         rows = [[_("ALL"), *(data["total"].get(c) for c in cols)]]
         rows += [[_("job %(name)s", name=r["job"]), *(r.get(c) for c in cols)] for r in data["jobs"]]

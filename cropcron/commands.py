@@ -29,8 +29,8 @@ from shared.catalog import (
 from shared.config import Config, JobSpec, resolve_watches, to_specs
 from shared.errors import CommandError, UserError
 from shared.events import TERMINAL_STATES, RunEvent, decode
-from shared.i18n import Translator, translator
-from shared.job_schedule import describe_when, schedule_of
+from shared.i18n import Translator
+from shared.job_schedule import cron_words, describe_when, schedule_of
 from shared.manual import CannotRunNow, manual_trigger
 from shared.names import normalise_name, subject_key
 from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
@@ -98,7 +98,8 @@ async def _restore_watches(bus: Bus, old: dict[str, WatchConfig], written: Chang
 
 
 async def job_rows(bus: Bus, with_last: bool = True, words: Translator | None = None) -> list[dict[str, Any]]:
-    """Every applied job, for `cropcron jobs`; `schedule` in `words` (English for --json)."""
+    """Every applied job, for `cropcron jobs`; `schedule` in `words` for people (in words, not cron),
+    else as --json always gave it."""
     specs = await read_specs(bus.js)
     states = await read_states(bus.js)
     last: dict[str, Any] = {}
@@ -115,7 +116,8 @@ async def job_rows(bus: Bus, with_last: bool = True, words: Translator | None = 
         paused = bool(states.get(name) and states[name].paused)
         nxt = sched.next_after(now) if sched and not paused else None
         rows.append({
-            "name": name, "key": subject_key(name), "type": spec.job.type, "schedule": describe_when(spec, _=words or translator("en")), "timezone": spec.timezone,
+            "name": name, "key": subject_key(name), "type": spec.job.type, "schedule": describe_when(spec, lambda expr: cron_words(expr, words), words) if words
+            else describe_when(spec), "timezone": spec.timezone,
             "next_run": nxt.astimezone(ZoneInfo(spec.timezone)).isoformat() if nxt else None,
             "last_state": (last.get(name) or {}).get("state"), "last_at": (last.get(name) or {}).get("at"),
             "paused": paused, "enabled": spec.job.enabled, "priority": spec.job.priority,

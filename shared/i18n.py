@@ -53,8 +53,9 @@ def messages(locale: str) -> dict[str, str]:
         return {}
     with path.open("rb") as handle:
         catalog = read_po(handle, locale=locale)
-    return {str(m.id): str(m.string) for m in catalog if m.id and isinstance(m.id, str) and m.string
-            and not m.fuzzy}
+    # a message with a context ("column" for a table header) is keyed "<context>\x04<id>", as gettext does
+    return {(f"{m.context}\x04" if m.context else "") + str(m.id): str(m.string)
+            for m in catalog if m.id and isinstance(m.id, str) and m.string and not m.fuzzy}
 
 
 class Translator:
@@ -64,6 +65,10 @@ class Translator:
 
     def gettext(self, msgid: str) -> str:
         return self._messages.get(msgid) or msgid
+
+    def pgettext(self, context: str, msgid: str) -> str:
+        """A word that reads differently where it stands ("started": a state, or a column)."""
+        return self._messages.get(f"{context}\x04{msgid}") or msgid
 
     def __call__(self, msgid: str, **values: Any) -> str:
         text = self.gettext(msgid)

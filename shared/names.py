@@ -53,7 +53,8 @@ def name_problem(name: str) -> str | None:
         return _("is %(count)d characters long; at most %(max)d", count=len(name), max=MAX_NAME_CHARS)
     for char in name:
         if unicodedata.category(char) in _REFUSED_CATEGORIES or char in _BIDI:
-            return _("must not contain control characters (found %(code)s)", code=f"U+{ord(char):04X}")
+            code = f"U+{ord(char):04X}"
+            return _("must not contain control characters (found %(code)s)", code=code)
     if name != name.strip():
         return _("must not start or end with a space")
     if name.startswith(KEY_PREFIX):

@@ -11,6 +11,7 @@ import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from babel.messages.extract import extract
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from services.dashboard.words import JS_MESSAGES, cron_words  # noqa: E402
 from shared.i18n import LOCALES, messages, resolve_locale, translator  # noqa: E402
 
-KEYWORDS = {"_": None, "N_": None, "gettext": None}
+KEYWORDS: dict[str, Any] = {"_": None, "N_": None, "gettext": None, "pgettext": ((1, "c"), 2)}
 PLACEHOLDER = re.compile(r"%\((\w+)\)[sd]")
 JS_CALL = re.compile(r"""\bt\("((?:[^"\\]|\\.)*)"[,)]""")
 
@@ -34,9 +35,10 @@ def used_messages() -> dict[str, str]:
     for package in ("shared", "services", "cropcron"):
         for path in sorted((ROOT / package).rglob("*.py")):
             with path.open("rb") as handle:
-                for lineno, message, _comments, _context in extract("python", handle, KEYWORDS):
+                for lineno, message, _comments, context in extract("python", handle, KEYWORDS):
                     if isinstance(message, str):
-                        found.setdefault(message, f"{path.relative_to(ROOT)}:{lineno}")
+                        key = f"{context}\x04{message}" if context else message
+                        found.setdefault(key, f"{path.relative_to(ROOT)}:{lineno}")
     for path in sorted((ROOT / "services/dashboard/templates").glob("*.html")):
         with path.open("rb") as handle:
             for lineno, _func, message, _comments in babel_extract(handle, KEYWORDS, [], {}):
@@ -50,7 +52,7 @@ def used_messages() -> dict[str, str]:
 
 def catalog(locale: str) -> dict[str, str]:
     with (ROOT / "shared/locales" / f"{locale}.po").open("rb") as handle:
-        return {str(m.id): str(m.string) for m in read_po(handle) if m.id}
+        return {(f"{m.context}\x04" if m.context else "") + str(m.id): str(m.string) for m in read_po(handle) if m.id}
 
 
 @pytest.mark.parametrize("locale", [loc for loc in LOCALES if loc != "en"])
@@ -100,8 +102,10 @@ def test_words_and_times_in_korean() -> None:
 if __name__ == "__main__":  # the missing entries, as .po text to translate
     have = catalog("ko")
     out = io.StringIO()
-    for msgid, where in used_messages().items():
-        if not have.get(msgid):
+    for key, where in used_messages().items():
+        if not have.get(key):
+            context, _, msgid = key.rpartition("\x04")
             escaped = msgid.replace("\\", "\\\\").replace('"', '\\"')
-            out.write(f"#: {where}\nmsgid \"{escaped}\"\nmsgstr \"\"\n\n")
+            out.write(f"#: {where}\n" + (f"msgctxt \"{context}\"\n" if context else "")
+                      + f"msgid \"{escaped}\"\nmsgstr \"\"\n\n")
     sys.stdout.write(out.getvalue())

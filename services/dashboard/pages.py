@@ -39,8 +39,8 @@ def duration_text(value: Any, _: Translator) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 120:
-        return _("%(n)s s", n=f"{seconds:.1f}")
-    return _("%(n)s min", n=f"{seconds / 60:.1f}")
+        return _("%(n)s s", n=round(seconds, 1))
+    return _("%(n)s min", n=round(seconds / 60, 1))
 
 
 def _percent(value: Any) -> str:

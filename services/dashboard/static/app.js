@@ -208,7 +208,7 @@ async function hourlyChart(node) {
   const data = await api("GET", "/api/charts/hourly?days=7");
   const xs = data.hours.map((h) => Date.parse(h) / 1000);
   const opts = {width: chartWidth(node), height: 260, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
-    series: [TIME_24H, ...SERIES.map(([name, stroke, dash]) => ({label: `${ICONS[name]} ${t(name)}`, stroke, dash, width: 2}))],
+    series: [{...TIME_24H, label: t("Time")}, ...SERIES.map(([name, stroke, dash]) => ({label: `${ICONS[name]} ${t(name)}`, stroke, dash, width: 2}))],
     axes: [{values: AXIS_24H}, {label: t("runs per hour")}]};
   node.replaceChildren();
   new uPlot(opts, [xs, ...SERIES.map(([name]) => data.series[name] || xs.map(() => 0))], node);
@@ -219,7 +219,7 @@ async function durationChart(node) {
   if (!data.runs.length) { node.textContent = t("No finished runs yet."); return; }
   const xs = data.runs.map((r) => Date.parse(r.at) / 1000);
   const opts = {width: chartWidth(node), height: 240, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
-    series: [TIME_24H, {label: t("duration (s)"), stroke: "#0969da", width: 2, points: {show: true, size: 6}}],
+    series: [{...TIME_24H, label: t("Time")}, {label: t("duration (s)"), stroke: "#0969da", width: 2, points: {show: true, size: 6}}],
     axes: [{values: AXIS_24H}, {label: t("seconds")}]};
   node.replaceChildren();
   new uPlot(opts, [xs, data.runs.map((r) => r.duration_s)], node);
