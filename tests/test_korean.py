@@ -16,8 +16,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import unicodedata
 from email.header import decode_header, make_header
 from pathlib import Path
@@ -252,3 +254,43 @@ async def test_dashboard_in_korean_in_chromium(system: System, monkeypatch: pyte
             await context.close()
     finally:
         await dash.bus.close()
+
+
+def test_prototype_config_under_up(tmp_path: Path, up_data_dir: Path) -> None:
+    """The issue's own words: `cropcron up --config` the prototype's config with commands, then
+    `cropcron run` and `cropcron history --job "아침 드론 영상 처리"`."""
+    farm, _ = _prototype_copy(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL", "CROPCRON_LOCALE")}
+    env.update(CROPCRON_DATA_DIR=str(up_data_dir), PYTHONPATH=str(ROOT))
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen([sys.executable, "-m", "cropcron", "up", "--config", str(farm / "farm.yaml")], env=env,
+                          stdout=log, stderr=subprocess.STDOUT, cwd=farm, start_new_session=True)
+    try:
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "cropcron", *args], env=env, cwd=farm, capture_output=True,
+                                  text=True, timeout=90, check=False)
+
+        deadline = time.monotonic() + 60
+        while True:  # up is serving once its config is applied
+            assert up.poll() is None and time.monotonic() < deadline, (tmp_path / "up.log").read_text()
+            jobs = run("jobs", "--json")
+            if jobs.returncode == 0 and len(json.loads(jobs.stdout)) == len(PROTOTYPE_JOBS):
+                break
+            time.sleep(0.5)
+        out = run("run", MORNING, "--wait", "60")
+        assert out.returncode == 0 and out.stdout.strip().endswith(": 성공"), (out, (tmp_path / "up.log").read_text())
+        run_id = out.stdout.split()[-2].rstrip(":")
+        rows: list[dict[str, Any]] = []
+        while not rows and time.monotonic() < deadline + 30:
+            rows = [r for r in json.loads(run("history", "--job", MORNING, "--json").stdout) if r["state"] == "succeeded"]
+            time.sleep(0.3)
+        assert [r["run_id"] for r in rows] == [run_id]
+        out = run("history", "--job", MORNING)
+        assert run_id in out.stdout and "성공" in out.stdout and MORNING in out.stdout, out
+        os.killpg(up.pid, signal.SIGINT)
+        assert up.wait(30) == 0
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+        log.close()
