@@ -29,7 +29,7 @@ from shared.config import ConfigError, load_config
 from shared.durations import parse_since
 from shared.errors import CommandError, UserError
 from shared.events import RunState
-from shared.i18n import N_, Translator, resolve_locale, translator
+from shared.i18n import N_, Translator, resolve_locale, translator, using
 from shared.queries import RunsQuery
 from shared.settings import ServiceSettings
 
@@ -77,7 +77,8 @@ def _with_bus(args: argparse.Namespace, fn: Callable[[Bus], Awaitable[int]]) -> 
             # people's output in the farm's language and zone, as applied (`--json` stays English)
             system = await read_system(bus.js)
             args.words, args.tz = translator(resolve_locale(system.locale)), system.timezone
-            return await fn(bus)
+            with using(args.words.locale):  # what the commands say to people (unknown job, ...)
+                return await fn(bus)
         finally:
             await bus.close()
 

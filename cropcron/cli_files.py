@@ -22,6 +22,7 @@ from shared.catalog import read_watches
 from shared.errors import CommandError, UserError
 from shared.events import FileEvent
 from shared.files import PathRefused, event_for, resolve_inside
+from shared.i18n import _
 from shared.names import normalise_name, subject_key
 from shared.watch_config import WatchConfig, ZeroBytePolicy
 
@@ -35,10 +36,10 @@ async def read_watch(bus: Bus, name: str) -> WatchConfig:
         entry = None
     if entry is None or not entry.value:
         try:
-            known = ", ".join(sorted(await read_watches(bus.js))) or "none"
+            known = ", ".join(sorted(await read_watches(bus.js))) or _("none")
         except Exception:
-            known = "none"
-        raise UserError(f"unknown watch {name!r} (applied watches: {known})")
+            known = _("none")
+        raise UserError(_("unknown watch %(name)s (applied watches: %(known)s)", name=repr(name), known=known))
     return WatchConfig.model_validate_json(entry.value)
 
 

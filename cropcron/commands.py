@@ -29,7 +29,7 @@ from shared.catalog import (
 from shared.config import Config, JobSpec, resolve_watches, to_specs
 from shared.errors import CommandError, UserError
 from shared.events import TERMINAL_STATES, RunEvent, decode
-from shared.i18n import Translator
+from shared.i18n import Translator, _
 from shared.job_schedule import cron_words, describe_when, schedule_of
 from shared.manual import CannotRunNow, manual_trigger
 from shared.names import normalise_name, subject_key
@@ -130,8 +130,8 @@ async def require_job(bus: Bus, name: str) -> JobSpec:
     specs = await read_specs(bus.js)
     name = normalise_name(name)
     if name not in specs:
-        known = ", ".join(sorted(specs)) or "none applied"
-        raise UserError(f"unknown job {name!r} (known: {known})")
+        known = ", ".join(sorted(specs)) or _("none applied")
+        raise UserError(_("unknown job %(name)s (known: %(known)s)", name=repr(name), known=known))
     return specs[name]
 
 

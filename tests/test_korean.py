@@ -5,7 +5,8 @@ servers (NATS, Postgres, aiosmtpd, Chromium) with `system.locale: ko`.
   in English or Korean; bad names are refused with the job and the reason.
 - With commands added (examples/prototype-with-commands.yaml) it runs: `cropcron run` and
   `cropcron history --job "아침 드론 영상 처리"` by the name as written, the dashboard's API by the
-  URL-encoded name, its pages in Korean, a failed attempt's alert email in Korean.
+  URL-encoded name, its pages in Korean, a failed attempt's alert email in Korean; an `apply` with
+  `locale: en` turns the running dashboard English. Also under `cropcron up`.
 - The dashboard in Chromium, desktop and phone widths, Korean rendered with a CJK font: screenshots
   in the test's directory (tmp_path/screenshots)."""
 
@@ -29,7 +30,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 from browser import TOKEN, Dashboard, chromium, start_dashboard  # noqa: F401  (fixtures)
-from conftest import ROOT, System, wait_for
+from conftest import ROOT, System, apply_yaml, wait_for
 from notify_helpers import fast_notify, notifications
 from peers_mail import MailServer
 
@@ -126,6 +127,7 @@ async def test_prototype_config_runs_in_korean(system: System, monkeypatch: pyte
             await _runs_by_name(dash, farm)
             await _dashboard_in_korean(dash)
             await _alert_email_in_korean(dash, farm, mail)
+            await _language_follows_apply(dash, raw, farm)
         finally:
             await dash.bus.close()
 
@@ -154,6 +156,8 @@ async def _runs_by_name(dash: Dashboard, farm: Path) -> None:
     jobs = json.loads((await acli(["jobs", "--json"], farm, url)).stdout)
     assert {j["name"]: j["key"] for j in jobs}[MORNING] == "_5skyj3fzvaqoxe445oq2aihmtca6za4bedwlfghlu2wa"
     assert {j["name"] for j in jobs} == set(PROTOTYPE_JOBS)
+    out = await acli(["pause", "없는 작업"], farm, url)
+    assert out.returncode == 2 and "알 수 없는 작업 '없는 작업' (등록된 작업: " in out.stderr, out
     # the run's output landed beside the config, as with `cropcron up --config farm.yaml`
     assert list((farm / "data" / "reports").glob(f"images-morning-{run_id}.json"))
 
@@ -170,6 +174,19 @@ async def _dashboard_in_korean(dash: Dashboard) -> None:
             assert words in page.text, words
         r = await c.get(f"/api/jobs/{quote('없는 작업')}")
         assert r.status_code == 404 and "없는 작업" in r.json()["error"]
+
+
+async def _language_follows_apply(dash: Dashboard, raw: dict[str, Any], farm: Path) -> None:
+    """`apply` with another locale: the running dashboard speaks it at the next page, no restart."""
+    raw["system"]["locale"] = "en"
+    await apply_yaml(dash.bus, yaml.safe_dump(raw, allow_unicode=True), farm)
+
+    async def english() -> bool:
+        async with dash.authed() as c:
+            page = await c.get(f"/jobs/{quote(MORNING)}")
+        return '<html lang="en">' in page.text and "Run now" in page.text and "every day at 06:00" in page.text
+
+    await wait_for(english, 15, "the dashboard in English after applying locale: en")
 
 
 async def _alert_email_in_korean(dash: Dashboard, farm: Path, mail: MailServer) -> None:
