@@ -67,7 +67,7 @@ async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], li
         await ensure_topology(bus.js)
     previous = await read_specs(bus.js)
     old_watches = await read_watches(bus.js)
-    watch_changes, _ = plan_watches(old_watches, resolve_watches(config, base_dir))
+    watch_changes, _names = plan_watches(old_watches, resolve_watches(config, base_dir))
     job_changes, names = plan_specs(previous, config.system, to_specs(config, base_dir, previous))
     # nothing is written unless everything fits; each bucket is then written all-or-nothing
     try:

@@ -210,7 +210,7 @@ class JobConfig(BaseModel):
     @classmethod
     def _check_call(cls, value: str | None) -> str | None:
         if value is not None:
-            module, _, func = value.partition(":")
+            module, _colon, func = value.partition(":")
             if not module or not func or not all(p.isidentifier() for p in [*module.split("."), func]):
                 raise ValueError(f"must look like 'package.module:function', got {value!r}")
         return value

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import unicodedata
 from typing import Final
@@ -71,6 +72,7 @@ def check_name(value: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=100_000)  # the timer derives a subject per job per instant
 def subject_key(name: str) -> str:
     """The name's key in subjects and KV (see the module docstring); normalises first."""
     name = normalise_name(name)
