@@ -26,12 +26,13 @@ from cropcron.tables import print_json, print_table
 from shared import nats_auth
 from shared.bus import Bus, IncompatibleBroker
 from shared.catalog import read_system
-from shared.config import ConfigError, load_config
+from shared.config import ConfigError, SystemConfig, load_config
 from shared.durations import parse_since
 from shared.errors import CommandError, UserError
 from shared.events import RunState
 from shared.i18n import N_, Translator, resolve_locale, translator, using
 from shared.nats_auth import Credentials, CredentialsError
+from shared.permissions import OUTSIDE_USERS
 from shared.queries import RunsQuery
 from shared.settings import ServiceSettings
 
@@ -76,10 +77,14 @@ def _nats_url(args: argparse.Namespace) -> tuple[str, Credentials | None]:
 
 def _with_bus(args: argparse.Namespace, fn: Callable[[Bus], Awaitable[int]]) -> int:
     async def main() -> int:
-        bus = await commands.open_bus(*_nats_url(args))
+        url, creds = _nats_url(args)
+        bus = await commands.open_bus(url, creds)
         try:
-            # people's output in the farm's language and zone, as applied (`--json` stays English)
-            system = await read_system(bus.js)
+            # people's output in the farm's language and zone, as applied (`--json` stays English);
+            # an outside user (a job announcing files as `uploader`) may not read the applied config:
+            # CROPCRON_LOCALE or the default then
+            restricted = creds is not None and creds.user in OUTSIDE_USERS
+            system = SystemConfig() if restricted else await read_system(bus.js)
             args.words, args.tz = translator(resolve_locale(system.locale)), system.timezone
             with using(args.words.locale):  # what the commands say to people (unknown job, ...)
                 return await fn(bus)
