@@ -25,13 +25,22 @@ from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
 from cropcron.tables import print_json, print_table
 from shared import nats_auth
 from shared.bus import Bus, IncompatibleBroker
-from shared.config import ConfigError, load_config
+from shared.catalog import read_system
+from shared.config import ConfigError, SystemConfig, load_config
 from shared.durations import parse_since
 from shared.errors import CommandError, UserError
 from shared.events import RunState
+from shared.i18n import N_, Translator, resolve_locale, translator, using
 from shared.nats_auth import Credentials, CredentialsError
+from shared.permissions import OUTSIDE_USERS
 from shared.queries import RunsQuery
 from shared.settings import ServiceSettings
+
+# words people read for ids (translated in shared/locales; --json keeps the ids)
+STATE_WORDS = frozenset({N_("started"), N_("succeeded"), N_("failed"), N_("retrying"), N_("dead"), N_("skipped"),
+                         N_("missed"), N_("queued"), N_("still running")})
+STATS_COLUMNS = [N_("total"), N_("succeeded"), N_("failed"), N_("missed"), N_("skipped"), N_("mean_duration_s"),
+                 N_("p95_duration_s")]
 
 
 class _OneLine(logging.Filter):
@@ -68,9 +77,17 @@ def _nats_url(args: argparse.Namespace) -> tuple[str, Credentials | None]:
 
 def _with_bus(args: argparse.Namespace, fn: Callable[[Bus], Awaitable[int]]) -> int:
     async def main() -> int:
-        bus = await commands.open_bus(*_nats_url(args))
+        url, creds = _nats_url(args)
+        bus = await commands.open_bus(url, creds)
         try:
-            return await fn(bus)
+            # people's output in the farm's language and zone, as applied (`--json` stays English);
+            # an outside user (a job announcing files as `uploader`) may not read the applied config:
+            # CROPCRON_LOCALE or the default then
+            restricted = creds is not None and creds.user in OUTSIDE_USERS
+            system = SystemConfig() if restricted else await read_system(bus.js)
+            args.words, args.tz = translator(resolve_locale(system.locale)), system.timezone
+            with using(args.words.locale):  # what the commands say to people (unknown job, ...)
+                return await fn(bus)
         finally:
             await bus.close()
 
@@ -103,29 +120,42 @@ def _limit(text: str) -> int:
 
 
 # -- commands --------------------------------------------------------------------------
+def _state(value: str | None, _: Translator) -> str | None:
+    return _(value) if value in STATE_WORDS else value
+
+
+def _words(args: argparse.Namespace) -> Translator:
+    words: Translator = getattr(args, "words", None) or translator(resolve_locale(None))
+    return words
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
+    config = load_config(args.file)  # problems come in the file's own language (system.locale)
+    args.words = _ = translator(resolve_locale(config.system.locale))
     cli_alerts.check_secrets(config)  # notification secrets present, webhook URLs well formed
     if args.json:
         print_json({"ok": True, "jobs": [j.name for j in config.jobs]})
     else:
-        print(f"{args.file}: ok, {len(config.jobs)} jobs")
+        print(_("%(file)s: ok, %(count)s jobs", file=args.file, count=len(config.jobs)))
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     config = load_config(args.file)  # a bad file is refused before anything is touched
+    args.words = translator(resolve_locale(config.system.locale))
     cli_alerts.check_secrets(config)
     base_dir = Path(args.file).resolve().parent
 
     async def go(bus: Bus) -> int:
         added, changed, removed = await commands.apply(bus, config, base_dir)
         await cli_alerts.apply_notifications(bus, config)
+        _ = translator(resolve_locale(config.system.locale))  # the language just applied
         if args.json:
             print_json({"added": added, "changed": changed, "removed": removed})
         else:
-            print(f"applied {args.file}: {len(added)} added, {len(changed)} changed, {len(removed)} removed")
-            for label, names in (("added", added), ("changed", changed), ("removed", removed)):
+            print(_("applied %(file)s: %(added)s added, %(changed)s changed, %(removed)s removed", file=args.file,
+                    added=len(added), changed=len(changed), removed=len(removed)))
+            for label, names in ((_("added"), added), (_("changed"), changed), (_("removed"), removed)):
                 for name in names:
                     print(f"  {label}: {name}")
         return 0
@@ -135,13 +165,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     async def go(bus: Bus) -> int:
-        rows = await commands.job_rows(bus)
         if args.json:
-            print_json(rows)
-        else:
-            print_table(["name", "type", "schedule", "timezone", "next run", "last state", "paused"],
-                        [[r["name"], r["type"], r["schedule"], r["timezone"], r["next_run"], r["last_state"],
-                          "yes" if r["paused"] else "no"] for r in rows])
+            print_json(await commands.job_rows(bus))
+            return 0
+        _ = _words(args)
+        rows = await commands.job_rows(bus, words=_)
+        print_table([_("name"), _("key"), _("type"), _("schedule"), _("timezone"), _("next run"), _("last state"),
+                     _("paused")],
+                    [[r["name"], r["key"], r["type"], r["schedule"], r["timezone"], _.when(r["next_run"], r["timezone"]) if r["next_run"] else None,
+                      _state(r["last_state"], _), _("yes") if r["paused"] else _("no")] for r in rows])
         return 0
 
     return _with_bus(args, go)
@@ -153,7 +185,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.json:
             print_json(result)
         else:
-            print(f"run {result['run_id']} of {args.job}: {result['state']}"
+            _ = _words(args)
+            print(_("run %(id)s of %(job)s: %(state)s", id=result["run_id"], job=result["job"],
+                    state=_state(result["state"], _))
                   + (f" ({result.get('error')})" if result.get("error") else ""))
         # 0 only for what was asked: queued (no --wait) or succeeded; a run still going at the end
         # of --wait, or failing, is not a success for a script waiting on it
@@ -164,11 +198,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_pause(args: argparse.Namespace, paused: bool) -> int:
     async def go(bus: Bus) -> int:
-        await commands.pause(bus, args.job, paused)
+        name = await commands.pause(bus, args.job, paused)
         if args.json:
-            print_json({"job": args.job, "paused": paused})
+            print_json({"job": name, "paused": paused})
         else:
-            print(f"{args.job}: {'paused' if paused else 'resumed'}")
+            _ = _words(args)
+            done = _("paused") if paused else _("resumed")
+            print(f"{name}: {done}")
         return 0
 
     return _with_bus(args, go)
@@ -182,11 +218,14 @@ def cmd_history(args: argparse.Namespace) -> int:
         rows = await commands.history(bus, query)
         if args.json:
             print_json(rows)
-        else:
-            print_table(["run id", "job", "state", "attempt", "scheduled", "started", "duration s", "exit",
-                         "error / reason"],
-                        [[r["run_id"], r["job"], r["state"], r["attempt"], r["scheduled_at"], r["started_at"],
-                          r["duration_s"], r["exit_code"], r["error"] or r["reason"]] for r in rows])
+            return 0
+        _ = _words(args)
+        # English keeps the ISO times it always printed; other languages read the farm's zone
+        when = (lambda v: v) if _.locale == "en" else (lambda v: _.when(v, args.tz) if v else None)
+        print_table([_("run id"), _("job"), _("state"), _("attempt"), _("scheduled"), _.pgettext("column", "started"),
+                     _("duration s"), _("exit"), _("error / reason")],
+                    [[r["run_id"], r["job"], _state(r["state"], _), r["attempt"], when(r["scheduled_at"]),
+                      when(r["started_at"]), r["duration_s"], r["exit_code"], r["error"] or r["reason"]] for r in rows])
         return 0
 
     return _with_bus(args, go)
@@ -198,12 +237,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
         if args.json:
             print_json(data)
             return 0
-        print(f"last {args.days:g} days (since {data['since']})")
-        cols = ["total", "succeeded", "failed", "missed", "skipped", "mean_duration_s", "p95_duration_s"]
-        rows = [["ALL", *(data["total"].get(c) for c in cols)]]
-        rows += [[f"job {r['job']}", *(r.get(c) for c in cols)] for r in data["jobs"]]
-        rows += [[f"type {r['job_type']}", *(r.get(c) for c in cols)] for r in data["types"]]
-        print_table(["", *cols], rows)
+        _ = _words(args)
+        since = data["since"] if _.locale == "en" else _.when(data["since"], args.tz)
+        days = format(args.days, "g")
+        print(_("last %(days)s days (since %(since)s)", days=days, since=since))
+        cols = STATS_COLUMNS
+        rows = [[_("ALL"), *(data["total"].get(c) for c in cols)]]
+        rows += [[_("job %(name)s", name=r["job"]), *(r.get(c) for c in cols)] for r in data["jobs"]]
+        rows += [[_("type %(type)s", type=r["job_type"]), *(r.get(c) for c in cols)] for r in data["types"]]
+        print_table(["", *(_(c) for c in cols)], rows)
         return 0
 
     return _with_bus(args, go)
@@ -212,9 +254,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     async def go(bus: Bus) -> int:
         data = await commands.cleanup(bus, args.older_than_days)
-        print_json(data) if args.json else print(
-            f"removed {data['runs']} runs, {data['rejections']} rejections, {data.get('alerts', 0)} alerts, "
-            f"{data.get('deliveries', 0)} alert deliveries")
+        print_json(data) if args.json else print(_words(args)(
+            "removed %(runs)s runs, %(rejections)s rejections, %(alerts)s alerts, %(deliveries)s alert deliveries",
+            runs=data["runs"], rejections=data["rejections"], alerts=data.get("alerts", 0),
+            deliveries=data.get("deliveries", 0)))
         return 0
 
     return _with_bus(args, go)
@@ -332,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.fn(args)
         return code
     except ConfigError as exc:
-        print(f"invalid config: {len(exc.problems)} problem(s)", file=sys.stderr)
+        _ = translator(exc.locale)
+        print(_("invalid config: %(count)s problem(s)", count=len(exc.problems)), file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from typing import Any
 from cropcron import commands
 from cropcron.tables import print_json, print_table
 from services.notifier.channels import DeliveryError, Sender, make_sender
+from services.notifier.render import PLAIN, Look
 from services.notifier.settings import NotifierSettings
 from services.notifier.state import config_bytes, load_config
 from shared import wire
@@ -21,6 +22,7 @@ from shared.config import Config, ConfigError
 from shared.config import load_config as load_file
 from shared.errors import CommandError, UserError
 from shared.events import Alert, Notification, utcnow
+from shared.i18n import Translator, resolve_locale, translator
 from shared.notify_config import (
     NotificationsConfig,
     channel_problems,
@@ -54,11 +56,11 @@ async def apply_notifications(bus: Bus, config: Config) -> None:
     await kv.put(wire.NOTIFY_CONFIG_KEY, config_bytes(config.notifications))
 
 
-def _sender(name: str, config: NotificationsConfig) -> Sender:
+def _sender(name: str, config: NotificationsConfig, look: Look) -> Sender:
     channel = config.channels.get(name)
     if channel is None:
         raise UserError(f"unknown channel {name!r} (known: {', '.join(sorted(config.channels)) or 'none configured'})")
-    return make_sender(name, channel, NotifierSettings())
+    return make_sender(name, channel, NotifierSettings(), look=lambda: look)
 
 
 def sample_notification(channel: str) -> Notification:
@@ -69,8 +71,9 @@ def sample_notification(channel: str) -> Notification:
                         status="test", alerts=[alert], total=1, created_at=now)
 
 
-async def send_test(name: str, config: NotificationsConfig) -> dict[str, Any]:
-    sender = _sender(name, config)
+async def send_test(name: str, config: NotificationsConfig, look: Look = PLAIN) -> dict[str, Any]:
+    """A test message through one channel, written as the farm's messages are (`look`)."""
+    sender = _sender(name, config, look)
     problems = channel_problems(name, config.channels[name])
     if problems:
         return {"channel": name, "ok": False, "error": problems[0]}
@@ -85,24 +88,30 @@ async def send_test(name: str, config: NotificationsConfig) -> dict[str, Any]:
 
 def cmd_notify_test(args: argparse.Namespace, with_bus: Callable[..., int]) -> int:
     def report(result: dict[str, Any]) -> int:
+        _: Translator = args.words
         if args.json:
             print_json(result)
         elif result["ok"]:
-            print(f"notify-test {args.channel}: sent" + (f" (Message-ID {result['message_id']})"
-                                                         if result.get("message_id") else ""))
+            print(_("notify-test %(channel)s: sent", channel=args.channel)
+                  + (f" (Message-ID {result['message_id']})" if result.get("message_id") else ""))
         else:
-            print(f"cropcron: notify-test {args.channel} failed: {result['error']}", file=sys.stderr)
+            print("cropcron: " + _("notify-test %(channel)s failed: %(error)s", channel=args.channel,
+                                   error=result["error"]), file=sys.stderr)
         return 0 if result["ok"] else 1
 
     if args.config:
-        return report(asyncio.run(send_test(args.channel, load_file(args.config).notifications)))
+        config = load_file(args.config)
+        locale = resolve_locale(config.system.locale)
+        args.words = translator(locale)
+        look = Look(locale, config.system.timezone)
+        return report(asyncio.run(send_test(args.channel, config.notifications, look)))
 
     async def go(bus: Bus) -> int:
         kv = await bus.js.key_value(wire.KV_NOTIFY)
         config = await load_config(kv)
         if config is None:
             raise CommandError("no notifications config applied yet; run `cropcron apply FILE` or pass --config FILE")
-        return report(await send_test(args.channel, config))
+        return report(await send_test(args.channel, config, Look(args.words.locale, args.tz)))
 
     return with_bus(args, go)
 
@@ -115,9 +124,11 @@ def cmd_alerts(args: argparse.Namespace, with_bus: Callable[..., int]) -> int:
         if args.json:
             print_json(rows)
             return 0
-        print_table(["at", "level", "kind", "job", "summary", "deliveries"],
-                    [[r["at"], r["level"] + (" (resolved)" if r["resolved"] else ""), r["kind"], r["job"],
-                      r["summary"][:80], _deliveries(r["deliveries"])] for r in rows])
+        _: Translator = args.words
+        at = (lambda v: v) if _.locale == "en" else (lambda v: _.when(v, args.tz))
+        print_table([_("at"), _("level"), _("kind"), _("job"), _("summary"), _("deliveries")],
+                    [[at(r["at"]), _(r["level"]) + (" " + _("(resolved)") if r["resolved"] else ""), r["kind"],
+                      r["job"], r["summary"][:80], _deliveries(r["deliveries"])] for r in rows])
         return 0
 
     return with_bus(args, go)

@@ -18,25 +18,28 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from cropcron.tables import print_json
 from shared import wire
 from shared.bus import Bus, publish_all
+from shared.catalog import read_watches
 from shared.errors import CommandError, UserError
 from shared.events import FileEvent
 from shared.files import PathRefused, event_for, resolve_inside
-from shared.kv_read import bucket_entries
+from shared.i18n import _
+from shared.names import normalise_name, subject_key
 from shared.watch_config import WatchConfig, ZeroBytePolicy
 
 
 async def read_watch(bus: Bus, name: str) -> WatchConfig:
     kv = await bus.js.key_value(wire.KV_WATCHES)
+    name = normalise_name(name)
     try:
-        entry = await kv.get(name)
+        entry = await kv.get(subject_key(name))
     except (KeyNotFoundError, KeyDeletedError):
         entry = None
     if entry is None or not entry.value:
         try:
-            known = ", ".join(sorted(await bucket_entries(bus.js, wire.KV_WATCHES))) or "none"
+            known = ", ".join(sorted(await read_watches(bus.js))) or _("none")
         except Exception:
-            known = "none"
-        raise UserError(f"unknown watch {name!r} (applied watches: {known})")
+            known = _("none")
+        raise UserError(_("unknown watch %(name)s (applied watches: %(known)s)", name=repr(name), known=known))
     return WatchConfig.model_validate_json(entry.value)
 
 

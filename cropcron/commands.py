@@ -20,17 +20,19 @@ from shared.catalog import (
     check_fits,
     plan_specs,
     plan_watches,
-    read_bucket,
     read_specs,
     read_states,
+    read_watches,
     set_paused,
     write_changes,
 )
 from shared.config import Config, JobSpec, resolve_watches, to_specs
 from shared.errors import CommandError, UserError
 from shared.events import TERMINAL_STATES, RunEvent, decode
-from shared.job_schedule import describe_when, schedule_of
+from shared.i18n import Translator, _
+from shared.job_schedule import cron_words, describe_when, schedule_of
 from shared.manual import CannotRunNow, manual_trigger
+from shared.names import normalise_name, subject_key
 from shared.nats_auth import Credentials
 from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
 from shared.reply import ask
@@ -63,8 +65,8 @@ async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], li
     # jobs), and change nothing that does: the services own the settings, from their environment.
     await ensure_missing(bus)
     previous = await read_specs(bus.js)
-    old_watches = await read_bucket(bus.js, wire.KV_WATCHES, WatchConfig)
-    watch_changes, _ = plan_watches(old_watches, resolve_watches(config, base_dir))
+    old_watches = await read_watches(bus.js)
+    watch_changes, _names = plan_watches(old_watches, resolve_watches(config, base_dir))
     job_changes, names = plan_specs(previous, config.system, to_specs(config, base_dir, previous))
     # nothing is written unless everything fits; each bucket is then written all-or-nothing
     try:
@@ -85,7 +87,8 @@ async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], li
 async def _restore_watches(bus: Bus, old: dict[str, WatchConfig], written: Changes) -> None:
     """The jobs could not be written after the watches were: put the watches back as they were, so
     the broker holds the old config whole (a second failure is reported, not hidden)."""
-    undo: Changes = {name: old[name].model_dump_json().encode() if name in old else None for name in written}
+    names = {subject_key(name): name for name in old}
+    undo: Changes = {key: old[names[key]].model_dump_json().encode() if key in names else None for key in written}
     try:
         await write_changes(bus, wire.KV_WATCHES, undo)
     except Exception as exc:
@@ -93,7 +96,9 @@ async def _restore_watches(bus: Bus, old: dict[str, WatchConfig], written: Chang
                            f"put back ({exc!r}); run `cropcron apply` again") from None
 
 
-async def job_rows(bus: Bus, with_last: bool = True) -> list[dict[str, Any]]:
+async def job_rows(bus: Bus, with_last: bool = True, words: Translator | None = None) -> list[dict[str, Any]]:
+    """Every applied job, for `cropcron jobs`; `schedule` in `words` for people (in words, not cron),
+    else as --json always gave it."""
     specs = await read_specs(bus.js)
     states = await read_states(bus.js)
     last: dict[str, Any] = {}
@@ -110,7 +115,8 @@ async def job_rows(bus: Bus, with_last: bool = True) -> list[dict[str, Any]]:
         paused = bool(states.get(name) and states[name].paused)
         nxt = sched.next_after(now) if sched and not paused else None
         rows.append({
-            "name": name, "type": spec.job.type, "schedule": describe_when(spec), "timezone": spec.timezone,
+            "name": name, "key": subject_key(name), "type": spec.job.type, "schedule": describe_when(spec, lambda expr: cron_words(expr, words), words) if words
+            else describe_when(spec), "timezone": spec.timezone,
             "next_run": nxt.astimezone(ZoneInfo(spec.timezone)).isoformat() if nxt else None,
             "last_state": (last.get(name) or {}).get("state"), "last_at": (last.get(name) or {}).get("at"),
             "paused": paused, "enabled": spec.job.enabled, "priority": spec.job.priority,
@@ -119,16 +125,19 @@ async def job_rows(bus: Bus, with_last: bool = True) -> list[dict[str, Any]]:
 
 
 async def require_job(bus: Bus, name: str) -> JobSpec:
+    """The applied job named `name` as typed (NFC-normalised: a terminal may send decomposed Hangul)."""
     specs = await read_specs(bus.js)
+    name = normalise_name(name)
     if name not in specs:
-        known = ", ".join(sorted(specs)) or "none applied"
-        raise UserError(f"unknown job {name!r} (known: {known})")
+        known = ", ".join(sorted(specs)) or _("none applied")
+        raise UserError(_("unknown job %(name)s (known: %(known)s)", name=repr(name), known=known))
     return specs[name]
 
 
 async def run_now(bus: Bus, name: str, wait: float | None) -> dict[str, Any]:
     """A manual trigger through the same path as ticks; optionally wait for its outcome."""
     spec = await require_job(bus, name)
+    name = spec.name
     try:
         subject, trigger = manual_trigger(spec, "cli")
     except CannotRunNow as exc:
@@ -154,9 +163,11 @@ async def run_now(bus: Bus, name: str, wait: float | None) -> dict[str, Any]:
     return result
 
 
-async def pause(bus: Bus, name: str, paused: bool) -> None:
-    await require_job(bus, name)
-    await set_paused(bus.js, name, paused)
+async def pause(bus: Bus, name: str, paused: bool) -> str:
+    """Pause or resume; returns the job's name as applied."""
+    spec = await require_job(bus, name)
+    await set_paused(bus.js, spec.name, paused)
+    return spec.name
 
 
 async def history(bus: Bus, query: RunsQuery) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,14 +16,24 @@ def print_json(data: Any) -> None:
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
+    widths = [width(h) for h in headers]
     for row in cells:
         for i, value in enumerate(row):
-            widths[i] = max(widths[i], len(value))
-    line = "  ".join(h.upper().ljust(widths[i]) for i, h in enumerate(headers))
+            widths[i] = max(widths[i], width(value))
+    line = "  ".join(_pad(h.upper(), widths[i]) for i, h in enumerate(headers))
     print(line.rstrip())
     for row in cells:
-        print("  ".join(v.ljust(widths[i]) for i, v in enumerate(row)).rstrip())
+        print("  ".join(_pad(v, widths[i]) for i, v in enumerate(row)).rstrip())
+
+
+def width(text: str) -> int:
+    """Columns a terminal gives the text: Hangul and other wide characters take two."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
+
+
+def _pad(text: str, columns: int) -> str:
+    return text + " " * (columns - width(text))
 
 
 def _cell(value: Any) -> str:

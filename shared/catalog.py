@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyDeletedError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -24,6 +24,7 @@ from shared.bus import Bus
 from shared.config import JobSpec, SystemConfig
 from shared.events import utcnow
 from shared.kv_read import bucket_entries, bucket_keys
+from shared.names import name_of_key, subject_key
 from shared.watch_config import WatchConfig
 
 log = logging.getLogger("cropcron.catalog")
@@ -40,7 +41,8 @@ class JobState(BaseModel):
     resumed_at: datetime | None = None
 
 
-# called with the job name that changed ("" for system, "watch:<name>" for a folder watch)
+# called with the job name that changed ("" for system, "watch:<name>" for a folder watch).
+# KV keys are subject keys (shared/names.py); everything here is keyed by the names themselves.
 Listener = Callable[[str], None]
 
 
@@ -55,6 +57,7 @@ class Catalog:
         self._tasks: list[asyncio.Task[None]] = []
         self.jobs_kv: KeyValue | None = None
         self.state_kv: KeyValue | None = None
+        self._names: dict[str, str] = {}  # KV key -> name, to forget a deleted job or watch
         self.load_timeout = 30.0  # seconds for each bucket's initial values
 
     def on_change(self, listener: Listener) -> None:
@@ -113,13 +116,15 @@ class Catalog:
             self._notify("")
             return
         if value is None:
-            self.specs.pop(key, None)
+            name = self._names.pop(key, None) or name_of_key(key) or key
+            self.specs.pop(name, None)
         else:
             spec = _parse_spec(key, value)
             if spec is None:
                 return
-            self.specs[key] = spec
-        self._notify(key)
+            name = self._names[key] = spec.name
+            self.specs[name] = spec
+        self._notify(name)
 
     async def lookup(self, job: str) -> JobSpec | None:
         """The job's spec straight from KV, for a job applied a moment ago whose watch update has
@@ -127,32 +132,39 @@ class Catalog:
         if job == wire.SYSTEM_KEY or self.jobs_kv is None:
             return None
         try:
-            entry = await self.jobs_kv.get(job)
+            entry = await self.jobs_kv.get(subject_key(job))
         except (KeyNotFoundError, KeyDeletedError):
             return None
         return _parse_spec(job, entry.value) if entry.value else None
 
     def _apply_state(self, key: str, value: bytes | None) -> None:
+        name = name_of_key(key)
+        if name is None:
+            log.error("ignoring job state under key %r: no job name has that key", key)
+            return
         if value is None:
-            self.states.pop(key, None)
+            self.states.pop(name, None)
         else:
             try:
-                self.states[key] = JobState.model_validate_json(value)
+                self.states[name] = JobState.model_validate_json(value)
             except ValidationError as exc:
-                log.error("ignoring unreadable job state %r in KV: %s", key, exc)
+                log.error("ignoring unreadable job state %r in KV: %s", name, exc)
                 return
-        self._notify(key)
+        self._notify(name)
 
     def _apply_watch(self, key: str, value: bytes | None) -> None:
         if value is None:
-            self.watches.pop(key, None)
+            name = self._names.pop("watch:" + key, None) or name_of_key(key) or key
+            self.watches.pop(name, None)
         else:
             try:
-                self.watches[key] = WatchConfig.model_validate_json(value)
+                watch = WatchConfig.model_validate_json(value)
             except ValidationError as exc:
                 log.error("ignoring unreadable watch %r in KV: %s", key, exc)
                 return
-        self._notify("watch:" + key)
+            name = self._names["watch:" + key] = watch.name
+            self.watches[name] = watch
+        self._notify("watch:" + name)
 
     def _notify(self, key: str) -> None:
         for listener in self._listeners:
@@ -168,7 +180,7 @@ def _parse_spec(key: str, value: bytes) -> JobSpec | None:
 
 
 async def read_bucket(js: JetStreamContext, bucket: str, model: type[M]) -> dict[str, M]:
-    """Every entry of a bucket, parsed; the system key and unreadable entries are skipped."""
+    """Every entry of a bucket by KV key, parsed; the system key and unreadable entries are skipped."""
     out: dict[str, M] = {}
     for key, value in (await bucket_entries(js, bucket)).items():
         if key == wire.SYSTEM_KEY:
@@ -180,15 +192,32 @@ async def read_bucket(js: JetStreamContext, bucket: str, model: type[M]) -> dict
     return out
 
 
+async def read_system(js: JetStreamContext) -> SystemConfig:
+    """The applied system section (defaults when nothing is applied yet or it is unreadable)."""
+    try:
+        entry = await (await js.key_value(wire.KV_JOBS)).get(wire.SYSTEM_KEY)
+        return SystemConfig.model_validate_json(entry.value or b"{}")
+    except (BucketNotFoundError, KeyNotFoundError, KeyDeletedError, ValidationError):
+        return SystemConfig()
+
+
 async def read_specs(js: JetStreamContext) -> dict[str, JobSpec]:
-    return await read_bucket(js, wire.KV_JOBS, JobSpec)
+    """The applied jobs by name."""
+    return {spec.name: spec for spec in (await read_bucket(js, wire.KV_JOBS, JobSpec)).values()}
+
+
+async def read_watches(js: JetStreamContext) -> dict[str, WatchConfig]:
+    """The applied folder watches by name."""
+    return {w.name: w for w in (await read_bucket(js, wire.KV_WATCHES, WatchConfig)).values()}
 
 
 async def read_states(js: JetStreamContext) -> dict[str, JobState]:
-    return await read_bucket(js, wire.KV_JOB_STATE, JobState)
+    """Pause state by job name."""
+    states = await read_bucket(js, wire.KV_JOB_STATE, JobState)
+    return {name: state for key, state in states.items() if (name := name_of_key(key)) is not None}
 
 
-Changes = dict[str, bytes | None]  # key -> new value, None to delete
+Changes = dict[str, bytes | None]  # KV key (a subject key) -> new value, None to delete
 
 
 class ApplyError(RuntimeError):
@@ -207,10 +236,10 @@ def plan_specs(current: dict[str, JobSpec], system: SystemConfig, specs: dict[st
         if old == spec:
             continue
         (added if old is None else changed).append(name)
-        changes[name] = spec.model_dump_json().encode()
+        changes[subject_key(name)] = spec.model_dump_json().encode()
     for name in current.keys() - specs.keys():
         removed.append(name)
-        changes[name] = None
+        changes[subject_key(name)] = None
     return changes, (added, changed, removed)
 
 
@@ -226,10 +255,10 @@ def plan_watches(current: dict[str, WatchConfig], watches: list[WatchConfig]) ->
         if old == watch:
             continue
         (added if old is None else changed).append(name)
-        changes[name] = watch.model_dump_json().encode()
+        changes[subject_key(name)] = watch.model_dump_json().encode()
     for name in current.keys() - wanted.keys():
         removed.append(name)
-        changes[name] = None
+        changes[subject_key(name)] = None
     return changes, (added, changed, removed)
 
 
@@ -238,7 +267,8 @@ def check_fits(bus: Bus, bucket: str, changes: Changes) -> None:
     limit = bus.nc.max_payload - 512  # the subject and headers ride in the same message
     for key, value in changes.items():
         if value is not None and len(value) > limit:
-            what = "system section" if key == wire.SYSTEM_KEY else f"{bucket.removeprefix('cropcron_')[:-1]} {key!r}"
+            what = ("system section" if key == wire.SYSTEM_KEY
+                    else f"{bucket.removeprefix('cropcron_')[:-1]} {name_of_key(key) or key!r}")
             raise ApplyError(f"{what} is {len(value) / 1024:.0f} KiB stored; the broker takes at most "
                              f"{limit // 1024} KiB in one message (its max_payload). Nothing was applied")
 
@@ -272,7 +302,7 @@ async def write_specs(bus: Bus, system: SystemConfig, specs: dict[str, JobSpec])
 
 async def write_watches(bus: Bus, watches: list[WatchConfig]) -> tuple[list[str], list[str], list[str]]:
     """Make KV hold exactly `watches` (paths already absolute), all-or-nothing."""
-    changes, names = plan_watches(await read_bucket(bus.js, wire.KV_WATCHES, WatchConfig), watches)
+    changes, names = plan_watches(await read_watches(bus.js), watches)
     await write_changes(bus, wire.KV_WATCHES, changes)
     return names
 
@@ -281,4 +311,4 @@ async def set_paused(js: JetStreamContext, job: str, paused: bool) -> None:
     kv = await js.key_value(wire.KV_JOB_STATE)
     now = utcnow()
     state = JobState(paused=paused, changed_at=now, resumed_at=None if paused else now)
-    await kv.put(job, state.model_dump_json().encode())
+    await kv.put(subject_key(job), state.model_dump_json().encode())

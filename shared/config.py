@@ -19,10 +19,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.durations import Duration
+from shared.i18n import LOCALES, _, resolve_locale, using
+from shared.names import check_name, fold_name, normalise_name
 from shared.notify_config import NotificationsConfig, parse_notifications
 from shared.schedule import ScheduleError, validate_cron
 from shared.watch_config import BatchRule, WatchConfig
-from shared.wire import JOB_NAME_RE
 
 # The prototype's job types: labels for grouping and statistics.
 JobType = Literal[
@@ -59,7 +60,7 @@ def placeholders_in(argv: list[str]) -> set[str]:
     found: set[str] = set()
     for arg in argv:
         try:
-            found.update(name for _, name, _, _ in string.Formatter().parse(arg) if name)
+            found.update(field[1] for field in string.Formatter().parse(arg) if field[1])
         except ValueError:
             continue
     return found
@@ -86,18 +87,20 @@ class Backoff(StrEnum):
 
 
 class ConfigError(ValueError):
-    """A config that cannot be applied; `problems` lists every reason, one line each."""
+    """A config that cannot be applied; `problems` lists every reason, one line each, in the
+    language of the config (`locale`: its system.locale, or CROPCRON_LOCALE)."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], locale: str | None = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.locale = locale or resolve_locale(None)
 
 
 def _tz(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown time zone {name!r}") from exc
+        raise ValueError(_("unknown time zone %(zone)s", zone=repr(name))) from exc
 
 
 class SystemConfig(BaseModel):
@@ -106,6 +109,8 @@ class SystemConfig(BaseModel):
 
     timezone: str = "UTC"
     history_retention: Duration = 90 * 86400.0
+    # the language of the dashboard, alerts and CLI output (shared/i18n.py; CROPCRON_LOCALE overrides)
+    locale: Literal["en", "ko"] = "en"
 
     @field_validator("timezone")
     @classmethod
@@ -156,11 +161,12 @@ class JobConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not JOB_NAME_RE.match(value):
-            raise ValueError("must be 1-64 letters, digits, '_' or '-' (it becomes a NATS subject token)")
-        if value.startswith("_"):
-            raise ValueError("must not start with '_' (reserved for cropcron's own keys)")
-        return value
+        return check_name(value)  # any Unicode text; its subject key is derived (shared/names.py)
+
+    @field_validator("on_file")
+    @classmethod
+    def _watch_name(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_name(value)
 
     @field_validator("timezone")
     @classmethod
@@ -205,7 +211,7 @@ class JobConfig(BaseModel):
                 fields = list(string.Formatter().parse(arg))
             except ValueError as exc:
                 raise ValueError(f"bad braces in {arg!r}: {exc} (write {{{{ and }}}} for literal braces)") from None
-            for _, name, _, _ in fields:
+            for _literal, name, _spec, _conv in fields:
                 if name is not None and name not in ALL_PLACEHOLDERS:
                     raise ValueError(
                         f"unknown placeholder {{{name}}} in {arg!r}; known: "
@@ -222,7 +228,7 @@ class JobConfig(BaseModel):
     @classmethod
     def _check_call(cls, value: str | None) -> str | None:
         if value is not None:
-            module, _, func = value.partition(":")
+            module, _colon, func = value.partition(":")
             if not module or not func or not all(p.isidentifier() for p in [*module.split("."), func]):
                 raise ValueError(f"must look like 'package.module:function', got {value!r}")
         return value
@@ -231,7 +237,7 @@ class JobConfig(BaseModel):
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
-            raise ValueError("must be greater than zero")
+            raise ValueError(_("must be greater than zero"))
         return value
 
     @field_validator("interval")
@@ -267,9 +273,14 @@ def shape_problem(job: dict[str, Any]) -> str | None:
     of the job are invalid (pydantic skips model validators then)."""
     whens = [k for k in WHENS if job.get(k) is not None]
     if len(whens) > 1:
-        return f"give only one of {', '.join(WHENS)} (got {', '.join(whens)})"
-    if (job.get("run") is None) == (job.get("call") is None):
-        return "give exactly one of run (a command) or call (a Python function)"
+        return _("give only one of %(whens)s (got %(got)s)", whens=", ".join(WHENS), got=", ".join(whens))
+    if job.get("run") is None and job.get("call") is None:
+        # the prototype's jobs were simulated: its config has no command; say what to add
+        return _("give exactly one of run (a command) or call (a Python function); this job has neither: add "
+                 "`run:` (e.g. run: [\"{python}\", jobs/process_images.py]) or `call:` (e.g. call: "
+                 "jobs.tasks:weekly_report)")
+    if job.get("run") is not None and job.get("call") is not None:
+        return _("give exactly one of run (a command) or call (a Python function); this job has both")
     if (job.get("on_file") is not None or job.get("on_batch") is not None) and job.get("overlap") == "skip":
         return ("overlap: skip would drop files that arrive while a run is going on; file-triggered jobs "
                 "take queue (the default for them) or allow")
@@ -329,8 +340,8 @@ def _locate(loc: tuple[int | str, ...], raw: Any) -> str:
         except (KeyError, IndexError, TypeError):
             pass
         rest = [str(p) for p in loc[2:] if not str(p).startswith(("function-", "literal["))]
-        where = f"field '{'.'.join(rest)}'" if rest else "definition"
-        return f"job {name}: {where}"
+        where = _("field '%(field)s'", field=".".join(rest)) if rest else _("definition")
+        return _("job %(name)s: %(where)s", name=name, where=where)
     if len(loc) >= 2 and loc[0] == "folder_watches" and isinstance(loc[1], int):
         name = f"#{loc[1] + 1}"
         try:
@@ -338,33 +349,53 @@ def _locate(loc: tuple[int | str, ...], raw: Any) -> str:
         except (KeyError, IndexError, TypeError):
             pass
         rest = [str(p) for p in loc[2:]]
-        return f"watch {name}: " + (f"field '{'.'.join(rest)}'" if rest else "definition")
-    return "field '" + ".".join(str(p) for p in loc) + "'" if loc else "config"
+        where = _("field '%(field)s'", field=".".join(rest)) if rest else _("definition")
+        return _("watch %(name)s: %(where)s", name=name, where=where)
+    return _("field '%(field)s'", field=".".join(str(p) for p in loc)) if loc else _("config")
 
 
 def _explain(err: Any) -> str:
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        return "unknown field (check the spelling)"
+        return _("unknown field (check the spelling)")
     if err["type"] == "literal_error" and err["loc"][-1] == "type":
-        return f"unknown type {err['input']!r}; known types: " + ", ".join(JOB_TYPES)
+        return _("unknown type %(type)s; known types: %(known)s", type=repr(err["input"]), known=", ".join(JOB_TYPES))
+    if err["type"] == "literal_error" and err["loc"][-1] == "locale":
+        return _("unknown locale %(locale)s; known: %(known)s", locale=repr(err["input"]), known=", ".join(LOCALES))
     return msg
+
+
+def config_locale(raw: Any) -> str:
+    """The language a config's problems are told in: its own system.locale (CROPCRON_LOCALE first)."""
+    system = raw.get("system") if isinstance(raw, dict) else None
+    locale = system.get("locale") if isinstance(system, dict) else None
+    return resolve_locale(locale if isinstance(locale, str) else None)
 
 
 def parse_config(raw: Any) -> Config:
     """Validate a parsed YAML document; raises ConfigError listing every problem in every job
-    (each job is validated on its own, so one bad job does not hide another's problems)."""
+    (each job is validated on its own, so one bad job does not hide another's problems), in the
+    config's own language."""
+    locale = config_locale(raw)
+    with using(locale):
+        try:
+            return _parse_config(raw)
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, locale) from None
+
+
+def _parse_config(raw: Any) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(["config: expected a mapping with 'system' and 'jobs'"])
+        raise ConfigError([_("config: expected a mapping with 'system' and 'jobs'")])
     problems: list[str] = []
 
     def collect(exc: ValidationError, prefix: tuple[int | str, ...]) -> None:
         problems.extend(f"{_locate(prefix + tuple(e['loc']), raw)}: {_explain(e)}" for e in exc.errors())
 
     for key in raw.keys() - Config.model_fields.keys():
-        problems.append(f"field {key!r}: unknown top-level section")
+        problems.append(_("field %(key)s: unknown top-level section", key=repr(key)))
     system = SystemConfig()
     try:
         system = SystemConfig.model_validate(raw.get("system") or {})
@@ -413,11 +444,34 @@ def _size_problems(jobs: list[JobConfig], watches: list[WatchConfig]) -> list[st
 
 
 def _semantic_problems(raw_jobs: list[Any]) -> list[str]:
-    problems: list[str] = []
-    names = [j.get("name") for j in raw_jobs if isinstance(j, dict)]
-    for name in sorted({n for n in names if isinstance(n, str) and names.count(n) > 1}):
-        problems.append(f"job {name!r}: field 'name': duplicate job name (used {names.count(name)} times)")
-    return problems
+    return _duplicate_names("job", [j.get("name") for j in raw_jobs if isinstance(j, dict)])
+
+
+def _duplicate_names(what: str, names: list[Any]) -> list[str]:
+    """Names that are one name once normalised and case folded ("Backup" and "backup", composed and
+    decomposed Hangul): each would be a different key, but people could not tell the jobs apart."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        if isinstance(name, str):
+            groups.setdefault(fold_name(name), []).append(name)
+    problems = []
+    for same in groups.values():
+        if len(same) < 2:
+            continue
+        field = _("field '%(field)s'", field="name")
+        if what == "job":
+            where = _("job %(name)s: %(where)s", name=repr(same[0]), where=field)
+            duplicate = _("duplicate job name (used %(count)d times)", count=len(same))
+        else:
+            where = _("watch %(name)s: %(where)s", name=repr(same[0]), where=field)
+            duplicate = _("duplicate watch name (used %(count)d times)", count=len(same))
+        if len(set(same)) == 1:
+            problems.append(where + ": " + duplicate)
+        else:
+            shown = ", ".join(repr(n) for n in dict.fromkeys(same))
+            problems.append(where + ": " + _("names %(names)s differ only by case or Unicode normalisation; "
+                                             "give each a distinct name", names=shown))
+    return sorted(problems)
 
 
 def _validate_list(raw: dict[str, Any], section: str, model: type[M], problems: list[str],
@@ -439,18 +493,20 @@ def _validate_list(raw: dict[str, Any], section: str, model: type[M], problems: 
 def _watch_problems(raw_watches: list[Any], raw_jobs: list[Any]) -> list[str]:
     problems: list[str] = []
     names = [w.get("name") for w in raw_watches if isinstance(w, dict)]
-    for name in sorted({n for n in names if isinstance(n, str) and names.count(n) > 1}):
-        problems.append(f"watch {name!r}: field 'name': duplicate watch name (used {names.count(name)} times)")
-    known = {n for n in names if isinstance(n, str)}
+    problems.extend(_duplicate_names("watch", names))
+    known = {normalise_name(n) for n in names if isinstance(n, str)}
     for job in raw_jobs:
         if not isinstance(job, dict):
             continue
         batch = job.get("on_batch")
         for field, watch in (("on_file", job.get("on_file")),
                              ("on_batch.watch", batch.get("watch") if isinstance(batch, dict) else None)):
-            if isinstance(watch, str) and watch not in known:
-                problems.append(f"job {job.get('name')!r}: field '{field}': unknown watch {watch!r}; "
-                                f"known: {', '.join(sorted(known)) or 'none (add it under folder_watches)'}")
+            if isinstance(watch, str) and normalise_name(watch) not in known:
+                where = _("job %(name)s: %(where)s", name=repr(job.get("name")),
+                          where=_("field '%(field)s'", field=field))
+                problems.append(where + ": " + _("unknown watch %(watch)s; known: %(known)s", watch=repr(watch),
+                                                 known=", ".join(sorted(known))
+                                                 or _("none (add it under folder_watches)")))
     return problems
 
 

@@ -8,9 +8,11 @@ import hashlib
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+
+from shared.names import normalise_name
 
 SCHEMA_VERSION = 1
 
@@ -40,6 +42,9 @@ STATE_RANK: dict[RunState, int] = {
 }
 
 TriggerKind = Literal["tick", "manual", "file", "batch"]
+# a job or watch name as people wrote it, NFC-normalised on read: a program that sends the
+# decomposed form of a Korean name still means the job the config named (shared/names.py)
+Name = Annotated[str, AfterValidator(normalise_name)]
 
 
 class _Message(BaseModel):
@@ -55,7 +60,7 @@ class Trigger(_Message):
     """Asks a runner to run a job once. Published on wire.trigger_subject(band, job)."""
 
     run_id: str = Field(min_length=1, max_length=128)
-    job: str = Field(min_length=1, max_length=64)
+    job: Name = Field(min_length=1, max_length=64)
     kind: TriggerKind
     scheduled_at: datetime | None = None  # the instant (UTC) a tick stands for
     created_at: datetime
@@ -71,7 +76,7 @@ class RunEvent(_Message):
     """One step in a run's life. Published on wire.run_event_subject(job, state)."""
 
     run_id: str
-    job: str
+    job: Name
     job_type: str | None = None
     state: RunState
     attempt: int = Field(ge=0)  # 1 for the first attempt; 0 for runs that never started
@@ -114,7 +119,7 @@ class FileEvent(_Message):
     `rel_path` a display form with U+FFFD; readers use the bytes when they are present."""
 
     id: str = Field(min_length=1, max_length=128)  # file_event_id(watch, rel_path bytes, size, mtime_ns)
-    watch: str = Field(min_length=1, max_length=64)
+    watch: Name = Field(min_length=1, max_length=64)
     path: str  # absolute path on the machine that detected it (display; rel_path is authoritative)
     rel_path: str = Field(min_length=1)
     rel_path_b64: str | None = None
@@ -188,7 +193,7 @@ class Alert(_Message):
     kind: str = Field(min_length=1, max_length=64)  # dead, timeout, missed, overdue, failed, succeeded, service_down, ...
     summary: str  # one line
     text: str = ""  # details, plain text
-    job: str | None = None
+    job: Name | None = None
     job_type: str | None = None
     run_id: str | None = None
     source: str  # the service or module that raised it

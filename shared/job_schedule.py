@@ -8,7 +8,14 @@ from zoneinfo import ZoneInfo
 
 from shared.config import JobSpec
 from shared.durations import format_duration
+from shared.i18n import N_, Translator, translator
 from shared.schedule import Schedule
+
+ENGLISH = translator("en")
+DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+DAY_NAMES = {d[:3].upper(): i for i, d in enumerate(DAYS[:7])}
+_DAY_WORDS = [N_("Sunday"), N_("Monday"), N_("Tuesday"), N_("Wednesday"), N_("Thursday"), N_("Friday"),
+              N_("Saturday")]
 
 
 def schedule_of(spec: JobSpec) -> Schedule | None:
@@ -24,18 +31,76 @@ def schedule_of(spec: JobSpec) -> Schedule | None:
     return None
 
 
-def describe_when(spec: JobSpec, cron: Callable[[str], str] = "cron {}".format) -> str:
-    """What starts the job, in a few words; `cron` renders a cron expression (the dashboard
-    passes one that says it in words)."""
+def describe_when(spec: JobSpec, cron: Callable[[str], str] = "cron {}".format,
+                  _: Translator = ENGLISH) -> str:
+    """What starts the job, in a few words, in the translator's language; `cron` renders a cron
+    expression (the dashboard passes one that says it in words)."""
     job = spec.job
     if job.schedule:
         return cron(job.schedule)
     if job.interval:
-        return f"every {format_duration(job.interval)}"
+        return _("every %(interval)s", interval=format_duration(job.interval))
     if job.run_at:
-        return f"once at {job.run_at.isoformat()}"
+        return _("once at %(at)s", at=job.run_at.isoformat())
     if job.on_file:
-        return f"on each file in {job.on_file}"
+        return _("on each file in %(watch)s", watch=job.on_file)
     if job.on_batch:
-        return f"on each flight batch in {job.on_batch.watch}"
-    return "on demand"
+        return _("on each flight batch in %(watch)s", watch=job.on_batch.watch)
+    return _("on demand")
+
+
+# -- cron in words: for people (the dashboard, the CLI's table), never a wrong sentence ---------
+def _day(text: str) -> int | None:
+    if text.isdigit() and 0 <= int(text) <= 7:
+        return int(text)
+    return DAY_NAMES.get(text.upper())
+
+
+def _days(field: str, _: Translator) -> str | None:
+    if field == "*":
+        return _("every day")
+    if field.upper() in ("1-5", "MON-FRI"):
+        return _("weekdays")
+    if field.upper() in ("0,6", "6,0", "SAT,SUN", "SUN,SAT"):
+        return _("weekends")
+    names = [_day(p) for p in field.split(",")]
+    if names and all(n is not None for n in names):
+        return _("every %(days)s", days=", ".join(_(_DAY_WORDS[n % 7]) for n in names if n is not None))
+    return None
+
+
+def _every(field: str, unit: str, _: Translator) -> str | None:
+    if field == "*":
+        return _("every second") if unit == "second" else _("every minute")
+    if field.startswith("*/") and field[2:].isdigit():
+        n = int(field[2:])
+        return _("every %(n)d seconds", n=n) if unit == "second" else _("every %(n)d minutes", n=n)
+    return None
+
+
+def cron_words(expr: str, _: Translator = ENGLISH) -> str:
+    cron = _("cron %(expr)s", expr=expr)
+    fields = expr.split()
+    if len(fields) == 6:  # seconds first
+        sec, rest = fields[0], fields[1:]
+        if rest == ["*"] * 5:
+            return _every(sec, "second", _) or cron
+        return cron
+    if len(fields) != 5:
+        return cron
+    minute, hour, dom, month, dow = fields
+    at = f"{int(hour):02d}:{int(minute):02d}" if minute.isdigit() and hour.isdigit() else None
+    if at and dom.isdigit() and month == "*" and dow == "*":
+        return _("monthly on day %(day)d at %(at)s", day=int(dom), at=at)
+    if dom != "*" or month != "*":
+        return cron
+    days = _days(dow, _)
+    if at and days:
+        return _("%(days)s at %(at)s", days=days, at=at)
+    if hour == "*" and dow == "*":
+        if minute.isdigit():
+            return _("every hour at minute %(minute)d", minute=int(minute))
+        every = _every(minute, "minute", _)
+        if every:
+            return every
+    return cron

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.durations import Duration
-from shared.wire import ALERT_LEVELS, JOB_NAME_RE
+from shared.names import SAFE_NAME_RE, normalise_name
+from shared.wire import ALERT_LEVELS
 
 AlertLevelName = Literal["info", "warning", "error", "critical"]
 # What a rule asks for unless it says: run-derived kinds, those raised by the notifier itself, and
@@ -102,6 +103,11 @@ class Rule(_Strict):
     min_level: AlertLevelName = "info"
     channels: list[str] = Field(min_length=1)
 
+    @field_validator("jobs")
+    @classmethod
+    def _nfc(cls, value: list[str]) -> list[str]:
+        return [normalise_name(v) for v in value]  # matched against normalised job names
+
 
 class OverdueConfig(_Strict):
     """Dead-man's switch: grace after a scheduled instant before a missing success is `overdue`.
@@ -113,6 +119,11 @@ class OverdueConfig(_Strict):
     min_grace: Duration = 60.0
     max_grace: Duration = 3600.0
     jobs: dict[str, Duration] = Field(default_factory=dict)  # per-job grace
+
+    @field_validator("jobs")
+    @classmethod
+    def _nfc(cls, value: dict[str, float]) -> dict[str, float]:
+        return {normalise_name(k): v for k, v in value.items()}
 
 
 class NotificationsConfig(_Strict):
@@ -182,7 +193,7 @@ def parse_notifications(raw: Any) -> tuple[NotificationsConfig | None, list[str]
 
 def _channel_problems(name: Any, body: Any) -> list[str]:
     where = f"notifications: channel {name!r}"
-    if not isinstance(name, str) or not JOB_NAME_RE.match(name) or name.startswith("_"):
+    if not isinstance(name, str) or not SAFE_NAME_RE.match(name):
         return [f"{where}: bad name: use 1-64 letters, digits, '_' or '-' (it becomes a NATS subject token)"]
     if not isinstance(body, dict):
         return [f"{where}: expected a mapping with at least 'type'"]

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.events import RunState
+from shared.events import Name, RunState
 
 
 class _Query(BaseModel):
@@ -16,7 +16,7 @@ class _Query(BaseModel):
 
 
 class RunsQuery(_Query):
-    job: str | None = None
+    job: Name | None = None  # as people type it: NFC-normalised like the names history stores
     state: RunState | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -31,14 +31,14 @@ class StatsQuery(_Query):
 
 
 class LastQuery(_Query):
-    jobs: list[str] | None = None
+    jobs: list[Name] | None = None
 
 
 class AlertsQuery(_Query):
     """Alerts raised, newest first, each with its delivery attempts (answered by history, issue 4)."""
 
     level: Literal["info", "warning", "error", "critical"] | None = None  # this level and above
-    job: str | None = None
+    job: Name | None = None
     since: datetime | None = None
     limit: int = Field(50, ge=1, le=10000)
     offset: int = Field(0, ge=0)
@@ -53,7 +53,7 @@ class HourlyQuery(_Query):
 class DurationsQuery(_Query):
     """Duration of each finished run of one job, oldest first (dashboard chart, issue 5)."""
 
-    job: str = Field(min_length=1, max_length=64)
+    job: Name = Field(min_length=1, max_length=64)
     since: datetime | None = None
     limit: int = Field(500, ge=1, le=5000)
 

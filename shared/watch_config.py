@@ -9,7 +9,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.durations import Duration
-from shared.wire import JOB_NAME_RE
+from shared.names import check_name, normalise_name
 
 
 class WatchMode(StrEnum):
@@ -25,7 +25,7 @@ class ZeroBytePolicy(StrEnum):
 class WatchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str  # used by jobs (on_file / on_batch) and in the subject cropcron.file.<name>
+    name: str  # used by jobs (on_file / on_batch); any text, its key is in the subject cropcron.file.<key>
     path: str  # the watch root; relative paths are relative to the config file's directory
     extensions: list[str] = Field(default_factory=list)  # e.g. [.jpg, .tif]; any case; empty: all
     recursive: bool = True
@@ -40,10 +40,7 @@ class WatchConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not JOB_NAME_RE.match(value) or value.startswith("_"):
-            raise ValueError("must be 1-64 letters, digits, '_' or '-', not starting with '_' "
-                             "(it becomes a NATS subject token)")
-        return value
+        return check_name(value)  # as for jobs: any text of 1-64 characters (shared/names.py)
 
     @field_validator("path")
     @classmethod
@@ -89,6 +86,11 @@ class BatchRule(BaseModel):
     max_wait: Duration = 7200.0  # close it anyway this long after its first file (marked partial)
     manifest: str | None = None  # a file name pattern (fnmatch) whose arrival closes the batch
     expected_count: int | None = Field(None, ge=1)  # close once this many files arrived
+
+    @field_validator("watch")
+    @classmethod
+    def _watch(cls, value: str) -> str:
+        return normalise_name(value)
 
     @field_validator("quiet", "max_wait")
     @classmethod

@@ -6,8 +6,9 @@ programs that integrate with cropcron) import from here. docs/events.md document
 
 from __future__ import annotations
 
-import re
 from typing import Final, Literal
+
+from shared.names import subject_key
 
 PREFIX: Final = "cropcron"
 
@@ -32,7 +33,8 @@ def band_for_priority(priority: int) -> Band:
 
 
 def trigger_subject(band: Band, job: str) -> str:
-    return f"{PREFIX}.trigger.{band}.{job}"
+    """`cropcron.trigger.<band>.<job key>`: the job's name as a subject token (shared/names.py)."""
+    return f"{PREFIX}.trigger.{band}.{subject_key(job)}"
 
 
 def runner_consumer(band: Band) -> str:
@@ -47,9 +49,9 @@ REJECTED_SUBJECTS: Final = f"{PREFIX}.rejected.>"
 
 
 def run_event_subject(job: str, state: str) -> str:
-    """`cropcron.run.<job>.<state>`: subscribe to `cropcron.run.<job>.>` for one job,
-    `cropcron.run.*.dead` for every dead run."""
-    return f"{PREFIX}.run.{job}.{state}"
+    """`cropcron.run.<job key>.<state>`: subscribe to `cropcron.run.<job key>.>` for one job,
+    `cropcron.run.*.dead` for every dead run. The key is the name itself for ASCII names."""
+    return f"{PREFIX}.run.{subject_key(job)}.{state}"
 
 
 def rejected_subject(source: str) -> str:
@@ -68,11 +70,11 @@ DISPATCH_CONSUMER: Final = "dispatch"
 
 
 def file_subject(watch: str) -> str:
-    """`cropcron.file.<watch>`: where a complete file of that watch is announced."""
-    return f"{PREFIX}.file.{watch}"
+    """`cropcron.file.<watch key>`: where a complete file of that watch is announced."""
+    return f"{PREFIX}.file.{subject_key(watch)}"
 
 
-KV_WATCHES: Final = "cropcron_watches"  # key: watch name -> WatchSpec JSON (from `apply`)
+KV_WATCHES: Final = "cropcron_watches"  # key: watch key -> WatchSpec JSON (from `apply`)
 KV_BATCHES: Final = "cropcron_batches"  # open flight batches, so they survive restarts
 # Keys in KV_BATCHES: "h.<batch id>" -> the batch's header, "f.<batch id>.<file id>" -> one file.
 # A closed batch is purged from the bucket's stream (NATS names it "KV_<bucket>"): no tombstones.
@@ -143,10 +145,11 @@ HISTORY_REPORT_COUNTS: Final = f"{PREFIX}.history.report.counts"  # runs by stat
 HISTORY_QUEUE: Final = "history"
 
 # -- KV buckets ------------------------------------------------------------------------
-KV_JOBS: Final = "cropcron_jobs"  # key: job name -> JobSpec JSON; key "_system" -> SystemSpec
-KV_JOB_STATE: Final = "cropcron_job_state"  # key: job name -> JobState (paused, resumed_at)
+# Jobs and watches are keyed by their subject key (shared/names.py: subject_key), never the raw name.
+KV_JOBS: Final = "cropcron_jobs"  # key: job key -> JobSpec JSON; key "_system" -> SystemSpec
+KV_JOB_STATE: Final = "cropcron_job_state"  # key: job key -> JobState (paused, resumed_at)
 KV_TIMER: Final = "cropcron_timer"  # keys below
-KV_LEASES: Final = "cropcron_leases"  # key: job name -> active run leases (overlap/concurrency)
+KV_LEASES: Final = "cropcron_leases"  # key: job key -> active run leases (overlap/concurrency)
 KV_SERVICES: Final = "cropcron_services"  # key: "<service>.<instance>" -> last heartbeat
 
 
@@ -169,6 +172,3 @@ HEADER_KV_OPERATION: Final = "KV-Operation"  # "DEL" on a KV delete marker
 # a request/reply answer too large for one message comes as chunks 0..N-1 (shared/reply.py)
 HEADER_CHUNK: Final = "Cropcron-Chunk"
 HEADER_CHUNKS: Final = "Cropcron-Chunks"
-
-# Job names become subject tokens and KV keys: keep them to a safe alphabet.
-JOB_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -21,6 +21,7 @@ from services.dashboard.params import (
     parse,
 )
 from shared.manual import CannotRunNow
+from shared.names import normalise_name
 from shared.queries import RunsQuery
 
 SCHEMAS = SchemaGenerator({
@@ -45,7 +46,8 @@ def _who(request: Request) -> str:
 
 
 def _job_name(request: Request) -> str:
-    name: str = request.path_params["name"]
+    # URL-encoded in the path (/api/jobs/%EC%95%84...), decoded by Starlette; NFC as the config's names
+    name = normalise_name(request.path_params["name"])
     if _backend(request).spec(name) is None:
         raise ApiError(404, f"unknown job {name!r}")
     return name
@@ -91,7 +93,7 @@ async def job(request: Request) -> Response:
     """
     row = await _backend(request).job(_job_name(request))
     if row is None:
-        raise ApiError(404, f"unknown job {request.path_params['name']!r}")
+        raise ApiError(404, f"unknown job {normalise_name(request.path_params['name'])!r}")
     return JSONResponse(row)
 
 
@@ -235,10 +237,10 @@ ROUTES = [
     Route("/api/overview", overview),
     Route("/api/health", health),
     Route("/api/jobs", jobs),
-    Route("/api/jobs/{name}", job),
-    Route("/api/jobs/{name}/run", run_job, methods=["POST"]),
-    Route("/api/jobs/{name}/pause", pause_job, methods=["POST"]),
-    Route("/api/jobs/{name}/resume", resume_job, methods=["POST"]),
+    Route("/api/jobs/{name:path}", job),  # a name may hold '/' (sent as %2F)
+    Route("/api/jobs/{name:path}/run", run_job, methods=["POST"]),
+    Route("/api/jobs/{name:path}/pause", pause_job, methods=["POST"]),
+    Route("/api/jobs/{name:path}/resume", resume_job, methods=["POST"]),
     Route("/api/runs", runs),
     Route("/api/runs/{run_id}", run),
     Route("/api/charts/hourly", hourly),

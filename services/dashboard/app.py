@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
@@ -27,6 +28,7 @@ from services.dashboard.auth import OPERATOR, SAFE_METHODS, Auth, cross_site, cs
 from services.dashboard.backend import Backend
 from services.dashboard.errors import HANDLERS, error_response
 from services.dashboard.live import LiveEvents
+from shared.i18n import resolve_locale, translator
 
 HERE = Path(__file__).resolve().parent
 PUBLIC = ("/login", "/static/")
@@ -92,8 +94,18 @@ class Guard:
 
 
 def build_app(backend: Backend, live: LiveEvents, auth: Auth, secure_cookie: bool = False) -> Any:
-    templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.filters.update(pages.FILTERS)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                             extensions=["jinja2.ext.i18n"])
+    templates = Jinja2Templates(env=env)
+
+    def locale_of() -> str:  # the applied system.locale, followed live (CROPCRON_LOCALE overrides)
+        return resolve_locale(backend.catalog.system.locale)
+
+    env.install_gettext_callables(  # type: ignore[attr-defined]  # added by the i18n extension
+        gettext=lambda message: translator(locale_of()).gettext(message),
+        ngettext=lambda one, many, n: translator(locale_of()).gettext(one if n == 1 else many), newstyle=True)
+    templates.env.globals["locale"] = locale_of
+    templates.env.filters.update(pages.filters(locale_of))
     # gzip (not the event stream, which Starlette leaves alone): the vendored chart library is
     # 51 KB raw, ~23 KB compressed. BREACH needs cross-site requests carrying the session, which
     # the SameSite=Strict cookie never does.
@@ -105,5 +117,6 @@ def build_app(backend: Backend, live: LiveEvents, auth: Auth, secure_cookie: boo
     app.state.live = live
     app.state.auth = auth
     app.state.templates = templates
+    app.state.locale_of = locale_of
     app.state.secure_cookie = secure_cookie
     return Guard(app, auth)

@@ -20,6 +20,7 @@ from shared.bus import Bus
 from shared.catalog import Catalog, set_paused
 from shared.config import JobSpec
 from shared.events import RunState
+from shared.i18n import Translator, resolve_locale, translator
 from shared.job_schedule import schedule_of
 from shared.kv_read import bucket_entries
 from shared.manual import manual_trigger
@@ -61,6 +62,10 @@ class Backend:
             raise Unavailable(f"{subject}: {reply.get('error', 'request failed')}")
         return reply["data"]
 
+    def words(self) -> Translator:
+        """The farm's language as applied (system.locale, or CROPCRON_LOCALE)."""
+        return translator(resolve_locale(self.catalog.system.locale))
+
     # -- jobs --------------------------------------------------------------------------
     def spec(self, name: str) -> JobSpec | None:
         return self.catalog.specs.get(name)
@@ -97,7 +102,7 @@ class Backend:
         nxt = self.next_run(spec, now)
         return {
             "name": spec.name, "type": spec.job.type, "description": spec.job.description,
-            "schedule": describe(spec), "timezone": spec.timezone,
+            "schedule": describe(spec, self.words()), "timezone": spec.timezone,
             "next_run": nxt.astimezone(ZoneInfo(spec.timezone)).isoformat() if nxt else None,
             "paused": self.catalog.paused(spec.name), "enabled": spec.job.enabled, "priority": spec.job.priority,
             "last_state": last.get("state"), "last_at": last.get("at"), "last_run_id": last.get("run_id"),
@@ -111,7 +116,7 @@ class Backend:
         upcoming = [(nxt, spec) for spec in self.catalog.specs.values() if (nxt := self.next_run(spec, now))]
         upcoming.sort(key=lambda pair: pair[0])
         return [{"job": spec.name, "at": nxt.astimezone(ZoneInfo(spec.timezone)).isoformat(),
-                 "schedule": describe(spec)} for nxt, spec in upcoming[:limit]]
+                 "schedule": describe(spec, self.words())} for nxt, spec in upcoming[:limit]]
 
     async def run_now(self, name: str, who: str) -> str:
         """A manual trigger, exactly as `cropcron run` sends it (same subject, id and dedup)."""

@@ -3,10 +3,9 @@ live updates, the actions and the charts. Times are shown in the farm's zone (sy
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlencode
-from zoneinfo import ZoneInfo
+from urllib.parse import parse_qs, quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -16,7 +15,10 @@ from services.dashboard.auth import OPERATOR, SESSION_COOKIE, Auth
 from services.dashboard.backend import Backend
 from services.dashboard.errors import ApiError
 from services.dashboard.params import NoParams, RunsParams, parse
+from services.dashboard.words import JS_MESSAGES, LEVEL_WORDS, STATE_WORDS, TRIGGER_WORDS
 from shared.events import RunState
+from shared.i18n import Translator, translator
+from shared.names import normalise_name
 from shared.queries import RunsQuery
 
 # state as text and a symbol, never colour alone
@@ -25,41 +27,59 @@ STATE_ICONS = {"started": "▶", "succeeded": "✓", "failed": "✗", "retrying"
 MAX_LOGIN_BODY = 4096
 
 
-def _state(value: Any) -> str:
-    return f"{STATE_ICONS.get(str(value), '?')} {value}" if value else "—"
+def state_text(value: Any, _: Translator) -> str:
+    word = STATE_WORDS.get(str(value))
+    return f"{STATE_ICONS.get(str(value), '?')} {_(word) if word else value}" if value else "—"
 
 
-def _duration(value: Any) -> str:
+def duration_text(value: Any, _: Translator) -> str:
     if value is None:
         return "—"
     seconds = float(value)
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return _("%(n)s s", n=round(seconds, 1))
+    return _("%(n)s min", n=round(seconds / 60, 1))
 
 
 def _percent(value: Any) -> str:
     return "—" if value is None else f"{float(value) * 100:.1f} %"
 
 
-FILTERS = {"state": _state, "duration": _duration, "percent": _percent}
+def filters(locale_of: Callable[[], str]) -> dict[str, Callable[[Any], str]]:
+    """The templates' filters, in the language in force when the page renders."""
+    def word(words: dict[str, str]) -> Callable[[Any], str]:
+        def one(value: Any) -> str:
+            known = words.get(str(value))
+            return translator(locale_of())(known) if known else str(value or "—")
+        return one
+
+    return {"state": lambda v: state_text(v, translator(locale_of())), "state_word": word(STATE_WORDS),
+            "trigger": word(TRIGGER_WORDS), "level": word(LEVEL_WORDS),
+            "duration": lambda v: duration_text(v, translator(locale_of())),
+            "percent": _percent,
+            # a name in a URL path or query: '/' and spaces escaped too (names are any text)
+            "q": lambda v: quote(str(v), safe="")}
+
+
+def js_messages(_: Translator) -> dict[str, str]:
+    """What static/app.js says, in this language (English needs none: the ids are English)."""
+    return {m: _.gettext(m) for m in JS_MESSAGES} if _.locale != "en" else {}
 
 
 def _render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
     backend: Backend = request.app.state.backend
     principal = getattr(request.state, "principal", None)
     tz = backend.catalog.system.timezone
+    _ = translator(request.app.state.locale_of())
     base = {"csrf": principal.csrf if principal else "", "tz": tz,
             "can_act": bool(principal and principal.role == OPERATOR), "role": principal.role if principal else "", "states": [s.value for s in RunState],
-            "fmt": lambda v: _fmt_time(v, tz), "path": request.url.path}
+            "fmt": lambda v: _.when(v, tz), "fmt_short": lambda v: _.when(v, tz, short=True),
+            "path": request.url.path, "js_messages": js_messages(_)}
     response: Response = request.app.state.templates.TemplateResponse(request, name, {**base, **context},
                                                                         status_code=status)
     return response
-
-
-def _fmt_time(value: Any, tz: str) -> str:
-    if not value:
-        return "—"
-    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return when.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 async def login_page(request: Request) -> Response:
@@ -68,9 +88,10 @@ async def login_page(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     auth: Auth = request.app.state.auth
+    _ = translator(request.app.state.locale_of())
     client = request.client.host if request.client else "?"
     if auth.login_blocked(client):
-        return _render(request, "login.html", {"next": "/", "error": "too many failed attempts; wait a minute"}, 429)
+        return _render(request, "login.html", {"next": "/", "error": _("too many failed attempts; wait a minute")}, 429)
     body = await request.body()
     form = parse_qs(body[:MAX_LOGIN_BODY].decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0].strip()
@@ -78,7 +99,7 @@ async def login(request: Request) -> Response:
     role = auth.check_token(token) if token else None
     if role is None:
         auth.login_failed(client)
-        return _render(request, "login.html", {"next": target, "error": "wrong token"}, 401)
+        return _render(request, "login.html", {"next": target, "error": _("wrong token")}, 401)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(SESSION_COOKIE, auth.new_session(role), max_age=int(auth.session_ttl), httponly=True,
                         samesite="strict", secure=bool(request.app.state.secure_cookie), path="/")
@@ -112,10 +133,11 @@ async def jobs(request: Request) -> Response:
 
 async def job(request: Request) -> Response:
     backend: Backend = request.app.state.backend
-    name = request.path_params["name"]
+    name = normalise_name(request.path_params["name"])  # decoded from %-escapes by Starlette
     row = await backend.job(name)
     if row is None:
-        raise ApiError(404, f"unknown job {name!r}")
+        _ = translator(request.app.state.locale_of())
+        raise ApiError(404, _("unknown job %(name)s", name=repr(name)))
     recent = await backend.runs(RunsQuery(job=name, limit=20, offset=0))
     return _render(request, "job.html", {"job": row, "runs": recent})
 
@@ -125,6 +147,7 @@ async def runs(request: Request) -> Response:
     backend: Backend = request.app.state.backend
     rows = await backend.runs(RunsQuery(**p.model_dump()))
     filters = {k: request.query_params.get(k, "") for k in ("job", "state", "since", "until")}
+    filters["job"] = p.job or ""  # NFC, as the select's options are
 
     def page_at(offset: int) -> str:
         return "?" + urlencode({**{k: v for k, v in filters.items() if v}, "limit": p.limit, "offset": offset})
@@ -140,15 +163,17 @@ async def run(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     row = await backend.run(run_id) if len(run_id) <= 128 else None
     if row is None:
-        raise ApiError(404, f"unknown run {run_id!r}")
+        _ = translator(request.app.state.locale_of())
+        raise ApiError(404, _("unknown run %(id)s", id=repr(run_id)))
     return _render(request, "run.html", {"run": row})
 
 
 async def charts(request: Request) -> Response:
     backend: Backend = request.app.state.backend
-    job = request.query_params.get("job") or next(iter(sorted(backend.catalog.specs)), "")
+    job = normalise_name(request.query_params.get("job") or next(iter(sorted(backend.catalog.specs)), ""))
     if job and backend.spec(job) is None:
-        raise ApiError(404, f"unknown job {job!r}")
+        _ = translator(request.app.state.locale_of())
+        raise ApiError(404, _("unknown job %(name)s", name=repr(job)))
     return _render(request, "charts.html", {"job": job, "jobs": sorted(backend.catalog.specs)})
 
 
@@ -158,7 +183,7 @@ ROUTES = [
     Route("/logout", logout, methods=["POST"], include_in_schema=False),
     Route("/", overview, include_in_schema=False),
     Route("/jobs", jobs, include_in_schema=False),
-    Route("/jobs/{name}", job, include_in_schema=False),
+    Route("/jobs/{name:path}", job, include_in_schema=False),  # a name may hold '/' (sent as %2F)
     Route("/runs", runs, include_in_schema=False),
     Route("/runs/{run_id}", run, include_in_schema=False),
     Route("/charts", charts, include_in_schema=False),

@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from shared.durations import parse_since
-from shared.events import RunState
+from shared.events import Name, RunState
 
 
 class BadParams(ValueError):
@@ -36,7 +36,7 @@ class _Params(BaseModel):
 
 
 class RunsParams(_Params):
-    job: Annotated[str | None, BeforeValidator(_blank)] = Field(None, max_length=64)
+    job: Annotated[Name | None, BeforeValidator(_blank)] = Field(None, max_length=64)
     state: Annotated[RunState | None, BeforeValidator(_blank)] = None
     since: When = None
     until: When = None
@@ -49,7 +49,7 @@ class HourlyParams(_Params):
 
 
 class DurationsParams(_Params):
-    job: str = Field(min_length=1, max_length=64)
+    job: Name = Field(min_length=1, max_length=64)
     limit: int = Field(200, ge=1, le=5000)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import format_datetime
 
@@ -15,6 +16,7 @@ import aiosmtplib
 import httpx
 
 from services.notifier import render
+from services.notifier.render import PLAIN, Look
 from services.notifier.settings import NotifierSettings
 from shared.events import Notification
 from shared.notify_config import (
@@ -46,6 +48,10 @@ def message_id(n: Notification) -> str:
 
 
 class Sender:
+    # the language and time zone messages are written in, asked at each send (the notifier follows
+    # the applied system section); English and UTC unless the maker says otherwise
+    look: Callable[[], Look] = staticmethod(lambda: PLAIN)
+
     async def send(self, n: Notification) -> str | None:  # returns the Message-ID, if any
         raise NotImplementedError
 
@@ -62,7 +68,9 @@ class LogSender(Sender):
         level = max((LOG_LEVELS[a.level] for a in n.alerts), default=logging.INFO)
         if n.status in ("resolved", "test"):
             level = logging.INFO
-        alert_log.log(level, "%s\n%s", render.subject(n), render.text_body(n, self.dashboard_url))
+        # the log stays in English (logs are for operators' tools), in the farm's zone
+        look = Look("en", self.look().timezone)
+        alert_log.log(level, "%s\n%s", render.subject(n, look), render.text_body(n, self.dashboard_url, look))
         return None
 
 
@@ -76,15 +84,16 @@ class EmailSender(Sender):
         self.dashboard_url = dashboard_url
 
     def build(self, n: Notification) -> EmailMessage:
+        look = self.look()
         msg = EmailMessage()
-        msg["Subject"] = render.subject(n)
+        msg["Subject"] = render.subject(n, look)
         msg["From"] = self.channel.sender
         msg["To"] = ", ".join(self.channel.to)
         msg["Date"] = format_datetime(n.created_at)
         msg["Message-ID"] = message_id(n)
         msg["X-Cropcron-Notification"] = n.id
-        msg.set_content(render.text_body(n, self.dashboard_url))
-        msg.add_alternative(render.html_body(n, self.dashboard_url), subtype="html")
+        msg.set_content(render.text_body(n, self.dashboard_url, look))
+        msg.add_alternative(render.html_body(n, self.dashboard_url, look), subtype="html")
         return msg
 
     async def send(self, n: Notification) -> str | None:
@@ -166,7 +175,7 @@ class SlackSender(Sender):
                 self.bucket.delay()
             self.bucket.take()
             try:
-                resp = await self.client.post(url, json=render.slack_payload(n, self.dashboard_url))
+                resp = await self.client.post(url, json=render.slack_payload(n, self.dashboard_url, self.look()))
             except httpx.HTTPError as exc:
                 # httpx errors can carry the request URL: name the type only, never the webhook
                 raise DeliveryError(f"Slack webhook unreachable ({type(exc).__name__})", permanent=False) from None
@@ -199,12 +208,17 @@ def _retry_after(value: str | None) -> float:
 
 
 def make_sender(name: str, channel: EmailChannel | SlackChannel | LogChannel, ns: NotifierSettings,
-                bucket: TokenBucket | None = None) -> Sender:
+                bucket: TokenBucket | None = None, look: Callable[[], Look] | None = None) -> Sender:
     """The sender for one configured channel (the notifier keeps one token bucket per webhook
-    across config changes and passes it in)."""
+    across config changes and passes it in; `look` gives the farm's language and zone)."""
+    sender: Sender
     if isinstance(channel, EmailChannel):
-        return EmailSender(name, channel, ns.dashboard_url)
-    if isinstance(channel, SlackChannel):
-        return SlackSender(name, channel, ns.dashboard_url, bucket or TokenBucket(ns.slack_rate, ns.slack_burst),
-                           ns.notify_retry_after_cap)
-    return LogSender(name, channel, ns.dashboard_url)
+        sender = EmailSender(name, channel, ns.dashboard_url)
+    elif isinstance(channel, SlackChannel):
+        sender = SlackSender(name, channel, ns.dashboard_url, bucket or TokenBucket(ns.slack_rate, ns.slack_burst),
+                             ns.notify_retry_after_cap)
+    else:
+        sender = LogSender(name, channel, ns.dashboard_url)
+    if look is not None:
+        sender.look = look
+    return sender

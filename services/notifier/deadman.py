@@ -20,6 +20,7 @@ from services.notifier.state import JobWatch, save_state
 from shared import wire
 from shared.config import JobSpec
 from shared.events import Alert, utcnow
+from shared.i18n import N_  # the texts are translated where they are shown (notifier/render.py)
 from shared.job_schedule import schedule_of
 from shared.kv_read import bucket_entries
 from shared.notify_config import NotificationsConfig, OverdueConfig
@@ -96,7 +97,7 @@ async def check_overdue(svc: Notifier, config: NotificationsConfig) -> bool:
         alerts.append(Alert(
             id=f"overdue.{name}.{stamp}", level="error", kind="overdue", job=name, job_type=spec.job.type,
             summary=f"{name}: no successful run since its {stamp} instant (grace {grace:g}s)", source=SOURCE, at=now,
-            text="The job was expected to succeed by then. Is the timer running? Are runners up? Is the job stuck?",
+            text=N_("The job was expected to succeed by then. Is the timer running? Are runners up? Is the job stuck?"),
             details={"expected_at": instant.isoformat(), "grace_s": grace,
                      "last_success": watch.last_success.isoformat() if watch.last_success else None}))
         watch.overdue_for = instant
@@ -137,7 +138,7 @@ async def check_services(svc: Notifier, config: NotificationsConfig) -> bool:
             alerts.append(Alert(
                 id=f"service_down.{service}.{latest.isoformat()}", level="critical", kind="service_down",
                 summary=f"service {service} silent for {(now - latest).total_seconds():.0f}s",
-                text="No instance of it is heartbeating: the process died, hangs, or lost the bus.",
+                text=N_("No instance of it is heartbeating: the process died, hangs, or lost the bus."),
                 source=SOURCE, at=now, fingerprint=fingerprint,
                 details={"service": service, "instances": [k for k, _ in instances],
                          "last_heartbeat": latest.isoformat()}))

@@ -25,12 +25,14 @@ from nats.js.kv import KeyValue
 from services.notifier import deadman, deliver, intake
 from services.notifier.channels import Sender, TokenBucket, make_sender
 from services.notifier.groups import Group, Timing
+from services.notifier.render import Look
 from services.notifier.settings import NotifierSettings
 from services.notifier.state import JobsState, load_config, load_groups, load_state
 from shared import wire
 from shared.bus import Bus
 from shared.catalog import Catalog
 from shared.events import utcnow
+from shared.i18n import resolve_locale
 from shared.lease import LeaderLease
 from shared.notify_config import NotificationsConfig, SlackChannel, channel_problems
 from shared.settings import ServiceSettings
@@ -60,6 +62,11 @@ class NotifierService:
     def status(self) -> dict[str, Any]:
         return {**self.counts, "role": self.role, "channels": sorted(self.senders), "broken": sorted(self.broken),
                 "open_groups": sum(1 for g in self.groups.values() if g.active)}
+
+    def look(self) -> Look:
+        """Messages in the farm's language and zone, as applied now (`apply` changes them live)."""
+        system = self.catalog.system
+        return Look(resolve_locale(system.locale), system.timezone)
 
     @property
     def timing(self) -> Timing:
@@ -152,7 +159,7 @@ class NotifierService:
             bucket = None
             if isinstance(channel, SlackChannel):  # one rate limit per webhook, across config changes
                 bucket = self.buckets.setdefault(name, TokenBucket(self.ns.slack_rate, self.ns.slack_burst))
-            self.senders[name] = make_sender(name, channel, self.ns, bucket)
+            self.senders[name] = make_sender(name, channel, self.ns, bucket, self.look)
         for sender in old.values():
             with contextlib.suppress(Exception):
                 await sender.close()

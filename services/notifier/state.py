@@ -1,5 +1,5 @@
 """What the notifier remembers across restarts, in the KV bucket cropcron_notify: the applied
-config (key "config"), each group ("group.<channel>.<hash>"), per-job state ("job.<name>": last
+config (key "config"), each group ("group.<channel>.<hash>"), per-job state ("job.<job key>": last
 success, the kinds firing) and the services reported down ("state.down")."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from shared import wire
 from shared.bus import Bus, publish_until_acked
 from shared.events import AlertLevel
 from shared.kv_read import bucket_entries
+from shared.names import name_of_key, subject_key
 from shared.notify_config import NotificationsConfig
 
 log = logging.getLogger("cropcron.notifier")
@@ -35,7 +36,7 @@ class JobWatch(BaseModel):
 
 
 class JobsState:
-    """Per-job watch state (KV key "job.<name>") and the services reported down ("state.down").
+    """Per-job watch state (KV key "job.<job key>") and the services reported down ("state.down").
     A change to what is firing is written before the input is acked; a last success that merely
     moved is written with the next periodic save (history can re-seed it after a crash), so a
     busy system costs no KV write per successful run."""
@@ -73,7 +74,10 @@ async def load_state(js: JetStreamContext) -> JobsState:
             if key == DOWN_KEY:
                 state.down = {str(k): str(v) for k, v in json.loads(raw).items()}
             else:
-                state.jobs[key.removeprefix(JOB_PREFIX)] = JobWatch.model_validate_json(raw)
+                name = name_of_key(key.removeprefix(JOB_PREFIX))
+                if name is None:
+                    raise ValueError("no job name has this key")
+                state.jobs[name] = JobWatch.model_validate_json(raw)
         except (ValidationError, ValueError, AttributeError) as exc:
             log.error("notifier: ignoring unreadable state %s: %s", key, exc)
     return state
@@ -93,7 +97,7 @@ async def put_many(bus: Bus, entries: list[tuple[str, bytes]]) -> None:
 
 async def save_state(bus: Bus, state: JobsState, everything: bool = False) -> None:
     names = state.dirty | (state.lazy if everything else set())
-    entries = [(JOB_PREFIX + name, state.jobs[name].model_dump_json().encode())
+    entries = [(JOB_PREFIX + subject_key(name), state.jobs[name].model_dump_json().encode())
                for name in sorted(names) if name in state.jobs]
     if state.down_dirty:
         entries.append((DOWN_KEY, json.dumps(state.down).encode()))

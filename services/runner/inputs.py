@@ -27,6 +27,7 @@ from shared import wire
 from shared.config import JobSpec
 from shared.events import BatchInfo, FileEvent, Trigger
 from shared.files import PathRefused, check_relative, rel_bytes, resolve_inside
+from shared.names import subject_key
 from shared.watch_config import WatchConfig, ZeroBytePolicy
 
 
@@ -61,7 +62,7 @@ async def watches_for(js: JetStreamContext, watches: dict[str, WatchConfig], tri
     if trigger.kind not in ("file", "batch") or not isinstance(name, str) or name in watches:
         return watches
     try:
-        entry = await (await js.key_value(wire.KV_WATCHES)).get(name)
+        entry = await (await js.key_value(wire.KV_WATCHES)).get(subject_key(name))
     except (KeyNotFoundError, KeyDeletedError):
         return watches
     if not entry.value:

@@ -1,6 +1,6 @@
 """Cluster-wide limits on one job's concurrent runs, for the overlap policy.
 
-Each job with a limit has one KV key holding its active runs: {run_id: expires_at}. Runners
+Each job with a limit has one KV key (its subject key) holding its active runs: {run_id: expires_at}. Runners
 change it only by compare-and-set, so two runners can never both take the last place. A lease
 is renewed with the job's heartbeat and expires if its runner dies, so a dead runner cannot
 block a job forever. A redelivered run takes over its own entry (same run_id).
@@ -16,6 +16,8 @@ import time
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from shared.names import subject_key
+
 CAS_ATTEMPTS = 50
 
 
@@ -26,7 +28,7 @@ class Leases:
 
     async def _read(self, job: str) -> tuple[dict[str, float], int | None]:
         try:
-            entry = await self.kv.get(job)
+            entry = await self.kv.get(subject_key(job))
         except (KeyNotFoundError, KeyDeletedError):
             return {}, None
         return (json.loads(entry.value) if entry.value else {}), entry.revision
@@ -35,9 +37,9 @@ class Leases:
         payload = json.dumps(data).encode()
         try:
             if revision is None:
-                await self.kv.create(job, payload)
+                await self.kv.create(subject_key(job), payload)
             else:
-                await self.kv.update(job, payload, last=revision)
+                await self.kv.update(subject_key(job), payload, last=revision)
         except KeyWrongLastSequenceError:
             return False
         return True

@@ -36,6 +36,7 @@ from shared.catalog import Catalog
 from shared.config import JobSpec, Overlap
 from shared.events import Rejected, RunEvent, RunState, Trigger, decode, utcnow
 from shared.files import PathRefused
+from shared.names import subject_key
 from shared.run_context import RunContext
 from shared.settings import BusSettings, ServiceSettings
 
@@ -204,7 +205,7 @@ class RunnerService:
         except Exception as exc:
             await self._reject(msg, f"malformed trigger: {_short(exc)}")
             return
-        if msg.subject.rsplit(".", 1)[-1] != trigger.job:
+        if msg.subject.rsplit(".", 1)[-1] != subject_key(trigger.job):
             await self._reject(msg, f"trigger for job {trigger.job!r} arrived on subject {msg.subject!r}")
             return
         spec = self.catalog.specs.get(trigger.job) or await self.catalog.lookup(trigger.job)

@@ -42,6 +42,7 @@ from shared.config import JobSpec
 from shared.events import FileEvent, Rejected, Trigger, decode, file_run_id, utcnow
 from shared.files import PathRefused, check_relative, rel_bytes
 from shared.lease import Lease
+from shared.names import subject_key
 from shared.settings import BusSettings, ServiceSettings
 from shared.watch_config import BatchRule, WatchConfig
 
@@ -197,7 +198,7 @@ class Dispatcher:
             return watch
         # applied a moment ago, and the catalog's KV watcher has not delivered it yet
         try:
-            entry = await (await self.bus.js.key_value(wire.KV_WATCHES)).get(name)
+            entry = await (await self.bus.js.key_value(wire.KV_WATCHES)).get(subject_key(name))
         except (KeyNotFoundError, KeyDeletedError):
             return None
         return WatchConfig.model_validate_json(entry.value) if entry.value else None

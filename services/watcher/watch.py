@@ -28,6 +28,7 @@ from services.watcher.tracker import Tracker
 from shared import wire
 from shared.bus import Bus, publish_until_acked
 from shared.events import Rejected, utcnow
+from shared.names import subject_key
 from shared.watch_config import WatchConfig, WatchMode
 
 log = logging.getLogger("cropcron.watcher")
@@ -168,7 +169,7 @@ class WatchLoop:
         log.error("watch %s: %s", self.watch.name, self.fallback)
         note = Rejected(source="watcher", subject=wire.file_subject(self.watch.name),
                         reason=f"watch {self.watch.name}: {self.fallback}", at=utcnow())
-        msg_id = f"watcher.fallback.{self.watch.name}.{int(time.time())}"
+        msg_id = f"watcher.fallback.{subject_key(self.watch.name)}.{int(time.time())}"
         await publish_until_acked(self.bus, [(wire.rejected_subject("watcher"), note.to_bytes(), msg_id)],
                                   f"watch {self.watch.name} fallback note", asyncio.Event())
 

@@ -8,15 +8,28 @@ const ACTIVE = new Set(["started", "retrying"]);
 const MAX_ROWS = 200;
 const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
 const tz = document.body.dataset.tz || undefined;
-const timeFmt = new Intl.DateTimeFormat("sv-SE", {timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit",
-  hour: "2-digit", minute: "2-digit", second: "2-digit"});
+const lang = document.documentElement.lang || "en";
+// the page's words in the farm's language, sent by the server (services/dashboard/words.py JS_MESSAGES)
+const MESSAGES = JSON.parse(document.getElementById("messages")?.textContent || "{}");
+function t(msgid, values) {
+  let text = MESSAGES[msgid] || msgid;
+  for (const [k, v] of Object.entries(values || {})) text = text.replaceAll(`%(${k})s`, String(v));
+  return text;
+}
+// as the server writes times (shared/i18n.py): ISO-like in English, "2026년 12월 4일 오후 3:05:00" in Korean
+const timeFmt = lang === "ko"
+  ? new Intl.DateTimeFormat("ko-KR", {timeZone: tz, year: "numeric", month: "long", day: "numeric",
+    hour: "numeric", minute: "2-digit", second: "2-digit"})
+  : new Intl.DateTimeFormat("sv-SE", {timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", second: "2-digit"});
 
 function fmtTime(iso) { return iso ? timeFmt.format(new Date(iso)) : "—"; }
 function fmtDuration(s) {
   if (s === null || s === undefined) return "—";
-  return s < 1 ? `${Math.round(s * 1000)} ms` : s < 120 ? `${s.toFixed(1)} s` : `${(s / 60).toFixed(1)} min`;
+  return s < 1 ? `${Math.round(s * 1000)} ms` : s < 120 ? t("%(n)s s", {n: s.toFixed(1)})
+    : t("%(n)s min", {n: (s / 60).toFixed(1)});
 }
-function stateText(s) { return s ? `${ICONS[s] || "?"} ${s}` : "—"; }
+function stateText(s) { return s ? `${ICONS[s] || "?"} ${t(s)}` : "—"; }
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -28,16 +41,17 @@ function el(tag, attrs, ...children) {
 }
 
 function runRow(r) {
-  const why = `${r.exit_code !== undefined && r.exit_code !== null ? `exit ${r.exit_code} ` : ""}${r.error || r.reason || ""}`;
+  const code = r.exit_code !== undefined && r.exit_code !== null ? `${t("exit %(code)s", {code: r.exit_code})} ` : "";
+  const why = `${code}${r.error || r.reason || ""}`;
   const tr = el("tr", {"data-run-id": r.run_id, "data-state": r.state},
-    el("td", {class: `state s-${r.state}`, "data-label": "State"}, stateText(r.state)),
-    el("td", {"data-label": "Job"}, el("a", {href: `/jobs/${encodeURIComponent(r.job)}`}, r.job)),
-    el("td", {"data-label": "Trigger"}, r.trigger_kind || "—"),
-    el("td", {"data-label": "When"}, el("a", {href: `/runs/${encodeURIComponent(r.run_id)}`},
+    el("td", {class: `state s-${r.state}`, "data-label": t("State")}, stateText(r.state)),
+    el("td", {"data-label": t("Job")}, el("a", {href: `/jobs/${encodeURIComponent(r.job)}`}, r.job)),
+    el("td", {"data-label": t("Trigger")}, r.trigger_kind ? t(r.trigger_kind) : "—"),
+    el("td", {"data-label": t("When")}, el("a", {href: `/runs/${encodeURIComponent(r.run_id)}`},
       fmtTime(r.started_at || r.scheduled_at || r.at || r.updated_at))),
-    el("td", {"data-label": "Duration"}, fmtDuration(r.duration_s)),
-    el("td", {"data-label": "Attempt"}, String(r.attempt ?? "")),
-    el("td", {class: "why", "data-label": "Exit / reason"}, why));
+    el("td", {"data-label": t("Duration")}, fmtDuration(r.duration_s)),
+    el("td", {"data-label": t("Attempt")}, String(r.attempt ?? "")),
+    el("td", {class: "why", "data-label": t("Exit / reason")}, why));
   return tr;
 }
 
@@ -137,10 +151,10 @@ function connectLive() {
   const badge = document.getElementById("live");
   const source = new EventSource("/api/events");  // reconnects by itself after a drop
   const resync = () => { for (const t of tables()) reload(t).catch((e) => notice(`✗ ${e.message}`, "error")); };
-  source.addEventListener("hello", () => { badge.textContent = "● live"; badge.className = "live on"; resync(); });
+  source.addEventListener("hello", () => { badge.textContent = `● ${t("live")}`; badge.className = "live on"; resync(); });
   source.addEventListener("resync", resync);
   source.addEventListener("run", (e) => onRun(JSON.parse(e.data)));
-  source.onerror = () => { badge.textContent = "○ reconnecting"; badge.className = "live off"; };
+  source.onerror = () => { badge.textContent = `○ ${t("reconnecting")}`; badge.className = "live off"; };
 }
 
 // -- actions ------------------------------------------------------------------------------
@@ -154,12 +168,12 @@ document.addEventListener("click", async (e) => {
     if (action === "run") {
       notice("", "ok");
       const p = document.getElementById("notice");
-      p.replaceChildren(`✓ run of ${job} queued: `, el("a", {href: out.url, id: "queued-run"}, out.run_id));
+      p.replaceChildren(`✓ ${t("run of %(job)s queued: ", {job})}`, el("a", {href: out.url, id: "queued-run"}, out.run_id));
     } else {
       location.reload();  // the schedule changed: next run and buttons come from the server
     }
   } catch (err) {
-    notice(`✗ ${action} ${job}: ${err.message}`, "error");
+    notice(`✗ ${t("%(action)s %(job)s: %(error)s", {action: t(action), job, error: err.message})}`, "error");
   } finally {
     button.disabled = false;
   }
@@ -194,31 +208,31 @@ async function hourlyChart(node) {
   const data = await api("GET", "/api/charts/hourly?days=7");
   const xs = data.hours.map((h) => Date.parse(h) / 1000);
   const opts = {width: chartWidth(node), height: 260, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
-    series: [TIME_24H, ...SERIES.map(([name, stroke, dash]) => ({label: `${ICONS[name]} ${name}`, stroke, dash, width: 2}))],
-    axes: [{values: AXIS_24H}, {label: "runs per hour"}]};
+    series: [{...TIME_24H, label: t("Time")}, ...SERIES.map(([name, stroke, dash]) => ({label: `${ICONS[name]} ${t(name)}`, stroke, dash, width: 2}))],
+    axes: [{values: AXIS_24H}, {label: t("runs per hour")}]};
   node.replaceChildren();
   new uPlot(opts, [xs, ...SERIES.map(([name]) => data.series[name] || xs.map(() => 0))], node);
 }
 
 async function durationChart(node) {
   const data = await api("GET", `/api/charts/durations?job=${encodeURIComponent(node.dataset.job)}`);
-  if (!data.runs.length) { node.textContent = "No finished runs yet."; return; }
+  if (!data.runs.length) { node.textContent = t("No finished runs yet."); return; }
   const xs = data.runs.map((r) => Date.parse(r.at) / 1000);
   const opts = {width: chartWidth(node), height: 240, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
-    series: [TIME_24H, {label: "duration (s)", stroke: "#0969da", width: 2, points: {show: true, size: 6}}],
-    axes: [{values: AXIS_24H}, {label: "seconds"}]};
+    series: [{...TIME_24H, label: t("Time")}, {label: t("duration (s)"), stroke: "#0969da", width: 2, points: {show: true, size: 6}}],
+    axes: [{values: AXIS_24H}, {label: t("seconds")}]};
   node.replaceChildren();
   new uPlot(opts, [xs, data.runs.map((r) => r.duration_s)], node);
 }
 
 function drawHourly(node) {
   if (typeof uPlot === "undefined") return;
-  hourlyChart(node).catch((e) => { node.textContent = `✗ chart unavailable: ${e.message}`; });
+  hourlyChart(node).catch((e) => { node.textContent = `✗ ${t("chart unavailable: %(error)s", {error: e.message})}`; });
 }
 
 function drawDurations(node) {
   if (typeof uPlot === "undefined") return;
-  durationChart(node).catch((e) => { node.textContent = `✗ chart unavailable: ${e.message}`; });
+  durationChart(node).catch((e) => { node.textContent = `✗ ${t("chart unavailable: %(error)s", {error: e.message})}`; });
 }
 
 function charts() {
