@@ -92,15 +92,20 @@ class Schedule:
             # cronsim starts strictly after the given time (whole seconds)
             start = after.astimezone(self.tz).replace(microsecond=0)
             self._it = CronSim(self.cron or "", start)
-        try:
-            local = next(self._it)
-        except (StopIteration, CronSimError):
-            return None
-        result = local.astimezone(UTC)
-        if result <= after:  # sub-second `after`: step once more
-            return self._next_cron(result)
-        self._last = result
-        return result
+        # Step until past `after` itself. Usually once; more when `after` has a fraction of a
+        # second, or lies in the second pass of a repeated (fall-back) hour: cronsim reads the
+        # local time as its first occurrence and starts an hour early. (This stepped from the
+        # first result instead of from `after` and could return an instant before `after`: a
+        # timer restarting in a repeated hour got a past instant; found by the restart property.)
+        while True:
+            try:
+                local = next(self._it)
+            except (StopIteration, CronSimError):
+                return None
+            result = local.astimezone(UTC)
+            if result > after:
+                self._last = result
+                return result
 
     def latest(self, start: datetime, end: datetime, n: int) -> list[datetime]:
         """The (at most) n most recent instants in (start, end], ascending. Walks backwards from

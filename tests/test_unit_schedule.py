@@ -629,3 +629,17 @@ def test_six_field_cron_across_transitions_runs_on_the_new_time(
     tz = ZoneInfo(zone)
     got = list(Schedule(cron=expr, tz=tz).between(start, end, 100_000))
     assert got == Oracle(expr).brute(tz, start, end, step=1)
+
+
+def test_next_after_in_the_second_pass_of_a_repeated_hour_is_never_in_the_past() -> None:
+    # found by test_restarting_anywhere_gives_the_same_sequence: a fixed-time job runs once in the
+    # repeated hour (its first pass); asked during the second pass, next_after returned 01:02 EDT,
+    # an instant before the time asked about, instead of 02:00 EST
+    tz = ZoneInfo("America/New_York")
+    schedule = Schedule(cron="0-8 0-2 * * *", tz=tz)
+    second_pass = datetime(2014, 11, 2, 6, 0, tzinfo=UTC)  # 01:00 EST, the repeated 01:00
+    got = schedule.next_after(second_pass)
+    assert got == datetime(2014, 11, 2, 2, 0, tzinfo=tz).astimezone(UTC) and got > second_pass
+    for minutes in range(0, 60):
+        after = second_pass + timedelta(minutes=minutes)
+        assert Schedule(cron="0-8 0-2 * * *", tz=tz).next_after(after) == got  # type: ignore[operator]
