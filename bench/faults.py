@@ -65,7 +65,7 @@ def chosen(only: str | None) -> list[Scenario]:
     if not only:
         return list(ALL)
     names = {s.name: s for s in ALL}
-    wanted = [n.strip() for n in only.split(",") if n.strip()]
+    wanted = [n.strip() for n in only.split(",") if n.strip()]  # a name may come twice: run twice
     unknown = [n for n in wanted if n not in names]
     if unknown:
         raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(names)}")
@@ -77,14 +77,14 @@ async def run_all(scenarios: list[Scenario], load: Load, timing: Timing, outdir:
     own: Postgres | None = None
     shared_url = os.environ.get("DATABASE_URL")
     try:
-        for scenario in scenarios:
+        for index, scenario in enumerate(scenarios):
             if own is None and (scenario.component == "postgres" or not shared_url):
                 own = Postgres()
                 await asyncio.to_thread(own.init)
                 await asyncio.to_thread(own.start)
             use_own = scenario.component == "postgres" or not shared_url
             assert own is not None or not use_own
-            workdir = outdir / scenario.name
+            workdir = outdir / f"{index:02d}-{scenario.name}"
             workdir.mkdir(parents=True)
             log(f"{scenario.name}: starting")
             report = await run(scenario, load, timing, workdir, own.url if use_own and own else str(shared_url),
@@ -148,7 +148,7 @@ def main() -> int:
     if not args.no_write:
         write_doc(text)
         log(f"table written to {DOC}")
-    return 0 if all(verdict(s, r) == "ok" for s, r in results) else 1
+    return 0 if all(verdict(s, r).startswith("ok") for s, r in results) else 1
 
 
 if __name__ == "__main__":

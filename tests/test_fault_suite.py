@@ -64,6 +64,9 @@ async def test_nothing_due_is_lost(scenario: Scenario, request: pytest.FixtureRe
     assert report.lost == [], f"{summary}\nlost: {report.lost[:20]}"
     assert report.anomalies == [], f"{summary}\n{report.anomalies[:20]}"
     assert report.notes == [], f"{summary}\n{report.notes}"
+    # the fault found every job mid-run (none between its effect and its report), so that a
+    # repeated effect means a job outlived its process or ran twice, not at-least-once delivery
+    assert report.mid_job, summary
     if not scenario.duplicates_allowed:
         # a killed runner's job dies with it (the reaper), a timer's or dispatcher's replay has the
         # same ids, history's redeliveries are upserts: no effect twice

@@ -51,6 +51,9 @@ class Report:
     duplicates: list[str] = field(default_factory=list)  # "<run id> <job> <key>: effects of attempt 1 at ..."
     executions: int = 0  # job starts (ledger) for due runs
     rerun: int = 0  # due runs started more than once
+    late_p90_s: float | None = None  # how late jobs started before the fault (90th percentile)
+    mid_job: bool = True  # the fault found every job mid-run (Timing.guard); False: some job was
+    # between its effect and its report, so a kill could repeat that effect
     recovery_s: float | None = None
     caught_up_s: float | None = None
     anomalies: list[str] = field(default_factory=list)  # cross-checks that should be empty
@@ -108,11 +111,23 @@ def check(scenario: str, due: list[Due], rows: list[Row], ledger: list[LedgerLin
             times = ", ".join(f"attempt {line.attempt} at {line.at - fault_at:+.2f}s" for line in lines)
             job = by_id[run_id].job if run_id in by_id else "?"
             report.duplicates.append(f"{run_id} {job} {lines[0].key}: effects of {times} (from the fault)")
+    report.late_p90_s = _lateness(due, ledger, fault_at)
     report.executions = sum(starts.values())
     report.rerun = sum(1 for n in starts.values() if n > 1)
     report.recovery_s = _recovery([d for d in due if served is None or d.job in served], by_id, fault_at, heal_at)
     report.caught_up_s = _caught_up(due, by_id, heal_at)
     return report
+
+
+def _lateness(due: list[Due], ledger: list[LedgerLine], fault_at: float) -> float | None:
+    """The 90th percentile of (job start - its instant or file drop) before the fault: a system
+    that cannot keep up with its load has jobs ending at every moment."""
+    at = {d.run_id: d.at for d in due}
+    late = sorted(line.at - at[line.run_id] for line in ledger
+                  if line.kind == "start" and line.run_id in at and line.attempt == 1 and line.at < fault_at)
+    if not late:
+        return None
+    return round(late[min(len(late) - 1, int(len(late) * 0.9))], 2)
 
 
 def _recovery(due: list[Due], by_id: dict[str, Row], fault_at: float, heal_at: float) -> float | None:

@@ -131,7 +131,16 @@ class LedgerLine:
     key: str
     attempt: int
     pid: int
-    at: float  # epoch seconds
+    at: float  # epoch seconds (the job wrote seconds since boot, to 10 ms)
+
+
+def _boot_time() -> float:
+    """Epoch seconds at boot, so that the ledger's uptime stamps read as wall-clock times."""
+    with open("/proc/uptime") as f:
+        return time.time() - float(f.read().split()[0])
+
+
+BOOT = _boot_time()
 
 
 def read_ledger(path: Path) -> list[LedgerLine]:
@@ -141,5 +150,6 @@ def read_ledger(path: Path) -> list[LedgerLine]:
     for line in path.read_text().splitlines():
         parts = line.split()
         if len(parts) == 6:  # a line cut by a kill mid-write would show up here as a shorter one
-            out.append(LedgerLine(parts[0], parts[1], parts[2], int(parts[3]), int(parts[4]), float(parts[5])))
+            out.append(LedgerLine(parts[0], parts[1], parts[2], int(parts[3]), int(parts[4]),
+                                  BOOT + float(parts[5])))
     return out

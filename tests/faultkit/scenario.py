@@ -63,7 +63,9 @@ class Timing:
     down: float = 5.0  # SIGKILL .. start again, as systemd/compose would (s)
     after: float = 10.0  # load after the heal, before the cut-off (s)
     drain: float = 180.0  # deadline for everything due to be on record (s)
-    phase: float = 0.25  # faults land this far into an interval: every job of that instant is mid-run
+    phase: float = 0.25  # faults land this far into an interval, or later (guard), when every job is mid-run
+    guard: float = 0.15  # ... that is: each running job has this long left before its effect, and
+    # each job that made its effect has its outcome on record (a fault in between repeats the effect)
     ack_wait: float = 3.0  # CROPCRON_ACK_WAIT of every process (FAST_ENV's; the default is 30)
 
 
@@ -94,6 +96,7 @@ async def _run(system: System, scenario: Scenario, load: Load, timing: Timing) -
     await _wait_rows(system.db_url, "SELECT count(*) FROM runs WHERE state = 'succeeded'", load.jobs, 60,
                      "the first runs")
     t0 = time.time()
+    notes: list[str] = []
     stop_files = asyncio.Event()
     dropper = None
     feeder = None
@@ -105,6 +108,7 @@ async def _run(system: System, scenario: Scenario, load: Load, timing: Timing) -
         await asyncio.sleep(timing.warmup)
         await _phase(load.interval, timing.phase)
         victim = await system.victim(scenario.component)
+        mid_job = await _mid_job(system, load, timing.guard, 10.0)
         fault_at, heal_at = await _inject(system, victim, scenario, timing)
         log.info("%s: fault at %.3f, healed at %.3f", scenario.name, fault_at, heal_at)
         await asyncio.sleep(timing.after)
@@ -116,7 +120,6 @@ async def _run(system: System, scenario: Scenario, load: Load, timing: Timing) -
     due = [Due(run_id, job, instant.timestamp()) for run_id, (job, instant) in due_ticks(load, t0, cutoff).items()]
     if dropper is not None:
         due += [Due(d.run_id, FILE_JOB, d.at) for d in dropper.drops]
-    notes = []
     if not await _recorded(system.db_url, due, timing.drain):
         notes.append(f"not everything due was on record {timing.drain:g}s after the cut-off")
     await _stop_load(system, load)
@@ -127,6 +130,7 @@ async def _run(system: System, scenario: Scenario, load: Load, timing: Timing) -
     report = check(scenario.name, due, rows, read_ledger(system.ledger), fault_at, heal_at, served)
     report.anomalies += _unexpected(rows, due, load, t0, cutoff)
     report.notes += notes
+    report.mid_job = mid_job
     return report
 
 
@@ -137,6 +141,29 @@ async def _phase(interval: float, phase: float) -> None:
     while target <= now + 0.05:
         target += interval
     await asyncio.sleep(target - now)
+
+
+async def _mid_job(system: System, load: Load, guard: float, limit: float) -> bool:
+    """Wait (at most `limit` s) for a moment when no job is near or past its effect without its
+    outcome on record: every running job has `guard` s left, and every run that wrote its effect
+    has its terminal row in history. A fault then lands on jobs mid-run, which is what the
+    scenarios test; a fault between a job's effect and its report repeats the effect (at-least-
+    once, docs/reliability.md), and under load, jobs can run late enough to be there at any phase."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        now = time.time()
+        lines = [line for line in read_ledger(system.ledger) if line.at > now - 10]
+        ended = {(line.run_id, line.pid) for line in lines if line.kind == "end"}
+        near = [line for line in lines if line.kind == "start" and (line.run_id, line.pid) not in ended
+                and line.at + load.job_seconds - now < guard]
+        effects = list({line.run_id for line in lines if line.kind == "end"})
+        if not near:
+            done = await _query(system.db_url, "SELECT count(*) FROM runs WHERE run_id = ANY($1::text[]) AND "
+                                               "state = ANY($2::text[])", effects, list(TERMINAL))
+            if done and done[0][0] == len(effects) and time.time() - now < guard / 2:
+                return True
+        await asyncio.sleep(0.02)
+    return False
 
 
 async def _inject(system: System, victim: Proc, scenario: Scenario, timing: Timing) -> tuple[float, float]:
