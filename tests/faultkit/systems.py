@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from faultkit.load import FILE_JOB, Load, write_config
+from faultkit.load import Load, write_config
 from faultkit.procs import FAST_ENV, ROOT, NatsServer, Postgres, Proc, Service, Up, service_env
 from shared import wire
 from shared.bus import Bus, connect
@@ -39,9 +39,6 @@ class System:
         self._bus: Bus | None = None
         self._bus_url = ""
         write_config(self.config, load, self.ledger, self.root)
-
-    def jobs(self) -> list[str]:
-        return self.load.tick_jobs() + ([FILE_JOB] if self.load.files_per_second else [])
 
     async def start(self) -> None:
         raise NotImplementedError
