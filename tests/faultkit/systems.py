@@ -17,8 +17,10 @@ from pathlib import Path
 from faultkit.load import Load, write_config
 from faultkit.procs import FAST_ENV, ROOT, NatsServer, Postgres, Proc, Service, Up, service_env
 from shared import wire
+from cropcron.embedded import runtime_connection
 from shared.bus import Bus, connect
 from shared.health import instance_key
+from shared.nats_auth import Credentials
 
 # components that have a peer which takes their work over by itself (two runners, two timers)
 HAS_PEER = ("runner", "timer")
@@ -46,6 +48,10 @@ class System:
     def nats_url(self) -> str | None:
         raise NotImplementedError
 
+    def credentials(self) -> Credentials | None:
+        """Who the harness is on the broker (None: a broker without users)."""
+        return None
+
     async def bus(self, timeout: float = 60) -> Bus:
         """A connection to the broker now running (reconnects by itself across a broker restart;
         re-opened when `up` came back on another port)."""
@@ -60,7 +66,7 @@ class System:
             if self._bus is not None:
                 with contextlib.suppress(Exception):
                     await self._bus.close()
-            self._bus = await asyncio.wait_for(connect(url, "faultkit"), timeout)
+            self._bus = await asyncio.wait_for(connect(url, "faultkit", creds=self.credentials()), timeout)
             self._bus_url = url
         return self._bus
 
@@ -201,6 +207,11 @@ class UpSystem(System):
 
     def nats_url(self) -> str | None:
         return self.up.nats_url()
+
+    def credentials(self) -> Credentials | None:
+        # `up` makes its broker's users; the harness reads KV and consumers as the operator does
+        found = runtime_connection(self.up.data_dir)
+        return found[1] if found else None
 
     async def start(self) -> None:
         self.up.start()
