@@ -67,10 +67,11 @@ from cropcron import commands  # noqa: E402
 from cropcron.embedded import free_port, nats_server_binary, wait_port, write_nats_config  # noqa: E402
 from cropcron.embedded_pg import EmbeddedPostgres  # noqa: E402
 from shared import wire  # noqa: E402
-from shared.bus import Bus, connect, ensure_topology, publish_all  # noqa: E402
+from shared.bus import Bus, connect, publish_all  # noqa: E402
 from shared.config import parse_config  # noqa: E402
 from shared.events import RunEvent, RunState, Trigger, tick_run_id  # noqa: E402
 from shared.health import instance_key  # noqa: E402
+from shared.topology import ensure_topology  # noqa: E402
 
 CHILDREN = Children()
 LOG_DIR = RESULTS_DIR / "logs"

@@ -40,9 +40,10 @@ from common import RESULTS_DIR, ROOT, Children, exit_on_signals, log, percentile
 from cropcron import commands
 from cropcron.embedded import free_port, start_nats
 from shared import wire
-from shared.bus import connect, ensure_topology
+from shared.bus import connect
 from shared.config import parse_config
 from shared.events import RunEvent, RunState
+from shared.topology import ensure_topology
 
 CHROMIUM = os.environ.get("CROPCRON_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "bench-" + uuid.uuid4().hex

@@ -37,11 +37,12 @@ from common import CHILDREN_TIMEOUT, Children, exit_on_signals, fmt, log, print_
 from cropcron import commands  # noqa: E402
 from cropcron.embedded import free_port, nats_server_binary, wait_port, write_nats_config  # noqa: E402
 from shared import wire  # noqa: E402
-from shared.bus import Bus, connect, ensure_topology, publish_until_acked  # noqa: E402
+from shared.bus import Bus, connect, publish_until_acked  # noqa: E402
 from shared.catalog import Catalog  # noqa: E402
 from shared.config import parse_config  # noqa: E402
 from shared.events import FileEvent, Trigger, file_event_id, file_run_id  # noqa: E402
 from shared.settings import ServiceSettings  # noqa: E402
+from shared.topology import ensure_topology  # noqa: E402
 
 CHILDREN = Children()
 

@@ -41,7 +41,8 @@ from aiosmtpd.controller import Controller  # noqa: E402
 
 from cropcron.embedded import free_port, nats_server_binary, wait_port, write_nats_config  # noqa: E402
 from shared import wire  # noqa: E402
-from shared.bus import Bus, connect, ensure_topology, publish_until_acked  # noqa: E402
+from shared.bus import Bus, connect, publish_until_acked  # noqa: E402
+from shared.topology import ensure_topology  # noqa: E402
 from shared.config import parse_config  # noqa: E402
 from shared.events import RunEvent, RunState, utcnow  # noqa: E402
 from shared.health import instance_key  # noqa: E402

@@ -43,7 +43,8 @@ from watchdog.observers import Observer  # noqa: E402
 
 from cropcron.embedded import free_port, nats_server_binary, wait_port, write_nats_config  # noqa: E402
 from shared import wire  # noqa: E402
-from shared.bus import Bus, connect, ensure_topology  # noqa: E402
+from shared.bus import Bus, connect  # noqa: E402
+from shared.topology import ensure_topology  # noqa: E402
 from shared.catalog import write_watches  # noqa: E402
 from shared.events import FileEvent, decode  # noqa: E402
 from shared.health import instance_key  # noqa: E402

@@ -17,7 +17,7 @@ from services.notifier.render import PLAIN, Look
 from services.notifier.settings import NotifierSettings
 from services.notifier.state import config_bytes, load_config
 from shared import wire
-from shared.bus import Bus, ensure_topology
+from shared.bus import Bus
 from shared.config import Config, ConfigError
 from shared.config import load_config as load_file
 from shared.errors import CommandError, UserError
@@ -29,6 +29,7 @@ from shared.notify_config import (
     secret_problems,
 )
 from shared.queries import AlertsQuery
+from shared.topology import ensure_topology
 
 log = logging.getLogger("cropcron")
 

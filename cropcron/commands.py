@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from shared import wire
 from shared.atomic import BatchUncertain
-from shared.bus import TRANSIENT_ERRORS, Bus, connect_once, ensure_missing
+from shared.bus import TRANSIENT_ERRORS, Bus, connect_once
 from shared.catalog import (
     ApplyError,
     Changes,
@@ -36,6 +36,7 @@ from shared.names import normalise_name, subject_key
 from shared.nats_auth import Credentials
 from shared.queries import CleanupRequest, LastQuery, RunsQuery, StatsQuery
 from shared.reply import ask
+from shared.topology import ensure_missing
 from shared.watch_config import WatchConfig
 
 

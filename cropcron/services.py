@@ -25,10 +25,11 @@ from services.timer.service import TimerService
 from services.watcher.dispatch import Dispatcher
 from services.watcher.service import WatcherService
 from shared import nats_auth, wire
-from shared.bus import Bus, await_topology, connect, ensure_topology
+from shared.bus import Bus, connect
 from shared.catalog import Catalog
 from shared.health import heartbeat_loop
 from shared.settings import BusSettings, ServiceSettings
+from shared.topology import await_topology, ensure_topology
 
 log = logging.getLogger("cropcron")
 

@@ -4,7 +4,7 @@ Every message carries the batch id and its sequence, the last one a commit marke
 stores the whole batch when the commit arrives, or none of it. `cropcron apply` writes a config's
 changed keys this way, so a failure midway (a value the stream refuses, a broker going away) can
 no longer leave old and new job definitions mixed. The stream needs `allow_atomic`
-(`shared/bus.py: ensure_topology`, `ensure_atomic`).
+(`shared/topology.py: ensure_topology`, `ensure_atomic`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""NATS connection and JetStream topology.
+"""NATS connections and JetStream publishing (the topology itself: shared/topology.py).
 
 connect(): reconnects forever (nats-py's default gives up after ~2 minutes, RELIABILITY §1.9),
 pings every 10 s so a silent dead path is noticed in ~30 s, and exposes health.
-ensure_topology(): idempotent creation of every stream, consumer and KV bucket; safe to run from
-every service at start-up and from `cropcron apply`.
+connect_once(): one attempt with a clear error, for the CLI.
+publish_all/publish_until_acked/fetch_batches/retry_transient: the JetStream habits every service shares.
 """
 
 from __future__ import annotations
@@ -20,20 +20,8 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DiscardPolicy,
-    KeyValueConfig,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
-from nats.js.errors import BadRequestError, NotFoundError
-from nats.js.kv import KeyValue
 
 from shared import wire
-from shared.atomic import ensure_atomic
 from shared.nats_auth import Credentials, CredentialsError
 from shared.settings import BusSettings
 
@@ -228,153 +216,6 @@ async def connect_once(url: str, name: str, timeout: float = 3.0, creds: Credent
     return Bus(nc=nc, js=nc.jetstream(timeout=timeout * 3), health=Health(connected=True))
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    try:
-        await js.add_stream(config)
-    except BadRequestError as exc:
-        if exc.err_code == 10058:  # "stream name already in use with a different configuration"
-            await js.update_stream(config)
-        else:
-            raise
-
-
-async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = None) -> None:
-    settings = settings or BusSettings()
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=wire.STREAM_TRIGGERS,
-            subjects=[wire.TRIGGER_SUBJECTS],
-            # work queue: a trigger disappears once a runner acks (or terms) it
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=settings.duplicate_window,
-            discard=DiscardPolicy.NEW,  # refuse new work rather than drop queued work
-        ),
-    )
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=wire.STREAM_RUNS,
-            subjects=[wire.RUN_EVENT_SUBJECTS, wire.REJECTED_SUBJECTS],
-            # limits: history, notifier, dashboard and other modules each read it at their pace
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=settings.run_events_max_age,
-            duplicate_window=settings.duplicate_window,
-        ),
-    )
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=wire.STREAM_FILES,
-            subjects=[wire.FILE_SUBJECTS],
-            # limits: the dispatcher turns arrivals into runs; other modules may read them too
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=settings.run_events_max_age,
-            duplicate_window=settings.duplicate_window,
-        ),
-    )
-    await _ensure_consumer(
-        js,
-        wire.STREAM_FILES,
-        ConsumerConfig(
-            durable_name=wire.DISPATCH_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=settings.ack_wait,
-            max_deliver=-1,  # an arrival must not be dropped because the bus was briefly busy
-            max_ack_pending=settings.max_ack_pending,
-        ),
-    )
-    for band in wire.BANDS:
-        await _ensure_consumer(
-            js,
-            wire.STREAM_TRIGGERS,
-            ConsumerConfig(
-                durable_name=wire.runner_consumer(band),
-                filter_subject=f"{wire.PREFIX}.trigger.{band}.>",
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=settings.ack_wait,
-                # per-job retry limits are enforced by the runner from num_delivered; this is
-                # only the safety net against a poison message looping forever
-                max_deliver=settings.max_deliver,
-                max_ack_pending=settings.max_ack_pending,
-                max_waiting=512,
-            ),
-        )
-    await _ensure_consumer(
-        js,
-        wire.STREAM_RUNS,
-        ConsumerConfig(
-            durable_name=wire.HISTORY_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=settings.ack_wait,
-            max_deliver=-1,  # history must not give up on a run event because Postgres was down
-            max_ack_pending=settings.max_ack_pending,
-        ),
-    )
-    for bucket in (wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_TIMER, wire.KV_LEASES, wire.KV_SERVICES,
-                   wire.KV_WATCHES, wire.KV_BATCHES):
-        try:
-            await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
-        except BadRequestError as exc:
-            # 10058: it exists with another configuration: ours, with atomic batches turned on
-            if exc.err_code != 10058:
-                raise
-    for bucket in (wire.KV_JOBS, wire.KV_WATCHES):  # `apply` writes a config to them all-or-nothing
-        await ensure_atomic(js, f"KV_{bucket}")
-    # issue 4: the alerts stream, the notification outbox, their consumers and the notifier's KV
-    # (imported here: the notifier's settings live with the notifier)
-    from services.notifier.topology import ensure_alert_topology
-
-    await ensure_alert_topology(js, settings)
-
-
-class _CreateOnly(JetStreamContext):
-    """JetStream for ensure_topology that creates what is missing and changes nothing that
-    exists: each create is preceded by a look-up, and updates are skipped."""
-
-    async def add_stream(self, config: StreamConfig | None = None, **params: Any) -> Any:
-        assert config is not None and config.name is not None
-        try:
-            return await self.stream_info(config.name)
-        except NotFoundError:
-            return await super().add_stream(config, **params)
-
-    async def update_stream(self, config: StreamConfig | None = None, **params: Any) -> Any:
-        assert config is not None and config.name is not None
-        return await self.stream_info(config.name)
-
-    async def add_consumer(self, stream: str, config: ConsumerConfig | None = None, timeout: float | None = None,
-                           **params: Any) -> Any:
-        assert config is not None and config.durable_name is not None
-        try:
-            return await self.consumer_info(stream, config.durable_name)
-        except NotFoundError:
-            return await super().add_consumer(stream, config, timeout, **params)
-
-    async def create_key_value(self, config: KeyValueConfig | None = None, **params: Any) -> KeyValue:
-        assert config is not None
-        try:
-            return await self.key_value(config.bucket)
-        except NotFoundError:
-            return await super().create_key_value(config, **params)
-
-
-async def ensure_missing(bus: Bus, settings: BusSettings | None = None) -> None:
-    """Create every stream, consumer and KV bucket that does not exist yet, leaving those that do
-    as they are (the services set them from their own environment). For `cropcron apply`, which
-    may run while the services are still creating them (compose starts it beside them)."""
-    await ensure_topology(_CreateOnly(bus.nc, timeout=10.0), settings)
-
-
-async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
-    # nats-py's add_consumer is create-or-update on current servers: an existing durable keeps
-    # its pending messages and takes the new settings (e.g. a changed ack_wait).
-    await js.add_consumer(stream, config)
-
-
 async def publish_all(bus: Bus, items: list[tuple[str, bytes, str]], timeout: float = 10.0,
                       ) -> list[tuple[str, bytes, str]]:
     """Pipelined JetStream publishes (one PubAck wait for the lot); returns those that failed."""
@@ -458,43 +299,3 @@ async def retry_transient(op: Callable[[], Awaitable[T]], what: str, stop: async
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-
-def topology_names() -> tuple[list[str], list[tuple[str, str]]]:
-    """The streams (KV buckets' included) and the durable consumers ensure_topology makes."""
-    buckets = [wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_TIMER, wire.KV_LEASES, wire.KV_SERVICES, wire.KV_WATCHES,
-               wire.KV_BATCHES, wire.KV_NOTIFY]
-    streams = [wire.STREAM_TRIGGERS, wire.STREAM_RUNS, wire.STREAM_FILES, wire.STREAM_ALERTS, wire.STREAM_NOTIFY,
-               *(f"KV_{b}" for b in buckets)]
-    consumers = [*((wire.STREAM_TRIGGERS, wire.runner_consumer(b)) for b in wire.BANDS),
-                 (wire.STREAM_RUNS, wire.HISTORY_CONSUMER), (wire.STREAM_FILES, wire.DISPATCH_CONSUMER),
-                 (wire.STREAM_RUNS, wire.NOTIFIER_RUNS_CONSUMER), (wire.STREAM_ALERTS, wire.NOTIFIER_ALERTS_CONSUMER),
-                 (wire.STREAM_ALERTS, wire.HISTORY_ALERTS_CONSUMER), (wire.STREAM_NOTIFY, wire.DELIVER_CONSUMER)]
-    return streams, consumers
-
-
-async def await_topology(bus: Bus, user: str, every: float = 2.0) -> None:
-    """For a service user, which may not create streams: wait until the operator's `apply` (or
-    `cropcron up`) has made every stream, bucket and consumer, saying what is missing."""
-    streams, consumers = topology_names()
-    said = ""
-    while True:
-        missing: list[str] = []
-        for stream in streams:
-            try:
-                await bus.js.stream_info(stream)
-            except NotFoundError:
-                missing.append(stream)
-        for stream, consumer in consumers:
-            if stream not in missing:
-                try:
-                    await bus.js.consumer_info(stream, consumer)
-                except NotFoundError:
-                    missing.append(f"{stream}/{consumer}")
-        if not missing:
-            return
-        text = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
-        if text != said:
-            log.warning("NATS user %s may not create the topology and it is not all there yet (missing %s): "
-                        "waiting for `cropcron apply` to create it", user, text)
-            said = text
-        await asyncio.sleep(every)

@@ -22,6 +22,9 @@ class BusSettings(BaseSettings):
     run_events_max_age: float = 7 * 86400.0
     ping_interval: int = 10
     request_timeout: float = 10.0
+    # the notifier's outbox consumer: a delivery in progress is redelivered after this much silence
+    # (the notifier keeps a slow send alive at a third of it)
+    notify_ack_wait: float = 60.0
 
 
 class ServiceSettings(BaseSettings):

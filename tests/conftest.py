@@ -28,9 +28,10 @@ import yaml
 from cropcron import commands
 from cropcron.embedded import free_port, nats_server_binary, wait_port, write_nats_config
 from cropcron.services import run_services
-from shared.bus import Bus, connect, ensure_topology
+from shared.bus import Bus, connect
 from shared.config import parse_config
 from shared.settings import BusSettings, ServiceSettings
+from shared.topology import ensure_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -43,7 +43,7 @@ async def test_a_lease_outlives_an_unreachable_broker_until_its_ttl_then_is_reta
 async def test_timer_runner_history_keep_going_across_a_broker_kill_and_restart(
         nats_server: NatsProcess, spawn: Spawner, db_url: str, fast_env: dict[str, str]) -> None:
     bus = await connect(nats_server.url, "test")
-    from shared.bus import ensure_topology
+    from shared.topology import ensure_topology
 
     await ensure_topology(bus.js)
     await apply_yaml(bus, """

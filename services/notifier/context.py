@@ -22,6 +22,7 @@ class Notifier(Protocol):
     bus: Bus
     catalog: Catalog
     ns: NotifierSettings
+    notify_ack_wait: float  # the outbox consumer's ack_wait (BusSettings)
     config: NotificationsConfig | None
     senders: dict[str, Sender]
     groups: dict[str, Group]

@@ -81,7 +81,7 @@ async def deliver_one(svc: Notifier, msg: Msg) -> None:
         await msg.nak(delay=2)
         return
     attempt = msg.metadata.num_delivered or 1
-    keepalive = asyncio.create_task(_keepalive(msg, max(svc.ns.notify_ack_wait / 3, 0.2)))
+    keepalive = asyncio.create_task(_keepalive(msg, max(svc.notify_ack_wait / 3, 0.2)))
     try:
         sender = svc.senders.get(n.channel)
         if sender is None:

@@ -35,7 +35,7 @@ from shared.events import utcnow
 from shared.i18n import resolve_locale
 from shared.lease import LeaderLease
 from shared.notify_config import NotificationsConfig, SlackChannel, channel_problems
-from shared.settings import ServiceSettings
+from shared.settings import BusSettings, ServiceSettings
 
 log = logging.getLogger("cropcron.notifier")
 
@@ -47,6 +47,8 @@ class NotifierService:
         self.catalog = catalog
         self.settings = settings
         self.ns = notifier or NotifierSettings()
+        # the outbox consumer's ack_wait (the topology's setting): a slow send is kept alive at a third of it
+        self.notify_ack_wait = BusSettings().notify_ack_wait
         self.config: NotificationsConfig | None = None
         self.senders: dict[str, Sender] = {}
         self.broken: dict[str, str] = {}  # channel -> why it cannot send (reported, not fatal)

@@ -11,7 +11,6 @@ class NotifierSettings(BaseSettings):
 
     dashboard_url: str = "http://127.0.0.1:8080"  # links in messages: <dashboard_url>/runs/<run_id>
     notify_tick: float = 0.5  # how often due groups are flushed and intake is polled
-    notify_ack_wait: float = 60.0  # a delivery in progress is redelivered after this much silence
     notify_retry_base: float = 2.0  # transient failure: retry after base * 2^(n-1) ...
     notify_retry_max: float = 300.0  # ... capped here
     notify_max_attempts: int = 20  # transient failures after which a delivery counts as failed for good

@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from cropcron.embedded import runtime_connection
 from faultkit.load import Load, write_config
 from faultkit.procs import FAST_ENV, ROOT, NatsServer, Postgres, Proc, Service, Up, service_env
 from shared import wire
-from cropcron.embedded import runtime_connection
 from shared.bus import Bus, connect
 from shared.health import instance_key
 from shared.nats_auth import Credentials

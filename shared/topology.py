@@ -1,0 +1,251 @@
+"""JetStream topology: every stream, durable consumer and KV bucket cropcron uses.
+
+ensure_topology(): idempotent create-or-update; run by the operator (`cropcron apply`, `cropcron up`)
+and by services whose broker user may create streams.
+ensure_missing(): creates only what is missing, changing nothing (`apply` beside running services).
+await_topology(): for service users that may not create it: wait until it is all there.
+Names come from shared/wire.py; settings (ack waits, ages, windows) from BusSettings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from shared import wire
+from shared.atomic import ensure_atomic
+from shared.bus import Bus
+from shared.settings import BusSettings
+
+log = logging.getLogger("cropcron.topology")
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code == 10058:  # "stream name already in use with a different configuration"
+            await js.update_stream(config)
+        else:
+            raise
+
+
+async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = None) -> None:
+    settings = settings or BusSettings()
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=wire.STREAM_TRIGGERS,
+            subjects=[wire.TRIGGER_SUBJECTS],
+            # work queue: a trigger disappears once a runner acks (or terms) it
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=settings.duplicate_window,
+            discard=DiscardPolicy.NEW,  # refuse new work rather than drop queued work
+        ),
+    )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=wire.STREAM_RUNS,
+            subjects=[wire.RUN_EVENT_SUBJECTS, wire.REJECTED_SUBJECTS],
+            # limits: history, notifier, dashboard and other modules each read it at their pace
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=settings.run_events_max_age,
+            duplicate_window=settings.duplicate_window,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=wire.STREAM_FILES,
+            subjects=[wire.FILE_SUBJECTS],
+            # limits: the dispatcher turns arrivals into runs; other modules may read them too
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=settings.run_events_max_age,
+            duplicate_window=settings.duplicate_window,
+        ),
+    )
+    await _ensure_consumer(
+        js,
+        wire.STREAM_FILES,
+        ConsumerConfig(
+            durable_name=wire.DISPATCH_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait,
+            max_deliver=-1,  # an arrival must not be dropped because the bus was briefly busy
+            max_ack_pending=settings.max_ack_pending,
+        ),
+    )
+    for band in wire.BANDS:
+        await _ensure_consumer(
+            js,
+            wire.STREAM_TRIGGERS,
+            ConsumerConfig(
+                durable_name=wire.runner_consumer(band),
+                filter_subject=f"{wire.PREFIX}.trigger.{band}.>",
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=settings.ack_wait,
+                # per-job retry limits are enforced by the runner from num_delivered; this is
+                # only the safety net against a poison message looping forever
+                max_deliver=settings.max_deliver,
+                max_ack_pending=settings.max_ack_pending,
+                max_waiting=512,
+            ),
+        )
+    await _ensure_consumer(
+        js,
+        wire.STREAM_RUNS,
+        ConsumerConfig(
+            durable_name=wire.HISTORY_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait,
+            max_deliver=-1,  # history must not give up on a run event because Postgres was down
+            max_ack_pending=settings.max_ack_pending,
+        ),
+    )
+    for bucket in (wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_TIMER, wire.KV_LEASES, wire.KV_SERVICES,
+                   wire.KV_WATCHES, wire.KV_BATCHES):
+        try:
+            await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
+        except BadRequestError as exc:
+            # 10058: it exists with another configuration: ours, with atomic batches turned on
+            if exc.err_code != 10058:
+                raise
+    for bucket in (wire.KV_JOBS, wire.KV_WATCHES):  # `apply` writes a config to them all-or-nothing
+        await ensure_atomic(js, f"KV_{bucket}")
+    await _ensure_alert_topology(js, settings)
+
+
+class _CreateOnly(JetStreamContext):
+    """JetStream for ensure_topology that creates what is missing and changes nothing that
+    exists: each create is preceded by a look-up, and updates are skipped."""
+
+    async def add_stream(self, config: StreamConfig | None = None, **params: Any) -> Any:
+        assert config is not None and config.name is not None
+        try:
+            return await self.stream_info(config.name)
+        except NotFoundError:
+            return await super().add_stream(config, **params)
+
+    async def update_stream(self, config: StreamConfig | None = None, **params: Any) -> Any:
+        assert config is not None and config.name is not None
+        return await self.stream_info(config.name)
+
+    async def add_consumer(self, stream: str, config: ConsumerConfig | None = None, timeout: float | None = None,
+                           **params: Any) -> Any:
+        assert config is not None and config.durable_name is not None
+        try:
+            return await self.consumer_info(stream, config.durable_name)
+        except NotFoundError:
+            return await super().add_consumer(stream, config, timeout, **params)
+
+    async def create_key_value(self, config: KeyValueConfig | None = None, **params: Any) -> KeyValue:
+        assert config is not None
+        try:
+            return await self.key_value(config.bucket)
+        except NotFoundError:
+            return await super().create_key_value(config, **params)
+
+
+async def ensure_missing(bus: Bus, settings: BusSettings | None = None) -> None:
+    """Create every stream, consumer and KV bucket that does not exist yet, leaving those that do
+    as they are (the services set them from their own environment). For `cropcron apply`, which
+    may run while the services are still creating them (compose starts it beside them)."""
+    await ensure_topology(_CreateOnly(bus.nc, timeout=10.0), settings)
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    # nats-py's add_consumer is create-or-update on current servers: an existing durable keeps
+    # its pending messages and takes the new settings (e.g. a changed ack_wait).
+    await js.add_consumer(stream, config)
+
+
+def topology_names() -> tuple[list[str], list[tuple[str, str]]]:
+    """The streams (KV buckets' included) and the durable consumers ensure_topology makes."""
+    buckets = [wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_TIMER, wire.KV_LEASES, wire.KV_SERVICES, wire.KV_WATCHES,
+               wire.KV_BATCHES, wire.KV_NOTIFY]
+    streams = [wire.STREAM_TRIGGERS, wire.STREAM_RUNS, wire.STREAM_FILES, wire.STREAM_ALERTS, wire.STREAM_NOTIFY,
+               *(f"KV_{b}" for b in buckets)]
+    consumers = [*((wire.STREAM_TRIGGERS, wire.runner_consumer(b)) for b in wire.BANDS),
+                 (wire.STREAM_RUNS, wire.HISTORY_CONSUMER), (wire.STREAM_FILES, wire.DISPATCH_CONSUMER),
+                 (wire.STREAM_RUNS, wire.NOTIFIER_RUNS_CONSUMER), (wire.STREAM_ALERTS, wire.NOTIFIER_ALERTS_CONSUMER),
+                 (wire.STREAM_ALERTS, wire.HISTORY_ALERTS_CONSUMER), (wire.STREAM_NOTIFY, wire.DELIVER_CONSUMER)]
+    return streams, consumers
+
+
+async def await_topology(bus: Bus, user: str, every: float = 2.0) -> None:
+    """For a service user, which may not create streams: wait until the operator's `apply` (or
+    `cropcron up`) has made every stream, bucket and consumer, saying what is missing."""
+    streams, consumers = topology_names()
+    said = ""
+    while True:
+        missing: list[str] = []
+        for stream in streams:
+            try:
+                await bus.js.stream_info(stream)
+            except NotFoundError:
+                missing.append(stream)
+        for stream, consumer in consumers:
+            if stream not in missing:
+                try:
+                    await bus.js.consumer_info(stream, consumer)
+                except NotFoundError:
+                    missing.append(f"{stream}/{consumer}")
+        if not missing:
+            return
+        text = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
+        if text != said:
+            log.warning("NATS user %s may not create the topology and it is not all there yet (missing %s): "
+                        "waiting for `cropcron apply` to create it", user, text)
+            said = text
+        await asyncio.sleep(every)
+
+
+async def _ensure_alert_topology(js: JetStreamContext, settings: BusSettings) -> None:
+    """The alerts stream, the notification outbox, their consumers and the notifier's KV."""
+    await _ensure_stream(js, StreamConfig(
+        name=wire.STREAM_ALERTS, subjects=[wire.ALERT_SUBJECTS],
+        # limits: the notifier and history each read every alert (and every delivery record)
+        retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=settings.run_events_max_age,
+        duplicate_window=settings.duplicate_window))
+    await _ensure_stream(js, StreamConfig(
+        name=wire.STREAM_NOTIFY, subjects=[wire.NOTIFY_SUBJECTS],
+        # the outbox: a notification leaves only once delivered or failed for good
+        retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+        duplicate_window=settings.duplicate_window, discard=DiscardPolicy.NEW))
+    # DeliverPolicy.NEW: a notifier added to a running system must not page about last week's runs
+    await js.add_consumer(wire.STREAM_RUNS, ConsumerConfig(
+        durable_name=wire.NOTIFIER_RUNS_CONSUMER, deliver_policy=DeliverPolicy.NEW,
+        filter_subject=wire.RUN_EVENT_SUBJECTS, ack_policy=AckPolicy.EXPLICIT, ack_wait=settings.ack_wait,
+        max_deliver=-1, max_ack_pending=settings.max_ack_pending))
+    await js.add_consumer(wire.STREAM_ALERTS, ConsumerConfig(
+        durable_name=wire.NOTIFIER_ALERTS_CONSUMER, deliver_policy=DeliverPolicy.ALL,
+        filter_subjects=list(wire.ALERT_RAISED_SUBJECTS), ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait, max_deliver=-1, max_ack_pending=settings.max_ack_pending))
+    await js.add_consumer(wire.STREAM_ALERTS, ConsumerConfig(
+        durable_name=wire.HISTORY_ALERTS_CONSUMER, deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT, ack_wait=settings.ack_wait, max_deliver=-1,
+        max_ack_pending=settings.max_ack_pending))
+    await js.add_consumer(wire.STREAM_NOTIFY, ConsumerConfig(
+        durable_name=wire.DELIVER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=settings.notify_ack_wait,
+        max_deliver=-1,  # the notifier counts attempts itself (notify_max_attempts), then gives up
+        max_ack_pending=1000))
+    await js.create_key_value(KeyValueConfig(bucket=wire.KV_NOTIFY, history=1, storage=StorageType.FILE))
