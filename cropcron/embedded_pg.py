@@ -62,7 +62,7 @@ def binaries() -> Path:
     return bin_dir
 
 
-def _system_user(pgdata: Path) -> pwd.struct_passwd | None:
+def system_user(pgdata: Path) -> pwd.struct_passwd | None:
     """Who runs Postgres: None (ourselves) unless we are root."""
     if os.geteuid() != 0:
         return None
@@ -116,7 +116,7 @@ def _check_reachable(data_dir: Path, user: pwd.struct_passwd) -> None:
             "`--data-dir /var/lib/cropcron` (root's default), or run `cropcron up` as an unprivileged user")
 
 
-def _reachable_install(bin_dir: Path, data_dir: Path, user: pwd.struct_passwd) -> Path:
+def reachable_install(bin_dir: Path, data_dir: Path, user: pwd.struct_passwd) -> Path:
     """`bin_dir`, or, when `user` cannot reach it (Python installed under a private /root), the
     same PostgreSQL build under <data-dir>/pginstall (hard links where possible, owned by root,
     read-only to `user`), refreshed when the package's build changes. Nothing is chmod'ed."""
@@ -170,7 +170,7 @@ class EmbeddedPostgres(ChildProcess):
         self.pgdata = data_dir / "postgres"
         self.password_file = data_dir / "postgres-password"
         self.bin_dir = bin_dir or binaries()
-        self.user = _system_user(self.pgdata)
+        self.user = system_user(self.pgdata)
         if self.user is not None:
             _check_reachable(data_dir, self.user)
         self.password = ""
@@ -184,7 +184,7 @@ class EmbeddedPostgres(ChildProcess):
     def prepare(self) -> None:
         """Create the cluster (or give an old one a password), write pg_hba.conf, pick the port."""
         if self.user is not None:
-            self.bin_dir = _reachable_install(self.bin_dir, self.data_dir, self.user)
+            self.bin_dir = reachable_install(self.bin_dir, self.data_dir, self.user)
         fresh = not self.password_file.exists()
         self.password = self._password()
         self._clear_stale_pid()

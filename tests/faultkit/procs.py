@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 
 from cropcron.embedded import free_port, nats_server_binary, wait_port, write_nats_config
+from cropcron.embedded_pg import binaries, reachable_install, system_user
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -133,26 +134,25 @@ class NatsServer(Proc):
 
 class Postgres(Proc):
     """A Postgres of our own (pgserver's binaries), so that it can be killed: the machine's shared
-    one, or the session's pgserver, must not be. As root it runs as the `pgserver` user, as
-    pgserver does (Postgres refuses root). A stall freezes the postmaster and every backend: the
+    one, or the session's, must not be. As root it runs as the user `cropcron up` runs its
+    Postgres as (Postgres refuses root). A stall freezes the postmaster and every backend: the
     postmaster alone only refuses new connections while open ones go on working."""
 
     name = "postgres"
 
     def __init__(self) -> None:
         super().__init__()
-        from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[import-not-found]
-
-        self.bin = Path(POSTGRES_BIN_PATH)
+        self.bin = binaries()
         self.dir = Path(tempfile.mkdtemp(prefix="cropcron-faultpg-"))  # under /tmp: the user can reach it
         self.data = self.dir / "data"
         self.port = free_port()
         self.user: str | None = None
         if os.geteuid() == 0:
-            from pgserver.utils import ensure_user_exists  # type: ignore[import-not-found]
-
-            self.user = "pgserver"
-            entry = ensure_user_exists(self.user)
+            entry = system_user(self.data)
+            assert entry is not None  # root always gets one
+            self.user = entry.pw_name
+            # on a fresh machine the binaries sit under a private /root: `up`'s copy, not a chmod
+            self.bin = reachable_install(self.bin, self.dir, entry)
             os.chown(self.dir, entry.pw_uid, entry.pw_gid)
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self._children: list[psutil.Process] = []
