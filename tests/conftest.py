@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -96,6 +98,24 @@ def pg_admin_url() -> Iterator[str]:
     finally:
         server.stop()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def quiet_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, for a listener that binds long
+    after the pick (e.g. in a container after an image build): the kernel never hands such a
+    port to another process's outgoing connection or bind(0) meanwhile, as it may an ephemeral
+    one while the other xdist worker runs its tests."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.SystemRandom()
+    for _ in range(100):
+        port = rng.randrange(max(1024, low - 10000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def reachable_temp_dir(prefix: str) -> Path:

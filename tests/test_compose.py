@@ -26,11 +26,10 @@ from typing import Any
 import broker_boundaries as boundaries
 import httpx
 import pytest
-from conftest import ROOT, wait_for
+from conftest import ROOT, quiet_port, wait_for
 from peers_slack import SlackServer
 
 from cropcron.cli import main as cli_main
-from cropcron.embedded import free_port
 from shared import wire
 from shared.bus import Bus, connect_once
 from shared.events import file_run_id
@@ -226,6 +225,17 @@ def _layout(tmp: Path, slack_url: str) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
+def _pick_ports(s: Stack) -> None:
+    """Host-network ports for the stack's listeners, from outside the ephemeral range (a port
+    picked from it was taken by another test's socket before the dashboard bound it)."""
+    s.ports.update(nats=quiet_port(), nats_monitor=quiet_port(), pg=quiet_port(), dashboard=quiet_port())
+    if len(set(s.ports.values())) < len(s.ports):
+        _pick_ports(s)
+        return
+    s.env.update(CROPCRON_TEST_NATS_PORT=str(s.ports["nats"]), CROPCRON_TEST_NATS_MONITOR_PORT=str(s.ports["nats_monitor"]),
+                 CROPCRON_TEST_PG_PORT=str(s.ports["pg"]), CROPCRON_TEST_DASHBOARD_PORT=str(s.ports["dashboard"]))
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
     env = _docker_env()
@@ -242,16 +252,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     slack = SlackServer()
     slack.__enter__()
     _layout(tmp, slack.url)
-    ports = {"nats": free_port(), "nats_monitor": free_port(), "pg": free_port(), "dashboard": free_port()}
-    env.update(CROPCRON_TEST_NATS_PORT=str(ports["nats"]), CROPCRON_TEST_NATS_MONITOR_PORT=str(ports["nats_monitor"]),
-               CROPCRON_TEST_PG_PORT=str(ports["pg"]), CROPCRON_TEST_DASHBOARD_PORT=str(ports["dashboard"]),
-               CROPCRON_CONFIG_DIR=str(tmp / "config"), CROPCRON_UPLOADS_DIR=str(tmp / "uploads"),
+    ports: dict[str, int] = {}
+    env.update(CROPCRON_CONFIG_DIR=str(tmp / "config"), CROPCRON_UPLOADS_DIR=str(tmp / "uploads"),
                CROPCRON_SECRETS_DIR=str(tmp / "secrets"))
     s = Stack(project=f"cropcron-test-{uuid.uuid4().hex[:6]}", env=env, tmp=tmp, ports=ports, slack=slack)
     try:
+        _pick_ports(s)  # the compose files require them even to build
         started = time.monotonic()
         s.compose("build", "--quiet", timeout=900)
         TIMINGS["build_s"] = time.monotonic() - started
+        _pick_ports(s)  # again, fresh: the build took a while
         started = time.monotonic()
         s.compose("up", "--detach", "--wait", "--wait-timeout", "180", timeout=300)
         TIMINGS["up_s"] = time.monotonic() - started

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 import psutil
+from conftest import quiet_port
 
-from cropcron.embedded import free_port, nats_server_binary, wait_port, write_nats_config
+from cropcron.embedded import nats_server_binary, wait_port, write_nats_config
 from cropcron.embedded_pg import binaries, reachable_install, system_user
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -119,7 +120,7 @@ class NatsServer(Proc):
     def __init__(self, store: Path) -> None:
         super().__init__()
         self.store = store
-        self.port = free_port()
+        self.port = quiet_port()  # restarted on it after a kill: never an ephemeral port
         self.url = f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
@@ -145,7 +146,7 @@ class Postgres(Proc):
         self.bin = binaries()
         self.dir = Path(tempfile.mkdtemp(prefix="cropcron-faultpg-"))  # under /tmp: the user can reach it
         self.data = self.dir / "data"
-        self.port = free_port()
+        self.port = quiet_port()  # restarted on it after a kill: never an ephemeral port
         self.user: str | None = None
         if os.geteuid() == 0:
             entry = system_user(self.data)
@@ -262,7 +263,7 @@ class Up(Proc):
         self.generation += 1
         self.instance = f"up-{self.generation}"
         env = {**self.env, "CROPCRON_INSTANCE": self.instance, "CROPCRON_DATA_DIR": str(self.data_dir),
-               "CROPCRON_DASHBOARD_PORT": str(free_port())}
+               "CROPCRON_DASHBOARD_PORT": str(quiet_port())}
         log = open(self.logdir / "up.log", "ab")  # noqa: SIM115 - the child writes it
         log.write(f"---- start {self.instance} at {time.time():.3f}\n".encode())
         log.flush()
