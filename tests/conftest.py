@@ -100,6 +100,29 @@ def pg_admin_url() -> Iterator[str]:
         shutil.rmtree(data, ignore_errors=True)
 
 
+def figure(request: pytest.FixtureRequest, line: str) -> None:
+    """A figure a test measured (a timing, a count), shown in the run's summary, under xdist too
+    (a worker's own output never reaches the terminal), and printed at once with -n 0 -s."""
+    item = getattr(request, "_pyfuncitem", None) or request.node  # a module fixture's first test
+    item.user_properties.append(("figure", line))
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\n{line}", flush=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    seen: list[str] = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for key, line in getattr(report, "user_properties", ()):
+                if key == "figure" and line not in seen:
+                    seen.append(line)
+    if seen:
+        terminalreporter.section("figures the tests measured")
+        for line in seen:
+            terminalreporter.write_line(line)
+
+
 def quiet_port() -> int:
     """A free loopback port below the kernel's ephemeral range, for a listener that binds long
     after the pick (e.g. in a container after an image build): the kernel never hands such a

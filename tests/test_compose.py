@@ -26,7 +26,7 @@ from typing import Any
 import broker_boundaries as boundaries
 import httpx
 import pytest
-from conftest import ROOT, quiet_port, wait_for
+from conftest import ROOT, figure, quiet_port, wait_for
 from peers_slack import SlackServer
 
 from cropcron.cli import main as cli_main
@@ -189,9 +189,7 @@ class Stack:
 
 
 def _report(request: pytest.FixtureRequest, line: str) -> None:
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print(f"\n[compose] {line}", flush=True)
+    figure(request, f"[compose] {line}")
 
 
 def _nats_image(env: dict[str, str]) -> None:
@@ -274,7 +272,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         out = ROOT / "test-output"
         out.mkdir(exist_ok=True)
         (out / "compose-timings.json").write_text(json.dumps(TIMINGS, indent=1))
-        _report(request, "timings: " + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items() if k.endswith("_s")))
 
 
 @pytest.fixture(autouse=True)
@@ -471,7 +468,8 @@ async def test_nats_restart_and_postgres_outage_lose_no_run(stack: Stack, reques
                      f"{TIMINGS['postgres_outage_s']:.1f} s: {len(rows)} instants, none lost")
 
 
-async def test_down_then_up_keeps_history_job_state_and_the_watchers_record(stack: Stack) -> None:
+async def test_down_then_up_keeps_history_job_state_and_the_watchers_record(stack: Stack,
+                                                                            request: pytest.FixtureRequest) -> None:
     if not stack.dropped:
         await _drop_file(stack, "IMG_0001.jpg")
     assert stack.cli("pause", "idle") == {"job": "idle", "paused": True}
@@ -484,6 +482,7 @@ async def test_down_then_up_keeps_history_job_state_and_the_watchers_record(stac
     began = time.monotonic()
     stack.compose("up", "--detach", "--wait", "--wait-timeout", "180", timeout=300)
     TIMINGS["up_again_s"] = time.monotonic() - began
+    _report(request, f"down then up again: healthy in {TIMINGS['up_again_s']:.1f} s")
 
     async def history_back() -> set[str]:
         return kept & {r["run_id"] for r in await stack.runs("tick", "succeeded")}

@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import FAST_ENV, ROOT, reachable_temp_dir, wait_for
+from conftest import FAST_ENV, ROOT, figure, reachable_temp_dir, wait_for
 
 from cropcron import commands
 from cropcron.embedded import runtime_connection
@@ -193,7 +193,8 @@ def _every_instant(rows: list[dict[str, Any]], start: datetime, end: datetime) -
     return window
 
 
-async def _kill_and_recover(up: SharedUp, name: str) -> tuple[datetime, list[dict[str, Any]]]:
+async def _kill_and_recover(up: SharedUp, name: str, request: pytest.FixtureRequest
+                            ) -> tuple[datetime, list[dict[str, Any]]]:
     child = up.child(name)
     killed_at = datetime.now(UTC)
     child.kill()
@@ -216,7 +217,7 @@ async def _kill_and_recover(up: SharedUp, name: str) -> tuple[datetime, list[dic
         return rows if done and all(t in have for t in due) else None
 
     rows: list[dict[str, Any]] = await wait_for(recovered, 40, f"runs after the {name} was killed")
-    print(f"\n{name} killed: history showed a run started after the kill {recorded[0]:.2f}s after it")
+    figure(request, f"[supervise] {name} killed: history showed a run started after the kill {recorded[0]:.2f}s after it")
     # every instant from before the kill to after the recovery has its row; catchup: all runs each
     window = _every_instant(rows, killed_at - timedelta(seconds=3), recovered_after)
     states = {r["state"] for r in window}
@@ -244,7 +245,7 @@ async def _restart_alert(up: SharedUp, component: str) -> dict[str, Any]:
     return alerts[0]
 
 
-async def test_second_up_on_the_data_dir_is_refused(shared_up: SharedUp) -> None:
+async def test_second_up_on_the_data_dir_is_refused(shared_up: SharedUp, request: pytest.FixtureRequest) -> None:
     up = await shared_up.running()
     runtime = (up.data / "runtime.json").read_text()
     started = time.monotonic()
@@ -263,15 +264,15 @@ async def test_second_up_on_the_data_dir_is_refused(shared_up: SharedUp) -> None
     assert (up.data / "runtime.json").read_text() == runtime
     history = _cli(["history", "--json", "--data-dir", str(up.data)], up.env)
     assert history.returncode == 0 and json.loads(history.stdout), history.stderr
-    print(f"\nsecond `up` refused in {elapsed:.2f}s")
+    figure(request, f"[supervise] second `up` refused in {elapsed:.2f}s")
 
 
-async def test_killed_broker_is_restarted_and_runs_resume(shared_up: SharedUp) -> None:
+async def test_killed_broker_is_restarted_and_runs_resume(shared_up: SharedUp, request: pytest.FixtureRequest) -> None:
     up = await shared_up.running()
     old_port = up.runtime()["nats_url"]
-    killed_at, rows = await _kill_and_recover(up, "nats-server")
+    killed_at, rows = await _kill_and_recover(up, "nats-server", request)
     first = min(_at(r["started_at"]) for r in rows if r["started_at"] and _at(r["started_at"]) > killed_at)
-    print(f"\nnats-server killed: first run {(first - killed_at).total_seconds():.2f}s after the kill")
+    figure(request, f"[supervise] nats-server killed: first run {(first - killed_at).total_seconds():.2f}s after the kill")
     assert first - killed_at < timedelta(seconds=10)
     assert up.runtime()["nats_url"] == old_port  # same port: the services reconnected by themselves
     alert = await _restart_alert(up, "nats-server")
@@ -279,11 +280,11 @@ async def test_killed_broker_is_restarted_and_runs_resume(shared_up: SharedUp) -
     assert "Traceback" not in up.output(), up.output()[-3000:]
 
 
-async def test_killed_postgres_is_restarted_and_history_catches_up(shared_up: SharedUp) -> None:
+async def test_killed_postgres_is_restarted_and_history_catches_up(shared_up: SharedUp, request: pytest.FixtureRequest) -> None:
     up = await shared_up.running()
-    killed_at, rows = await _kill_and_recover(up, "postgres")
+    killed_at, rows = await _kill_and_recover(up, "postgres", request)
     alert = await _restart_alert(up, "postgres")
-    print(f"\npostgres killed: down {alert['details']['down_seconds']}s; history rows for every instant")
+    figure(request, f"[supervise] postgres killed: down {alert['details']['down_seconds']}s; history rows for every instant")
     # the cleared postmaster.pid and the password still work: the final check goes through the CLI
     out = _cli(["history", "--json", "--limit", "200", "--data-dir", str(up.data)], up.env)
     assert out.returncode == 0, out.stderr
