@@ -386,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, EmbeddedError, ServiceFailed, IncompatibleBroker, CredentialsError) as exc:
         print(f"cropcron: {exc}", file=sys.stderr)
         return 1
+    except TimeoutError:  # nats-py's request timeout is one (asyncio.TimeoutError is TimeoutError)
+        # connected, but the broker did not answer a request in time: overloaded or restarting
+        print("cropcron: the NATS server did not answer in time (it may be overloaded, starting or restarting); "
+              "try again", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -134,9 +134,21 @@ class Stack:
         return json.loads(out.stdout)
 
     def logs(self) -> str:
-        out = subprocess.run(["docker", "compose", "-p", self.project, "logs", "--no-color", "--tail", "40"],
-                             env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
-        return out.stdout[-6000:]
+        """Each service's last lines (one busy service must not push the others out), and the
+        health check answers of any container that is not healthy."""
+        ps = subprocess.run(["docker", "compose", "-p", self.project, "ps", "--all", "--format", "json"],
+                            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        containers = [json.loads(line) for line in ps.stdout.splitlines() if line.strip().startswith("{")]
+        parts = []
+        for c in containers:
+            tail = subprocess.run(["docker", "logs", "--tail", "12", c["Name"]], env=self.env, capture_output=True,
+                                  text=True, timeout=60)
+            parts.append(f"== {c['Service']} ({c.get('Status', '')}):\n{(tail.stdout + tail.stderr)[-1500:]}")
+            if c.get("Health") not in ("", "healthy", None):
+                health = subprocess.run(["docker", "inspect", "--format", "{{json .State.Health}}", c["Name"]],
+                                        env=self.env, capture_output=True, text=True, timeout=60)
+                parts.append(f"   health: {health.stdout.strip()[-1500:]}")
+        return "\n".join(parts)
 
     def ledger(self, name: str) -> list[dict[str, Any]]:
         out = self.compose("exec", "-T", "runner", "cat", f"/config/data/{name}", check=False, timeout=60)
