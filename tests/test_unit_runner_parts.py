@@ -396,7 +396,7 @@ async def test_missing_cwd_is_not_reported_as_missing_program(tmp_path: Path) ->
     assert "gone" in outcome.error
 
 
-def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
+def _wait_gone(pid: int, timeout: float = 30.0) -> bool:
     """True once `pid` has exited (zombie or reaped), waiting on a pidfd rather than sleeping."""
     try:
         fd = os.pidfd_open(pid)
