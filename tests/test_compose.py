@@ -11,6 +11,7 @@ are printed and written to test-output/compose-timings.json.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -278,7 +279,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     _layout(tmp, slack.url)
     ports: dict[str, int] = {}
     env.update(CROPCRON_CONFIG_DIR=str(tmp / "config"), CROPCRON_UPLOADS_DIR=str(tmp / "uploads"),
-               CROPCRON_SECRETS_DIR=str(tmp / "secrets"))
+               CROPCRON_SECRETS_DIR=str(tmp / "secrets"),
+               # one image per checkout, cached across its runs (see compose.test.yaml)
+               CROPCRON_TEST_IMAGE=f"cropcron:test-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]}")
     s = Stack(project=f"cropcron-test-{uuid.uuid4().hex[:6]}", env=env, tmp=tmp, ports=ports, slack=slack)
     try:
         _pick_ports(s)  # the compose files require them even to build
