@@ -116,7 +116,8 @@ def sun_problem(rule: Any, location: Location | None) -> str | None:
     if isinstance(rule, SunRule) and rule.elevation_above is not None:
         highest = location.highest_elevation()
         if rule.elevation_above >= highest:
+            degrees, latitude, most = format(rule.elevation_above, "g"), format(location.latitude, "g"), \
+                format(highest, ".1f")
             return _("the sun never gets above %(degrees)s° at latitude %(latitude)s on any day of the year "
-                     "(at most %(highest)s°)", degrees=f"{rule.elevation_above:g}",
-                     latitude=f"{location.latitude:g}", highest=f"{highest:.1f}")
+                     "(at most %(highest)s°)", degrees=degrees, latitude=latitude, highest=most)
     return None

@@ -166,7 +166,7 @@ class SunSchedule(Schedule):
         """Solar noon on the local date `on` (astral's noon is per UTC date: far from the zone's
         meridian it can fall on the neighbouring local date)."""
         for candidate in (on, on - timedelta(days=1), on + timedelta(days=1)):
-            noon = astral_sun.noon(self.observer, candidate, self.tz)
+            noon = astral_sun.noon(self.observer, candidate, tzinfo=self.tz)
             if noon.date() == on:
                 return noon.astimezone(UTC)
         return datetime.combine(on, time(12), self.tz).astimezone(UTC)
@@ -218,10 +218,10 @@ class SunSchedule(Schedule):
 
 
 EVENTS: dict[str, Callable[[Observer, date, ZoneInfo], datetime]] = {
-    "sunrise": lambda o, d, tz: astral_sun.sunrise(o, d, tz),
-    "sunset": lambda o, d, tz: astral_sun.sunset(o, d, tz),
-    "dawn": lambda o, d, tz: astral_sun.dawn(o, d, tz),  # civil: 6 degrees below the horizon
-    "dusk": lambda o, d, tz: astral_sun.dusk(o, d, tz),
+    "sunrise": lambda o, d, tz: astral_sun.sunrise(o, d, tzinfo=tz),
+    "sunset": lambda o, d, tz: astral_sun.sunset(o, d, tzinfo=tz),
+    "dawn": lambda o, d, tz: astral_sun.dawn(o, d, depression=6.0, tzinfo=tz),  # civil: 6 degrees below
+    "dusk": lambda o, d, tz: astral_sun.dusk(o, d, depression=6.0, tzinfo=tz),
 }
 
 

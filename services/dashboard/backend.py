@@ -95,7 +95,7 @@ class Backend:
         sched = schedule_of(spec)
         if sched is None or self.catalog.paused(spec.name):
             return None
-        return sched.next_after(now)
+        return sched.next_run_after(now)  # a sun job's next day with the event
 
     def _row(self, spec: JobSpec, last: dict[str, Any], stats: dict[str, Any], now: datetime,
              history_ok: bool) -> dict[str, Any]:
