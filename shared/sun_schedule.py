@@ -153,13 +153,13 @@ class SunSchedule(Schedule):
         noon = self.local_noon(on)
         event = self.rule.at or "noon"
         if event == "noon":
-            return Day(on, noon, first=noon + timedelta(seconds=self.rule.offset),
-                       last=noon + timedelta(seconds=self.rule.offset))
+            instant = whole_second(noon + timedelta(seconds=self.rule.offset))
+            return Day(on, noon, first=instant, last=instant)
         try:
             when = EVENTS[event](self.observer, on, self.tz).astimezone(UTC)
         except ValueError as exc:
             return Day(on, noon, reason=self._no_event(event, on, noon, str(exc)))
-        instant = when + timedelta(seconds=self.rule.offset)
+        instant = whole_second(when + timedelta(seconds=self.rule.offset))
         return Day(on, noon, first=instant, last=instant)
 
     def local_noon(self, on: date) -> datetime:
@@ -223,6 +223,12 @@ EVENTS: dict[str, Callable[[Observer, date, ZoneInfo], datetime]] = {
     "dawn": lambda o, d, tz: astral_sun.dawn(o, d, depression=6.0, tzinfo=tz),  # civil: 6 degrees below
     "dusk": lambda o, d, tz: astral_sun.dusk(o, d, depression=6.0, tzinfo=tz),
 }
+
+
+def whole_second(t: datetime) -> datetime:
+    """Event instants to the nearest second, like every other schedule's: astral's are good to about
+    a minute anyway, and run ids and `{scheduled_at}` read better without the microseconds."""
+    return (t + timedelta(microseconds=500_000)).replace(microsecond=0)
 
 
 def _midway(a: datetime, b: datetime) -> datetime:

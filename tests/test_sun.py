@@ -19,7 +19,7 @@ from shared.bus import Bus
 from shared.catalog import Catalog, set_paused
 from shared.settings import ServiceSettings
 from shared.sun_config import Location, SunRule
-from shared.sun_schedule import SunSchedule
+from shared.sun_schedule import SunSchedule, whole_second
 
 
 def _high_sun_now() -> tuple[float, float]:
@@ -49,7 +49,7 @@ jobs:
     observer = Observer(latitude=latitude, longitude=longitude)
     nxt = datetime.fromisoformat(rows["at_sunset"]["next_run"])
     sunsets = [astral_sun.sunset(observer, datetime.now(UTC).date() + timedelta(days=k)) for k in (-1, 0, 1, 2)]
-    assert nxt in [s + timedelta(minutes=30) for s in sunsets] and nxt > datetime.now(UTC)
+    assert nxt in [whole_second(s + timedelta(minutes=30)) for s in sunsets] and nxt > datetime.now(UTC)
     assert rows["high_sun"]["next_run"] is not None
 
     await system.start("history", "runner", "timer")

@@ -19,7 +19,7 @@ from shared.config import Catchup, ConfigError, parse_config, to_specs
 from shared.i18n import translator
 from shared.job_schedule import describe_when, schedule_of
 from shared.sun_config import Location, SunRule
-from shared.sun_schedule import SunSchedule
+from shared.sun_schedule import SunSchedule, whole_second
 
 YEAR = 2026
 FARMS = {
@@ -61,10 +61,10 @@ def test_at_event_every_day_of_a_year_matches_astral(farm: str, event: str) -> N
         if event == "noon":
             noon = astral_sun.noon(observer, day, tzinfo=tz)
             assert noon.date() == day  # all three zones are near their meridian
-            expected.append((noon.astimezone(UTC) + offset, None))
+            expected.append((whole_second(noon.astimezone(UTC) + offset), None))
         else:
             try:
-                expected.append((ASTRAL_EVENT[event](observer, day, tz).astimezone(UTC) + offset, None))
+                expected.append((whole_second(ASTRAL_EVENT[event](observer, day, tz).astimezone(UTC) + offset), None))
             except ValueError:
                 expected.append((schedule.local_noon(day), f"no {event} at {location.label()} on {day}"))
         day += timedelta(days=1)
@@ -176,7 +176,7 @@ def test_polar_reasons_and_next_run_after_the_polar_night() -> None:
     # people see the next day that runs: astral's first sunrise after the polar night
     first = sunrise.next_run_after(dec21)
     assert first is not None and first.astimezone(tz).date() > date(YEAR + 1, 2, 1)
-    assert first == astral_sun.sunrise(sunrise.observer, first.astimezone(tz).date(), tzinfo=tz)
+    assert first == whole_second(astral_sun.sunrise(sunrise.observer, first.astimezone(tz).date(), tzinfo=tz))
     sunset = SunSchedule(SunRule(at="sunset"), svalbard, tz)
     jun21 = sunset.next_after(_local_midnight(date(YEAR, 6, 21), tz))
     assert jun21 is not None and sunset.no_run_reason(jun21) == (
@@ -202,7 +202,7 @@ def test_dst_change_days_one_run_each_at_astrals_time(day: date, zone: str, even
     days = [day + timedelta(days=k) for k in (-1, 0, 1)]
     got = list(schedule.between(_local_midnight(days[0], tz) - timedelta(hours=2),
                                 _local_midnight(days[-1] + timedelta(days=1), tz) - timedelta(hours=2), 10))
-    want = [ASTRAL_EVENT[event](schedule.observer, d, tz).astimezone(UTC) - timedelta(hours=1) for d in days]
+    want = [whole_second(ASTRAL_EVENT[event](schedule.observer, d, tz).astimezone(UTC) - timedelta(hours=1)) for d in days]
     assert got == want
     # the offset is real time: one hour before the event, whatever the clocks did that night
     assert [g.astimezone(tz).date() for g in got] == days
