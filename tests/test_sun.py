@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from astral import Observer
 from astral import sun as astral_sun
+from browser import start_dashboard
 from conftest import System, apply_yaml, fetch, wait_for
 
 from cropcron.commands import job_rows
@@ -31,9 +33,10 @@ def _high_sun_now() -> tuple[float, float]:
     return 0.0, longitude
 
 
-async def test_sun_grid_job_runs_every_second_while_the_sun_is_high(system: System, bus: Bus, db_url: str) -> None:
+async def test_sun_grid_job_runs_every_second_while_the_sun_is_high(system: System, monkeypatch: pytest.MonkeyPatch,
+                                                                   db_url: str) -> None:
     latitude, longitude = _high_sun_now()
-    await apply_yaml(bus, f"""
+    dash = await start_dashboard(system, monkeypatch, f"""
 system:
   timezone: UTC
   location: {{latitude: {latitude}, longitude: {longitude}}}
@@ -42,30 +45,39 @@ jobs:
      overlap: allow, call: tests.jobs.calls:noop}}
   - {{name: at_sunset, type: image_processing, sun: {{at: sunset, offset: "+30m"}}, call: tests.jobs.calls:noop}}
 """)
-    rows = {r["name"]: r for r in await job_rows(bus, with_last=False)}
-    assert rows["high_sun"]["schedule"] == "every 1s while the sun is above 30°"
-    assert rows["at_sunset"]["schedule"] == "at sunset +30m"
-    # `cropcron jobs` shows the next run: for the sunset job, astral's sunset + 30 min
-    observer = Observer(latitude=latitude, longitude=longitude)
-    nxt = datetime.fromisoformat(rows["at_sunset"]["next_run"])
-    sunsets = [astral_sun.sunset(observer, datetime.now(UTC).date() + timedelta(days=k)) for k in (-1, 0, 1, 2)]
-    assert nxt in [whole_second(s + timedelta(minutes=30)) for s in sunsets] and nxt > datetime.now(UTC)
-    assert rows["high_sun"]["next_run"] is not None
+    bus = dash.bus
+    try:
+        async def some_runs() -> list | None:
+            found = await fetch(db_url, "SELECT scheduled_at, state FROM runs WHERE job = 'high_sun' "
+                                        "AND state = 'succeeded' ORDER BY scheduled_at")
+            return found if len(found) >= 5 else None
 
-    await system.start("history", "runner", "timer")
+        done = await wait_for(some_runs, 30, "five runs of the sun job")
+        await set_paused(bus.js, "high_sun", True)
+        instants = [r["scheduled_at"] for r in done]
+        observer = Observer(latitude=latitude, longitude=longitude)
+        assert len(set(instants)) == len(instants)
+        assert all(t.microsecond == 0 for t in instants)  # on the 1 s grid
+        assert all(astral_sun.elevation(observer, t) > 30 for t in instants)
+        assert not await fetch(db_url, "SELECT 1 FROM runs WHERE job = 'high_sun' AND state = 'missed'")
 
-    async def some_runs() -> list | None:
-        found = await fetch(db_url, "SELECT scheduled_at, state FROM runs WHERE job = 'high_sun' "
-                                    "AND state = 'succeeded' ORDER BY scheduled_at")
-        return found if len(found) >= 5 else None
-
-    done = await wait_for(some_runs, 30, "five runs of the sun job")
-    await set_paused(bus.js, "high_sun", True)
-    instants = [r["scheduled_at"] for r in done]
-    assert len(set(instants)) == len(instants)
-    assert all(t.microsecond == 0 for t in instants)  # on the 1 s grid
-    assert all(astral_sun.elevation(observer, t) > 30 for t in instants)
-    assert not await fetch(db_url, "SELECT 1 FROM runs WHERE job = 'high_sun' AND state = 'missed'")
+        # `cropcron jobs` and the dashboard say when, and show the next runs: astral's sunsets + 30 min
+        sunsets = {whole_second(astral_sun.sunset(observer, datetime.now(UTC).date() + timedelta(days=k))
+                                + timedelta(minutes=30)) for k in range(-1, 8)}
+        rows = {r["name"]: r for r in await job_rows(bus, with_last=False)}
+        assert rows["high_sun"]["schedule"] == "every 1s while the sun is above 30°"
+        assert rows["at_sunset"]["schedule"] == "at sunset +30m"
+        nxt = datetime.fromisoformat(rows["at_sunset"]["next_run"])
+        assert nxt in sunsets and nxt > datetime.now(UTC)
+        async with dash.authed() as c:
+            job = (await c.get("/api/jobs/at_sunset")).json()
+            assert job["schedule"] == "at sunset +30m" and job["next_run"] == rows["at_sunset"]["next_run"]
+            upcoming = [datetime.fromisoformat(t) for t in job["upcoming"]]
+            assert len(upcoming) == 5 and upcoming == sorted(upcoming) and set(upcoming) <= sunsets
+            page = await c.get("/jobs/at_sunset")
+            assert page.status_code == 200 and "at sunset +30m" in page.text and 'class="upcoming"' in page.text
+    finally:
+        await bus.close()
 
 
 @dataclass
