@@ -99,9 +99,9 @@ class SunSchedule(Schedule):
         out: list[datetime] = []
         i, stop = self._index(end) + 1, self._index(start) - 1
         while len(out) < n and i >= stop:
-            out.extend(t for t in self._instants_desc(self.day(i), end) if t > start)
+            out.extend(self._instants_desc(self.day(i), start, end, n - len(out)))
             i -= 1
-        return sorted(out)[-n:] if n > 0 else []
+        return sorted(out)
 
     def count(self, start: datetime, end: datetime) -> int | None:
         return None  # not cheap: the catch-up summary then says "the instants from ... to ..."
@@ -132,17 +132,17 @@ class SunSchedule(Schedule):
         t = _grid_at_or_after(max(day.first, after + timedelta(microseconds=1)), self.rule.every)
         return t if t <= day.last else None
 
-    def _instants_desc(self, day: Day, end: datetime) -> list[datetime]:
-        """The day's instants at or before `end`, newest first (a window's lazily would be nicer;
-        `latest` stops after the day that fills it, and a window holds at most 86,400)."""
+    def _instants_desc(self, day: Day, start: datetime, end: datetime, limit: int) -> list[datetime]:
+        """The day's instants in (start, end], newest first, at most `limit` (a day of a 1 s grid
+        holds tens of thousands; catch-up wants the most recent thousand)."""
         if day.reason is not None:
-            return [day.marker] if day.marker <= end else []
+            return [day.marker] if start < day.marker <= end and limit > 0 else []
         assert day.first is not None and day.last is not None
         if self.rule.every is None:
-            return [day.first] if day.first <= end else []
+            return [day.first] if start < day.first <= end and limit > 0 else []
         out: list[datetime] = []
         t = _grid_at_or_before(min(day.last, end), self.rule.every)
-        while t >= day.first:
+        while t >= day.first and t > start and len(out) < limit:
             out.append(t)
             t = _grid_at_or_before(t - timedelta(microseconds=1), self.rule.every)
         return out

@@ -233,6 +233,12 @@ def test_latest_walks_back_over_days() -> None:
     assert schedule.latest(start, end, 5) == every[-5:]
     assert schedule.latest(start, end, 10_000) == every
     assert schedule.count(start, end) is None
+    # a 1 s grid: the most recent thousand of a day's tens of thousands, without listing them all
+    fine = SunSchedule(SunRule(every=1, elevation_above=25), location, ZoneInfo(zone))
+    recent = fine.latest(start, end, 1000)
+    assert len(recent) == 1000 and recent[-1] == fine.latest(start, end, 1)[0]
+    assert all(b - a == timedelta(seconds=1) for a, b in zip(recent, recent[1:], strict=False))
+    assert fine.next_after(recent[-1]) is not None and fine.next_after(recent[-1]) > end  # type: ignore[operator]
 
 
 # -- config --------------------------------------------------------------------------------------
