@@ -114,7 +114,7 @@ async def job_rows(bus: Bus, with_last: bool = True, words: Translator | None = 
         spec = specs[name]
         sched = schedule_of(spec)
         paused = bool(states.get(name) and states[name].paused)
-        nxt = sched.next_after(now) if sched and not paused else None
+        nxt = sched.next_run_after(now) if sched and not paused else None
         rows.append({
             "name": name, "key": subject_key(name), "type": spec.job.type, "schedule": describe_when(spec, lambda expr: cron_words(expr, words), words) if words
             else describe_when(spec), "timezone": spec.timezone,

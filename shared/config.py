@@ -23,6 +23,7 @@ from shared.i18n import LOCALES, _, resolve_locale, using
 from shared.names import check_name, fold_name, normalise_name
 from shared.notify_config import NotificationsConfig, parse_notifications
 from shared.schedule import ScheduleError, validate_cron
+from shared.sun_config import Location, SunRule, sun_problem
 from shared.watch_config import BatchRule, WatchConfig
 
 # The prototype's job types: labels for grouping and statistics.
@@ -111,6 +112,8 @@ class SystemConfig(BaseModel):
     history_retention: Duration = 90 * 86400.0
     # the language of the dashboard, alerts and CLI output (shared/i18n.py; CROPCRON_LOCALE overrides)
     locale: Literal["en", "ko"] = "en"
+    # where the farm is: needed by jobs with a `sun:` schedule (shared/sun_schedule.py)
+    location: Location | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -132,6 +135,7 @@ class JobConfig(BaseModel):
     run_at: datetime | None = None  # one shot
     on_file: str | None = None  # a watch name: one run per complete file (issue 3)
     on_batch: BatchRule | None = None  # one run per flight batch of a watch (issue 3)
+    sun: SunRule | None = None  # at a sun event, or while the sun is high, at system.location (issue 14)
     timezone: str | None = None  # default: system.timezone
     # what: exactly one of these
     run: list[str] | None = None
@@ -265,7 +269,7 @@ class JobConfig(BaseModel):
         return self
 
 
-WHENS = ("schedule", "interval", "run_at", "on_file", "on_batch")
+WHENS = ("schedule", "interval", "run_at", "sun", "on_file", "on_batch")
 
 
 def shape_problem(job: dict[str, Any]) -> str | None:
@@ -315,6 +319,7 @@ class JobSpec(BaseModel):
     timezone: str
     cwd: str
     defined_at: datetime  # when this schedule was first applied: no catch-up before it
+    location: Location | None = None  # system.location, for `sun:` jobs only
 
     @property
     def name(self) -> str:
@@ -322,10 +327,12 @@ class JobSpec(BaseModel):
 
     def same_schedule(self, other: JobSpec) -> bool:
         a, b = self.job, other.job
-        return (a.schedule, a.interval, a.run_at, self.timezone, a.enabled) == (
+        return (a.schedule, a.interval, a.run_at, a.sun, self.location, self.timezone, a.enabled) == (
             b.schedule,
             b.interval,
             b.run_at,
+            b.sun,
+            other.location,
             other.timezone,
             b.enabled,
         )
@@ -408,6 +415,7 @@ def _parse_config(raw: Any) -> Config:
             problems.append(f"{_locate(('jobs', index), raw)}: {shape}")
     raw_watches, watches = _validate_list(raw, "folder_watches", WatchConfig, problems, collect)
     problems.extend(_semantic_problems(raw_jobs))
+    problems.extend(_sun_problems(raw, raw_jobs, system.location))
     problems.extend(_watch_problems(raw_watches, raw_jobs))
     problems.extend(_size_problems(jobs, watches))
     notifications, notify_problems = parse_notifications(raw.get("notifications"))
@@ -445,6 +453,25 @@ def _size_problems(jobs: list[JobConfig], watches: list[WatchConfig]) -> list[st
 
 def _semantic_problems(raw_jobs: list[Any]) -> list[str]:
     return _duplicate_names("job", [j.get("name") for j in raw_jobs if isinstance(j, dict)])
+
+
+def _sun_problems(raw: dict[str, Any], raw_jobs: list[Any], location: Location | None) -> list[str]:
+    """`sun:` jobs need system.location, and a threshold the sun reaches there (named per job)."""
+    system = raw.get("system")
+    if location is None and isinstance(system, dict) and system.get("location") is not None:
+        return []  # the location itself is wrong, and reported as such
+    problems = []
+    for index, job in enumerate(raw_jobs):
+        if not isinstance(job, dict) or job.get("sun") is None:
+            continue
+        try:
+            rule = SunRule.model_validate(job["sun"])
+        except ValidationError:
+            continue  # reported with the job's fields
+        problem = sun_problem(rule, location)
+        if problem:
+            problems.append(f"{_locate(('jobs', index, 'sun'), raw)}: {problem}")
+    return problems
 
 
 def _duplicate_names(what: str, names: list[Any]) -> list[str]:
@@ -543,6 +570,8 @@ def to_specs(
             timezone=job.timezone or config.system.timezone,
             cwd=str(cwd.resolve()),
             defined_at=now,
+            # only sun jobs carry it: moving the farm's pin resets no other job's defined_at
+            location=config.system.location if job.sun is not None else None,
         )
         old = previous.get(job.name)
         if old is not None and old.same_schedule(spec):

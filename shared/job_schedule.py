@@ -10,10 +10,14 @@ from shared.config import JobSpec
 from shared.durations import format_duration
 from shared.i18n import N_, Translator, translator
 from shared.schedule import Schedule
+from shared.sun_config import format_offset
+from shared.sun_schedule import SunSchedule
 
 ENGLISH = translator("en")
 DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 DAY_NAMES = {d[:3].upper(): i for i, d in enumerate(DAYS[:7])}
+SUN_WORDS = {"sunrise": N_("sunrise"), "sunset": N_("sunset"), "noon": N_("solar noon"), "dawn": N_("dawn"),
+             "dusk": N_("dusk")}
 _DAY_WORDS = [N_("Sunday"), N_("Monday"), N_("Tuesday"), N_("Wednesday"), N_("Thursday"), N_("Friday"),
               N_("Saturday")]
 
@@ -28,6 +32,8 @@ def schedule_of(spec: JobSpec) -> Schedule | None:
         return Schedule(interval=job.interval)
     if job.run_at is not None:
         return Schedule(run_at=job.run_at)
+    if job.sun is not None and spec.location is not None:
+        return SunSchedule(job.sun, spec.location, ZoneInfo(spec.timezone))
     return None
 
 
@@ -42,6 +48,14 @@ def describe_when(spec: JobSpec, cron: Callable[[str], str] = "cron {}".format,
         return _("every %(interval)s", interval=format_duration(job.interval))
     if job.run_at:
         return _("once at %(at)s", at=job.run_at.isoformat())
+    if job.sun and job.sun.at:
+        event = _(SUN_WORDS[job.sun.at])
+        if job.sun.offset:
+            return _("at %(event)s %(offset)s", event=event, offset=format_offset(job.sun.offset))
+        return _("at %(event)s", event=event)
+    if job.sun and job.sun.every and job.sun.elevation_above is not None:
+        every, degrees = format_duration(job.sun.every), format(job.sun.elevation_above, "g")
+        return _("every %(interval)s while the sun is above %(degrees)s°", interval=every, degrees=degrees)
     if job.on_file:
         return _("on each file in %(watch)s", watch=job.on_file)
     if job.on_batch:

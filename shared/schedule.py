@@ -72,6 +72,19 @@ class Schedule:
     _it: CronSim | None = field(default=None, repr=False)
     _last: datetime | None = field(default=None, repr=False)
 
+    def signature(self) -> tuple[object, ...]:
+        """Equal for two schedules that fire the same instants (the timer keeps a job's place then)."""
+        return (self.cron, str(self.tz), self.interval, self.run_at)
+
+    def no_run_reason(self, instant: datetime) -> str | None:
+        """Why an instant of this schedule is recorded as missed instead of run; None: it runs.
+        Only sun schedules have such instants (a day without the event, shared/sun_schedule.py)."""
+        return None
+
+    def next_run_after(self, after: datetime) -> datetime | None:
+        """The next instant that runs (for people: `cropcron jobs`, the dashboard, the dead-man)."""
+        return self.next_after(after)
+
     def next_after(self, after: datetime) -> datetime | None:
         if self.interval is not None:
             k = math.floor((after - self.anchor).total_seconds() / self.interval) + 1

@@ -89,13 +89,26 @@ class Backend:
 
     async def job(self, name: str) -> dict[str, Any] | None:
         rows = [r for r in await self.jobs() if r["name"] == name] if name in self.catalog.specs else []
-        return rows[0] if rows else None
+        if not rows:
+            return None
+        rows[0]["upcoming"] = self.upcoming(self.catalog.specs[name], datetime.now(UTC))
+        return rows[0]
+
+    def upcoming(self, spec: JobSpec, now: datetime, count: int = 5) -> list[str]:
+        """The job's next runs (a sun job's move day by day; days without its event are skipped)."""
+        out: list[str] = []
+        nxt = self.next_run(spec, now)
+        sched = schedule_of(spec) if nxt is not None else None
+        while nxt is not None and sched is not None and len(out) < count:
+            out.append(nxt.astimezone(ZoneInfo(spec.timezone)).isoformat())
+            nxt = sched.next_run_after(nxt)
+        return out
 
     def next_run(self, spec: JobSpec, now: datetime) -> datetime | None:
         sched = schedule_of(spec)
         if sched is None or self.catalog.paused(spec.name):
             return None
-        return sched.next_after(now)
+        return sched.next_run_after(now)  # a sun job's next day with the event
 
     def _row(self, spec: JobSpec, last: dict[str, Any], stats: dict[str, Any], now: datetime,
              history_ok: bool) -> dict[str, Any]:

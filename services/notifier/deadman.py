@@ -53,10 +53,11 @@ def overdue_instant(spec: JobSpec, since: datetime, now: datetime,
     schedule = schedule_of(spec)
     if schedule is None or spec.job.run_at is not None:
         return None  # on-demand, file-triggered, one-shot or disabled: nothing is expected
-    instant = schedule.next_after(since)
+    # a sun job's day without the event expects no run: the next day with one does
+    instant = schedule.next_run_after(since)
     if instant is None:
         return None
-    grace = grace_for(spec, instant, schedule.next_after(instant), cfg)
+    grace = grace_for(spec, instant, schedule.next_run_after(instant), cfg)
     return (instant, grace) if instant + timedelta(seconds=grace) <= now else None
 
 

@@ -1,7 +1,8 @@
 """Catch-up decisions, kept pure so they are unit-tested without a broker.
 
 Given the instants a job should have fired while nobody was firing them, decide which run now
-and which are recorded as `missed`, with the reason.
+and which are recorded as `missed`, with the reason. An instant its schedule says never runs (a
+sun schedule's day without the event) is missed with the schedule's own reason, whatever the policy.
 """
 
 from __future__ import annotations
@@ -39,13 +40,20 @@ def plan_catchup(
         last_dropped = recent.pop(0)
         first_dropped = schedule.next_after(after) or last_dropped
         plan.overflow = (schedule.count(after, last_dropped), first_dropped, last_dropped)
-    instants = recent
+    instants = []
+    for t in recent:
+        reason = schedule.no_run_reason(t)
+        if reason is None:
+            instants.append(t)
+        else:
+            plan.missed.append((t, reason))
     horizon = now - timedelta(seconds=window)
     in_window = [t for t in instants if t >= horizon]
     for t in instants:
         if t < horizon:
             plan.missed.append((t, f"{cause}; older than catchup_window ({window:g}s)"))
     if not in_window:
+        plan.missed.sort()
         return plan
     if policy is Catchup.ALL:
         plan.run = in_window

@@ -169,8 +169,8 @@ class TimerService:
                                                     spec.job.catchup_window, self.settings.max_catchup_instants, cause),
                                  now, triggers, missed)
             else:
-                triggers += [self._trigger(spec, t, now)
-                             for t in schedule.between(start, end, self.settings.max_catchup_instants)]
+                for t in schedule.between(start, end, self.settings.max_catchup_instants):
+                    self._due(spec, schedule, t, now, triggers, missed)
             start = end
         plan = plan_catchup(schedule, start, now, spec.job.catchup, spec.job.catchup_window,
                             self.settings.max_catchup_instants, cause)
@@ -262,7 +262,7 @@ class TimerService:
                 mode = "catchup"
                 self._push(name, schedule.next_after(now))
             else:
-                triggers.append(self._trigger(spec, instant, now))
+                self._due(spec, schedule, instant, now, triggers, missed)
                 self._push(name, schedule.next_after(instant))
         if triggers or missed:
             await self._publish(triggers, missed, now, mode)
@@ -283,6 +283,16 @@ class TimerService:
                 w.cancel()
 
     # -- publishing ---------------------------------------------------------------------
+    def _due(self, spec: JobSpec, schedule: Schedule, instant: datetime, now: datetime,
+             triggers: list[Trigger], missed: list[RunEvent]) -> None:
+        """An instant on time: a tick, or, for a sun schedule's day without the event, its one
+        `missed` record (same id as a tick of that instant: a replay records it once)."""
+        reason = schedule.no_run_reason(instant)
+        if reason is None:
+            triggers.append(self._trigger(spec, instant, now))
+        else:
+            missed.append(self._missed(spec, instant, reason, now))
+
     def _trigger(self, spec: JobSpec, instant: datetime, now: datetime, catchup: bool = False) -> Trigger:
         return Trigger(run_id=tick_run_id(spec.name, instant), job=spec.name, kind="tick",
                        scheduled_at=instant, created_at=now, catchup=catchup)
@@ -336,7 +346,7 @@ def _subject(catalog: Catalog, trigger: Trigger) -> str:
 
 
 def _same(a: Schedule, b: Schedule) -> bool:
-    return (a.cron, str(a.tz), a.interval, a.run_at) == (b.cron, str(b.tz), b.interval, b.run_at)
+    return a.signature() == b.signature()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
