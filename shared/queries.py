@@ -74,6 +74,7 @@ class DigestQuery(_Query):
     bucket: Literal["hour", "day"] = "hour"
     timezone: str = "UTC"  # days are the farm's days
     max_failures: int = Field(20, ge=0, le=200)
+    exclude_run: str | None = None  # the digest's own run, still going on
 
     @field_validator("timezone")
     @classmethod

@@ -98,17 +98,17 @@ async def digest(pool: asyncpg.Pool, q: DigestQuery) -> dict[str, Any]:
     """Runs by job and state, file/batch runs by job, the newest dead runs, overdue jobs and runs
     per hour (or per day of the farm's zone) by state, over [since, until)."""
     zone = ZoneInfo(q.timezone)  # checked by the query model
-    span = f"{WHEN} >= $1 AND {WHEN} < $2"
+    span = f"{WHEN} >= $1 AND {WHEN} < $2 AND run_id IS DISTINCT FROM $3"
+    args = (q.since, q.until, q.exclude_run)
     async with pool.acquire() as conn:
-        by_state = await conn.fetch(f"SELECT job, state, count(*) AS n FROM runs WHERE {span} GROUP BY 1, 2",
-                                    q.since, q.until)
+        by_state = await conn.fetch(f"SELECT job, state, count(*) AS n FROM runs WHERE {span} GROUP BY 1, 2", *args)
         by_kind = await conn.fetch(f"SELECT job, trigger_kind, count(*) AS n FROM runs WHERE {span} "
-                                   "AND trigger_kind IN ('file', 'batch') GROUP BY 1, 2", q.since, q.until)
+                                   "AND trigger_kind IN ('file', 'batch') GROUP BY 1, 2", *args)
         failures = await conn.fetch(f"SELECT run_id, job, state, attempt, {WHEN} AS at, coalesce(error, reason) "
                                     f"AS error FROM runs WHERE {span} AND state = 'dead' ORDER BY {WHEN} DESC "
-                                    "LIMIT $3", q.since, q.until, q.max_failures)
+                                    "LIMIT $4", *args, q.max_failures)
         hourly = await conn.fetch(f"SELECT date_trunc('hour', {WHEN}) AS hour, state, count(*) AS n FROM runs "
-                                  f"WHERE {span} GROUP BY 1, 2", q.since, q.until)
+                                  f"WHERE {span} GROUP BY 1, 2", *args)
         overdue = await conn.fetch(OVERDUE, q.since, q.until)
     jobs: dict[str, dict[str, int]] = {}
     for r in by_state:

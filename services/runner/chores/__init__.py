@@ -69,4 +69,6 @@ async def run_builtin(run: ChoreRun, timeout: float) -> Outcome:
         return Outcome(ok=False, timed_out=True, error=f"timed out after {timeout:g}s; chore {chore.chore} stopped")
     except ChoreFailed as exc:
         return Outcome(ok=False, error=f"{chore.chore}: {exc}", output_tail=exc.output)
+    except OSError as exc:  # a folder removed or unwritable midway: a failure of the run, retried
+        return Outcome(ok=False, error=f"{chore.chore}: {type(exc).__name__}: {exc}")
     return Outcome(ok=True, result=result, output_tail=summary)

@@ -54,8 +54,10 @@ async def server_major(url: str) -> int:
 
 
 def dumps(folder: Path, prefix: str) -> list[Path]:
-    """This chore's dumps in `folder`, oldest first (the names sort by time)."""
-    return sorted(p for p in folder.glob(f"{prefix}-*{SUFFIX}") if p.is_file() and not p.is_symlink())
+    """This chore's dumps in `folder`, oldest first (by time written: two dumps within one second
+    share the time in their names)."""
+    found = [p for p in folder.glob(f"{prefix}-*{SUFFIX}") if p.is_file() and not p.is_symlink()]
+    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
 def _target(folder: Path, prefix: str, run_id: str, now: datetime) -> Path:

@@ -55,7 +55,8 @@ async def gather(chore: Digest, bus: Bus, catalog: Catalog, spec: JobSpec, run_i
     until = utcnow()
     since = until - timedelta(seconds=chore.period)
     query = DigestQuery(since=since, until=until, bucket="hour" if chore.period <= 2 * 86400 else "day",
-                        timezone=catalog.system.timezone, max_failures=chore.max_failures)
+                        timezone=catalog.system.timezone, max_failures=chore.max_failures,
+                        exclude_run=run_id)
     try:
         reply = json.loads(await ask(bus.nc, wire.HISTORY_REPORT_DIGEST, query.model_dump_json().encode(),
                                      QUERY_TIMEOUT))
