@@ -26,6 +26,7 @@ from peers_slack import SlackServer
 
 from cropcron import commands
 from services.notifier.chart import read_png_size
+from shared import wire
 from shared.bus import Bus
 from shared.events import Alert, RunState, utcnow
 from shared.pg_tools import find_tool
@@ -282,3 +283,25 @@ async def _count(db: str, sql: str, at_least: int) -> bool:
 
 async def _now(value: object) -> object:
     return value
+
+
+async def test_a_chore_times_out_and_is_retried_like_any_job(system: System, bus: Bus) -> None:
+    # a history that never answers: the digest's query waits, and the job's timeout ends each attempt
+    asked: list[float] = []
+
+    async def stall(msg: Any) -> None:
+        asked.append(time.monotonic())
+
+    await bus.nc.subscribe(wire.HISTORY_REPORT_DIGEST, cb=stall)
+    await apply_yaml(bus, """
+jobs:
+  - {name: digest, type: report_generation, timeout: 1s, max_retries: 1, retry_delay: 0.2s, retry_jitter: 0,
+     builtin: {chore: digest, channels: [log]}}
+notifications:
+  channels: {log: {type: log}}
+""")
+    await system.start("runner")
+    started = time.monotonic()
+    run = await commands.run_now(bus, "digest", wait=30)
+    assert run["state"] == "dead" and run["error"] == "timed out after 1s; chore digest stopped", run
+    assert len(asked) == 2 and time.monotonic() - started >= 2  # two attempts of a second each

@@ -127,6 +127,9 @@ def test_cleanup_older_than_recursive_patterns_and_never_links(tmp_path: Path) -
     os.utime(folder / "link.jpg", (0, 0), follow_symlinks=False)
     chore = CleanupFiles(chore="cleanup_files", folder=str(folder), older_than=48 * 3600, include=["*.jpg"],
                          remove_empty_dirs=True)
+    (root / "alias").symlink_to(folder)  # a link that stays inside the root is followed to the folder
+    dry = cleanup(chore.model_copy(update={"folder": str(root / "alias"), "dry_run": True}), [str(root)])
+    assert sorted(dry.deleted) == ["a.jpg", "f1/b.jpg"] and all(p.exists() for p in old)
     report = cleanup(chore, [str(root)])
     assert sorted(report.deleted) == ["a.jpg", "f1/b.jpg"] and report.count == 2
     assert not any(p.exists() for p in old) and all(p.exists() for p in keep) and outside.exists()

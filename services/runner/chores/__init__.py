@@ -6,7 +6,6 @@ exactly as for `run:` and `call:` jobs."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +21,6 @@ from shared.catalog import Catalog
 from shared.chores import BackupHistory, CleanupFiles, Digest
 from shared.config import JobSpec
 from shared.settings import ServiceSettings
-
-log = logging.getLogger("cropcron.runner")
 
 
 @dataclass

@@ -152,15 +152,17 @@ def cleanup(chore: CleanupFiles, roots: list[str], stop: threading.Event | None 
     problem = cleanup_refusal(chore.folder, roots)
     if problem:
         raise CleanupRefused(problem)
+    real = os.path.realpath(chore.folder)  # judged under a root just above (a link within one is fine)
     try:
-        root = os.open(chore.folder, DIR_FLAGS)
+        root = os.open(real, DIR_FLAGS)
     except FileNotFoundError:
         raise CleanupRefused(f"folder {chore.folder} does not exist") from None
     except OSError as exc:
         raise CleanupRefused(f"cannot open folder {chore.folder}: {exc.strerror or exc}") from None
     try:
-        # the descriptor is what is cleaned: check it is still the folder judged above
-        if os.path.realpath(f"/proc/self/fd/{root}") != os.path.realpath(chore.folder):
+        # the descriptor is what is cleaned: it must still be the folder judged above (a component
+        # swapped for a link in between would land elsewhere)
+        if os.readlink(f"/proc/self/fd/{root}") != real:
             raise CleanupRefused(f"folder {chore.folder} changed while it was opened")
         return _run(chore, root, stop, now)
     finally:
