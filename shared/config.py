@@ -423,10 +423,12 @@ def _parse_config(raw: Any, base_dir: Path | None = None) -> Config:
     for key in raw.keys() - Config.model_fields.keys():
         problems.append(_("field %(key)s: unknown top-level section", key=repr(key)))
     system = SystemConfig()
+    system_ok = True
     try:
         system = SystemConfig.model_validate(raw.get("system") or {})
     except ValidationError as exc:
         collect(exc, ("system",))
+        system_ok = False
     raw_jobs, jobs = _validate_list(raw, "jobs", JobConfig, problems, collect)
     for index, raw_job in enumerate(raw_jobs):
         shape = shape_problem(raw_job) if isinstance(raw_job, dict) else None
@@ -439,7 +441,9 @@ def _parse_config(raw: Any, base_dir: Path | None = None) -> Config:
     notifications, notify_problems = parse_notifications(raw.get("notifications"))
     problems.extend(notify_problems)
     channels = set(notifications.channels) if notifications is not None else None
-    problems.extend(chore_problems([(j.name, j.builtin) for j in jobs if j.builtin is not None],
+    # with a bad system section the roots are unknown: its own problem says so, not each cleanup job
+    problems.extend(chore_problems([(j.name, j.builtin) for j in jobs if j.builtin is not None
+                                    and (system_ok or j.builtin.chore != "cleanup_files")],
                                    system.cleanup_roots, channels, base_dir))
     problems = list(dict.fromkeys(problems))  # the shape rule can be reported twice
     if problems:
