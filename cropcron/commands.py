@@ -26,7 +26,8 @@ from shared.catalog import (
     set_paused,
     write_changes,
 )
-from shared.config import Config, JobSpec, resolve_watches, to_specs
+from shared.chores import chore_problems
+from shared.config import Config, JobSpec, resolve_system, resolve_watches, to_specs
 from shared.errors import CommandError, UserError
 from shared.events import TERMINAL_STATES, RunEvent, decode
 from shared.i18n import Translator, _
@@ -64,11 +65,16 @@ async def apply(bus: Bus, config: Config, base_dir: Path) -> tuple[list[str], li
     # Create whatever does not exist yet (a fresh broker, or services still creating it: compose
     # starts this one-shot beside them, and a bucket missing here once left the farm with no
     # jobs), and change nothing that does: the services own the settings, from their environment.
+    # chores' folders judged where they will be used: relative to this file, links resolved
+    problems = chore_problems([(j.name, j.builtin) for j in config.jobs if j.builtin is not None],
+                              config.system.cleanup_roots, None, base_dir)
+    if problems:
+        raise UserError("config not applied:\n" + "\n".join(problems))
     await ensure_missing(bus)
     previous = await read_specs(bus.js)
     old_watches = await read_watches(bus.js)
     watch_changes, _names = plan_watches(old_watches, resolve_watches(config, base_dir))
-    job_changes, names = plan_specs(previous, config.system, to_specs(config, base_dir, previous))
+    job_changes, names = plan_specs(previous, resolve_system(config.system, base_dir), to_specs(config, base_dir, previous))
     # nothing is written unless everything fits; each bucket is then written all-or-nothing
     try:
         check_fits(bus, wire.KV_WATCHES, watch_changes)

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shared.chores import CHORES, Builtin, absolute, chore_problems
 from shared.durations import Duration
 from shared.i18n import LOCALES, _, resolve_locale, using
 from shared.names import check_name, fold_name, normalise_name
@@ -114,12 +115,25 @@ class SystemConfig(BaseModel):
     locale: Literal["en", "ko"] = "en"
     # where the farm is: needed by jobs with a `sun:` schedule (shared/sun_schedule.py)
     location: Location | None = None
+    # the only folders `cleanup_files` chores may delete in (and below); relative: to the config
+    # file's directory (`apply` stores them absolute)
+    cleanup_roots: list[str] = Field(default_factory=list)
 
     @field_validator("timezone")
     @classmethod
     def _check_tz(cls, value: str) -> str:
         _tz(value)
         return value
+
+    @field_validator("cleanup_roots")
+    @classmethod
+    def _check_roots(cls, roots: list[str]) -> list[str]:
+        for root in roots:
+            if not root.strip():
+                raise ValueError("a cleanup root must not be empty")
+            if os.path.normpath(root) == "/":
+                raise ValueError(_("/ cannot be a cleanup root: name the folders cleanup may touch"))
+        return roots
 
 
 class JobConfig(BaseModel):
@@ -140,6 +154,7 @@ class JobConfig(BaseModel):
     # what: exactly one of these
     run: list[str] | None = None
     call: str | None = None  # "package.module:function"
+    builtin: Builtin | None = None  # one of cropcron's chores (shared/chores.py)
     cwd: str | None = None  # default: the config file's directory
     env: dict[str, str] = Field(default_factory=dict)
     # variables passed through from the runner's environment (a job gets only the basics otherwise:
@@ -278,13 +293,16 @@ def shape_problem(job: dict[str, Any]) -> str | None:
     whens = [k for k in WHENS if job.get(k) is not None]
     if len(whens) > 1:
         return _("give only one of %(whens)s (got %(got)s)", whens=", ".join(WHENS), got=", ".join(whens))
-    if job.get("run") is None and job.get("call") is None:
+    whats = [k for k in ("run", "call", "builtin") if job.get(k) is not None]
+    if not whats:
         # the prototype's jobs were simulated: its config has no command; say what to add
-        return _("give exactly one of run (a command) or call (a Python function); this job has neither: add "
-                 "`run:` (e.g. run: [\"{python}\", jobs/process_images.py]) or `call:` (e.g. call: "
-                 "jobs.tasks:weekly_report)")
-    if job.get("run") is not None and job.get("call") is not None:
-        return _("give exactly one of run (a command) or call (a Python function); this job has both")
+        return _("give exactly one of run (a command), call (a Python function) or builtin (a chore of "
+                 "cropcron's); this job has none: add `run:` (e.g. run: [\"{python}\", jobs/process_images.py]), "
+                 "`call:` (e.g. call: jobs.tasks:weekly_report) or `builtin:` (e.g. builtin: {chore: "
+                 "cleanup_files, folder: data, older_than: 30d})")
+    if len(whats) > 1:
+        return _("give exactly one of run (a command), call (a Python function) or builtin (a chore of "
+                 "cropcron's); this job has %(got)s", got=", ".join(whats))
     if (job.get("on_file") is not None or job.get("on_batch") is not None) and job.get("overlap") == "skip":
         return ("overlap: skip would drop files that arrive while a run is going on; file-triggered jobs "
                 "take queue (the default for them) or allow")
@@ -347,6 +365,8 @@ def _locate(loc: tuple[int | str, ...], raw: Any) -> str:
         except (KeyError, IndexError, TypeError):
             pass
         rest = [str(p) for p in loc[2:] if not str(p).startswith(("function-", "literal["))]
+        if rest[:1] == ["builtin"] and rest[1:2] and rest[1] in CHORES:
+            del rest[1]  # the union's tag: "builtin.folder", as written
         where = _("field '%(field)s'", field=".".join(rest)) if rest else _("definition")
         return _("job %(name)s: %(where)s", name=name, where=where)
     if len(loc) >= 2 and loc[0] == "folder_watches" and isinstance(loc[1], int):
@@ -367,6 +387,11 @@ def _explain(err: Any) -> str:
         return _("unknown field (check the spelling)")
     if err["type"] == "literal_error" and err["loc"][-1] == "type":
         return _("unknown type %(type)s; known types: %(known)s", type=repr(err["input"]), known=", ".join(JOB_TYPES))
+    if err["type"] == "union_tag_invalid" and err["loc"][-1] == "builtin":
+        return _("unknown chore %(chore)s; known: %(known)s", chore=repr(err["ctx"]["tag"]), known=", ".join(CHORES))
+    if err["loc"] and err["loc"][-1] == "builtin" and (err["type"] == "union_tag_not_found"
+                                                     or isinstance(err.get("input"), str)):
+        return _("name the chore: builtin: {chore: NAME, ...}; known: %(known)s", known=", ".join(CHORES))
     if err["type"] == "literal_error" and err["loc"][-1] == "locale":
         return _("unknown locale %(locale)s; known: %(known)s", locale=repr(err["input"]), known=", ".join(LOCALES))
     return msg
@@ -379,19 +404,20 @@ def config_locale(raw: Any) -> str:
     return resolve_locale(locale if isinstance(locale, str) else None)
 
 
-def parse_config(raw: Any) -> Config:
+def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
     """Validate a parsed YAML document; raises ConfigError listing every problem in every job
     (each job is validated on its own, so one bad job does not hide another's problems), in the
-    config's own language."""
+    config's own language. With `base_dir` (the config file's directory) the paths of chores are
+    also checked on disk (symbolic links resolved)."""
     locale = config_locale(raw)
     with using(locale):
         try:
-            return _parse_config(raw)
+            return _parse_config(raw, base_dir)
         except ConfigError as exc:
             raise ConfigError(exc.problems, locale) from None
 
 
-def _parse_config(raw: Any) -> Config:
+def _parse_config(raw: Any, base_dir: Path | None = None) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -404,10 +430,12 @@ def _parse_config(raw: Any) -> Config:
     for key in raw.keys() - Config.model_fields.keys():
         problems.append(_("field %(key)s: unknown top-level section", key=repr(key)))
     system = SystemConfig()
+    system_ok = True
     try:
         system = SystemConfig.model_validate(raw.get("system") or {})
     except ValidationError as exc:
         collect(exc, ("system",))
+        system_ok = False
     raw_jobs, jobs = _validate_list(raw, "jobs", JobConfig, problems, collect)
     for index, raw_job in enumerate(raw_jobs):
         shape = shape_problem(raw_job) if isinstance(raw_job, dict) else None
@@ -420,6 +448,11 @@ def _parse_config(raw: Any) -> Config:
     problems.extend(_size_problems(jobs, watches))
     notifications, notify_problems = parse_notifications(raw.get("notifications"))
     problems.extend(notify_problems)
+    channels = set(notifications.channels) if notifications is not None else None
+    # with a bad system section the roots are unknown: its own problem says so, not each cleanup job
+    problems.extend(chore_problems([(j.name, j.builtin) for j in jobs if j.builtin is not None
+                                    and (system_ok or j.builtin.chore != "cleanup_files")],
+                                   system.cleanup_roots, channels, base_dir))
     problems = list(dict.fromkeys(problems))  # the shape rule can be reported twice
     if problems:
         raise ConfigError(problems)
@@ -551,7 +584,24 @@ def load_config(path: str | Path) -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-    return parse_config(raw)
+    return parse_config(raw, path.parent)
+
+
+def resolve_system(system: SystemConfig, base_dir: Path) -> SystemConfig:
+    """The system section as applied: cleanup roots absolute (relative ones: to the config file)."""
+    return system.model_copy(update={"cleanup_roots": [absolute(r, base_dir) for r in system.cleanup_roots]})
+
+
+def _resolve_builtin(job: JobConfig, base_dir: Path) -> JobConfig:
+    """A chore's folders absolute (relative: to the config file's directory, like watch roots)."""
+    chore = job.builtin
+    if chore is None:
+        return job
+    if chore.chore == "digest":
+        chore = chore.model_copy(update={"disks": [absolute(d, base_dir) for d in chore.disks]})
+    else:
+        chore = chore.model_copy(update={"folder": absolute(chore.folder, base_dir)})
+    return job.model_copy(update={"builtin": chore})
 
 
 def to_specs(
@@ -566,7 +616,7 @@ def to_specs(
         if not cwd.is_absolute():
             cwd = base_dir / cwd
         spec = JobSpec(
-            job=job,
+            job=_resolve_builtin(job, base_dir),
             timezone=job.timezone or config.system.timezone,
             cwd=str(cwd.resolve()),
             defined_at=now,

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
+from shared.digest import DigestReport
 from shared.names import normalise_name
 
 SCHEMA_VERSION = 1
@@ -206,7 +207,7 @@ class Alert(_Message):
         return self.fingerprint or f"{self.kind}:{self.job or self.source}"
 
 
-NotificationStatus = Literal["firing", "repeat", "resolved", "test"]
+NotificationStatus = Literal["firing", "repeat", "resolved", "test", "digest"]
 
 
 class Notification(_Message):
@@ -223,6 +224,8 @@ class Notification(_Message):
     created_at: datetime
     escalated_from: str | None = None  # the channel that failed permanently
     escalation_reason: str | None = None
+    # status "digest": a summary from the `digest` chore instead of alerts (shared/digest.py)
+    digest: DigestReport | None = None
 
 
 DeliveryOutcome = Literal["sent", "retry", "failed", "escalated"]

@@ -104,6 +104,8 @@ def _matrix() -> dict[str, Permissions]:
         runner.pull(wire.STREAM_TRIGGERS, wire.runner_consumer(band))
     runner.write_kv(wire.KV_LEASES)
     runner.read_kv(wire.KV_BATCHES)
+    # the `digest` chore: asks history for the period, puts the digest in the notifier's outbox
+    runner.pub += [wire.HISTORY_REPORT_DIGEST, wire.NOTIFY_SUBJECTS]
     out["runner"] = Permissions(tuple(runner.pub), tuple(runner.sub))
 
     history = _service("history")

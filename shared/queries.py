@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.events import Name, RunState
 
@@ -63,6 +64,26 @@ class CountsQuery(_Query):
 
     since: datetime
     until: datetime | None = None
+
+
+class DigestQuery(_Query):
+    """Everything a digest reports from history over [since, until) (the `digest` chore)."""
+
+    since: datetime
+    until: datetime
+    bucket: Literal["hour", "day"] = "hour"
+    timezone: str = "UTC"  # days are the farm's days
+    max_failures: int = Field(20, ge=0, le=200)
+    exclude_run: str | None = None  # the digest's own run, still going on
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
 
 class CleanupRequest(_Query):

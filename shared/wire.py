@@ -142,6 +142,7 @@ HISTORY_ALERTS: Final = f"{PREFIX}.history.alerts"  # alerts and their deliverie
 HISTORY_REPORT_HOURLY: Final = f"{PREFIX}.history.report.hourly"  # runs per hour by state
 HISTORY_REPORT_DURATIONS: Final = f"{PREFIX}.history.report.durations"  # duration per run of one job
 HISTORY_REPORT_COUNTS: Final = f"{PREFIX}.history.report.counts"  # runs by state in a time range
+HISTORY_REPORT_DIGEST: Final = f"{PREFIX}.history.report.digest"  # a digest's runs, failures, overdue jobs
 HISTORY_QUEUE: Final = "history"
 
 # -- KV buckets ------------------------------------------------------------------------

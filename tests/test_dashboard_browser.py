@@ -127,7 +127,8 @@ async def test_browser_live_run_now_and_pause(farm: Dashboard, chromium: Any, tm
     await wait_for(resumed, 30, "the job to resume")
 
     # -- the other pages, desktop and phone ------------------------------------------
-    await page.goto(f"{farm.url}/charts")
+    # the frequent job's durations (the default, the first job by name, may not have run yet)
+    await page.goto(f"{farm.url}/charts?job={FREQUENT}")
     await page.wait_for_selector("#hourly canvas")
     await page.wait_for_selector("#durations canvas")
     await page.screenshot(path=str(shots / "charts.png"), full_page=True)

@@ -39,6 +39,12 @@ jobs:
     type: data_cleanup
     nats_user: uploader
     run: ["{{python}}", "-m", "cropcron", "publish-file", "drops", "--", "{drops}/from-job.jpg"]
+  # built-in chores: the runner asks history and writes to the notifier's outbox as itself
+  - {{name: digest, type: report_generation, max_retries: 0, builtin: {{chore: digest, channels: [journal]}}}}
+  - {{name: backup, type: database_backup, max_retries: 0,
+      builtin: {{chore: backup_history, folder: "{out}/backups", keep: 1}}}}
+notifications:
+  channels: {{journal: {{type: log}}}}
 """
 
 PROBE = """
@@ -192,6 +198,19 @@ def test_wrong_password_and_missing_password_file_are_named(farm: Farm, tmp_path
         assert text in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert time.monotonic() - started < 20
     assert farm.proc.poll() is None
+
+
+def test_chores_run_within_the_runners_rights(farm: Farm) -> None:
+    """Under `up`: the digest goes from the runner through history and the notifier's outbox to the
+    log channel; the backup finds DATABASE_URL and the embedded server's pg_dump."""
+    for job in ("digest", "backup"):
+        out = farm.cli("run", job, "--wait", "60", "--json")
+        assert out.returncode == 0 and json.loads(out.stdout)["state"] == "succeeded", (job, out.stdout)
+    assert len(list((farm.out / "backups").glob("cropcron-history-*.dump"))) == 1
+    deadline = time.monotonic() + 30
+    while "[cropcron DIGEST] digest:" not in farm.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the digest was not delivered to the log channel"
+        time.sleep(0.2)
 
 
 def test_no_service_was_denied_anything(farm: Farm) -> None:

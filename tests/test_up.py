@@ -55,7 +55,7 @@ def test_up_on_the_example_shows_runs_within_30s(tmp_path: Path, up_data_dir: Pa
         assert f":{env['CROPCRON_HTTP_PORT']}/" not in runtime["metrics_url"]
         assert f"port {env['CROPCRON_HTTP_PORT']} on 127.0.0.1 is taken" in (tmp_path / "up.log").read_text()
         jobs = _cli(["jobs", "--json"], env)
-        assert jobs.returncode == 0 and len(json.loads(jobs.stdout)) == 10  # 8 scheduled (one by the sun) + 2 on drone uploads
+        assert jobs.returncode == 0 and len(json.loads(jobs.stdout)) == 14  # 12 scheduled (one by the sun, four chores) + 2 on drone uploads
         nats = [p for p in psutil.Process(up.pid).children(recursive=True) if "nats-server" in p.name()]
         assert nats, "no embedded nats-server"
         # Ctrl-C in a terminal signals the whole foreground process group, children included: the

@@ -15,7 +15,7 @@ from email.utils import format_datetime
 import aiosmtplib
 import httpx
 
-from services.notifier import render
+from services.notifier import digest, render
 from services.notifier.render import PLAIN, Look
 from services.notifier.settings import NotifierSettings
 from shared.events import Notification
@@ -70,6 +70,9 @@ class LogSender(Sender):
             level = logging.INFO
         # the log stays in English (logs are for operators' tools), in the farm's zone
         look = Look("en", self.look().timezone)
+        if n.digest is not None:
+            alert_log.info("%s\n%s", digest.subject(n, look), digest.text_body(n, self.dashboard_url, look))
+            return None
         alert_log.log(level, "%s\n%s", render.subject(n, look), render.text_body(n, self.dashboard_url, look))
         return None
 
@@ -85,15 +88,18 @@ class EmailSender(Sender):
 
     def build(self, n: Notification) -> EmailMessage:
         look = self.look()
-        msg = EmailMessage()
-        msg["Subject"] = render.subject(n, look)
+        if n.digest is not None:  # text, HTML and its chart (multipart/related)
+            msg = digest.email(n, self.dashboard_url, look)
+        else:
+            msg = EmailMessage()
+            msg["Subject"] = render.subject(n, look)
+            msg.set_content(render.text_body(n, self.dashboard_url, look))
+            msg.add_alternative(render.html_body(n, self.dashboard_url, look), subtype="html")
         msg["From"] = self.channel.sender
         msg["To"] = ", ".join(self.channel.to)
         msg["Date"] = format_datetime(n.created_at)
         msg["Message-ID"] = message_id(n)
         msg["X-Cropcron-Notification"] = n.id
-        msg.set_content(render.text_body(n, self.dashboard_url, look))
-        msg.add_alternative(render.html_body(n, self.dashboard_url, look), subtype="html")
         return msg
 
     async def send(self, n: Notification) -> str | None:
@@ -175,7 +181,9 @@ class SlackSender(Sender):
                 self.bucket.delay()
             self.bucket.take()
             try:
-                resp = await self.client.post(url, json=render.slack_payload(n, self.dashboard_url, self.look()))
+                payload = (digest.slack_payload(n, self.dashboard_url, self.look()) if n.digest is not None
+                           else render.slack_payload(n, self.dashboard_url, self.look()))
+                resp = await self.client.post(url, json=payload)
             except httpx.HTTPError as exc:
                 # httpx errors can carry the request URL: name the type only, never the webhook
                 raise DeliveryError(f"Slack webhook unreachable ({type(exc).__name__})", permanent=False) from None

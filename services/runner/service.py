@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.runner.backoff import retry_delay
+from services.runner.chores import ChoreRun, run_builtin
 from services.runner.execute import Outcome, render_argv, run_callable, run_command
 from services.runner.inputs import RunInputs, prepare, watches_for
 from services.runner.job_env import job_environ
@@ -345,6 +346,9 @@ class RunnerService:
                 return Outcome(ok=False, error=str(exc))
             return await run_command(argv, spec.cwd, env, job.timeout, self.settings.kill_grace, job.output_lines,
                                      self.reaper)
+        if job.builtin is not None:  # one of cropcron's own chores, run here like a call:
+            return await run_builtin(ChoreRun(self.bus, self.catalog, self.settings, self.reaper, spec,
+                                              trigger.run_id), job.timeout)
         ctx = RunContext(run_id=trigger.run_id, job=job.name, job_type=job.type, attempt=attempt,
                          kind=trigger.kind, scheduled_at=trigger.scheduled_at,
                          data={**trigger.data, **(inputs.data if inputs else {})})
