@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from shared import wire
+from shared.errors import UserError
 from shared.nats_auth import Credentials, CredentialsError
 from shared.settings import BusSettings
 
@@ -45,11 +46,31 @@ class Stopping(Exception):
 MIN_SERVER_VERSION = (2, 12)
 
 
+class BadNatsUrl(UserError):
+    """NATS_URL is not one server address or a comma-separated list of them."""
+
+
 class IncompatibleBroker(RuntimeError):
     """The NATS server at the URL cannot run cropcron (too old, or JetStream off)."""
 
 
+def servers_of(url: str) -> list[str]:
+    """NATS_URL's servers: one URL, or several separated by commas (the nodes of a cluster, this
+    host's own first: the client tries them in that order and fails over to the next)."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise BadNatsUrl(f"NATS_URL names no server ({url!r}): give nats://host:port, or several separated by commas")
+    for server in servers:
+        if not re.fullmatch(r"(nats|tls|ws|wss)://\S+|[\w.-]+(:\d+)?", server):
+            raise BadNatsUrl(f"NATS_URL has {server!r}, which is not a server address: give nats://host:port, "
+                             "or several separated by commas")
+    return servers
+
+
 def check_server(nc: Client, url: str) -> None:
+    """`url`: what was asked for (one or several); the message names the server that answered."""
+    if nc.connected_url is not None:
+        url = f"{nc.connected_url.scheme}://{nc.connected_url.hostname}:{nc.connected_url.port}"
     info: dict[str, Any] = getattr(nc, "_server_info", {}) or {}
     version = str(info.get("version", "?"))
     match = re.match(r"(\d+)\.(\d+)", version)
@@ -122,8 +143,11 @@ def _refused(exc: BaseException, creds: Credentials | None, url: str) -> Credent
 async def connect(url: str, name: str, settings: BusSettings | None = None,
                   creds: Credentials | None = None) -> Bus:
     """Connect, retrying the first connection forever too (the broker may start after us); a
-    refusal of the credentials ends it at once (CredentialsError)."""
+    refusal of the credentials ends it at once (CredentialsError). `url` may name several servers
+    (comma-separated, the nodes of a cluster): tried in that order, and on a lost connection the
+    client fails over to the next one (and to the nodes the cluster announces)."""
     settings = settings or BusSettings()
+    servers = servers_of(url)
     health = Health()
 
     async def on_disconnect() -> None:
@@ -153,7 +177,9 @@ async def connect(url: str, name: str, settings: BusSettings | None = None,
         nc = Client()
         try:
             await nc.connect(
-                servers=[url],
+                servers=servers,
+                # in the order given: an operator lists the node on the service's own host first
+                dont_randomize=True,
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
@@ -187,6 +213,7 @@ async def connect(url: str, name: str, settings: BusSettings | None = None,
 
 async def connect_once(url: str, name: str, timeout: float = 3.0, creds: Credentials | None = None) -> Bus:
     """For short-lived commands (the CLI): one attempt, a clear error instead of waiting forever."""
+    servers = servers_of(url)
     nc = Client()
     seen: list[Exception] = []
 
@@ -196,10 +223,10 @@ async def connect_once(url: str, name: str, timeout: float = 3.0, creds: Credent
     try:
         # (allow_reconnect=False or max_reconnect_attempts=0 make nats-py retry forever on a
         # refused first connection; one retry with a short wait gives a prompt NoServersError)
-        await asyncio.wait_for(nc.connect(servers=[url], name=name, connect_timeout=int(max(timeout, 1)),
+        await asyncio.wait_for(nc.connect(servers=servers, name=name, connect_timeout=int(max(timeout, 1)),
                                           max_reconnect_attempts=1, reconnect_time_wait=0.1,  # type: ignore[arg-type]
-                                          error_cb=quiet, **_auth_options(creds)),
-                               timeout * 2)
+                                          dont_randomize=True, error_cb=quiet, **_auth_options(creds)),
+                               timeout * 2 * len(servers))
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         for cause in (exc, *seen):
             refused = _refused(cause, creds, url)

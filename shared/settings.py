@@ -7,6 +7,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,9 @@ class BusSettings(BaseSettings):
     # the notifier's outbox consumer: a delivery in progress is redelivered after this much silence
     # (the notifier keeps a slow send alive at a third of it)
     notify_ack_wait: float = 60.0
+    # copies of every stream, consumer and KV bucket (CROPCRON_REPLICAS): 1 on one nats-server,
+    # 3 on a three-node cluster (docs/scale-out.md); at most the number of nodes
+    replicas: Annotated[int, Field(ge=1, le=5)] = 1
 
 
 class ServiceSettings(BaseSettings):

@@ -1,0 +1,147 @@
+"""Node deaths on a three-node cluster under load (issue 13 part 4): kill -9 the node that leads the
+triggers stream, start it again, then the node that leads the timer's lease bucket, start it
+again; then due / history / ledger compared as in the fault suite (faultkit.check)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from faultkit.check import Due, Report, Row, check
+from faultkit.cluster import ClusterSystem, leader_of
+from faultkit.load import Load, due_ticks, read_ledger
+from faultkit.scenario import (
+    _create_db,
+    _drop_db,
+    _recorded,
+    _rows,
+    _settled,
+    _stop_load,
+    _unexpected,
+    _wait_rows,
+)
+from shared import wire
+from shared.bus import Bus
+
+# the streams whose leading node is killed, one after the other
+VICTIMS = (wire.STREAM_TRIGGERS, f"KV_{wire.KV_TIMER}")
+
+
+@dataclass
+class NodeDeath:
+    stream: str  # the stream the node led
+    node: str
+    at: float  # kill -9 (epoch seconds)
+    back_at: float = 0.0  # started again
+    new_leader: str = ""
+    first_start_s: float | None = None  # death -> first job start of an instant due after it
+    first_recorded_s: float | None = None  # death -> first success of such an instant on record
+
+
+@dataclass
+class ClusterReport:
+    report: Report
+    deaths: list[NodeDeath] = field(default_factory=list)
+    duplicate_rows: list[str] = field(default_factory=list)  # one instant recorded under two run ids
+    runs_per_second: float = 0.0  # successes recorded per second over the whole window
+
+    def summary(self) -> str:
+        r = self.report
+        lines = [f"due {r.due}, run {r.run}, not run {r.not_run}, lost {len(r.lost)}, duplicate history rows "
+                 f"{len(self.duplicate_rows)}, duplicate effects {r.duplicate_effects}, re-executed {r.rerun}, "
+                 f"anomalies {len(r.anomalies)}, {self.runs_per_second:.1f} runs/s recorded"]
+        for d in self.deaths:
+            lines.append(f"killed {d.node} (leader of {d.stream}) at +{d.at - r.fault_at:.1f}s, back after "
+                         f"{d.back_at - d.at:.1f}s, new leader {d.new_leader}: first job start after "
+                         f"{d.first_start_s}s, first success on record after {d.first_recorded_s}s")
+        lines += [f"duplicate: {text}" for text in r.duplicates]
+        return "\n".join(lines)
+
+
+async def caught_up(bus: Bus, streams: list[str], timeout: float = 60) -> None:
+    """Until every replica of `streams` is current (a restarted node has caught up): a second kill
+    before that would leave a stream without a current majority for a while."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            infos = [await bus.js.stream_info(s) for s in streams]
+            if all(i.cluster and i.cluster.leader and all(p.current and not p.offline for p in i.cluster.replicas or [])
+                   and len(i.cluster.replicas or []) >= 2 for i in infos):
+                return
+        except Exception:
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the replicas of {streams} did not catch up within {timeout}s")
+
+
+async def _kill_leader(system: ClusterSystem, stream: str, down: float) -> NodeDeath:
+    bus = await system.bus()
+    await caught_up(bus, list(VICTIMS))
+    node = system.cluster.node(await leader_of(bus, stream))
+    death = NodeDeath(stream, node.name, time.time())
+    await asyncio.to_thread(node.kill)
+    death.new_leader = await leader_of(bus, stream, 30)
+    await asyncio.sleep(max(0.0, death.at + down - time.time()))
+    node.start()
+    await asyncio.to_thread(node.wait_listening)
+    death.back_at = time.time()
+    return death
+
+
+def _first_after(deaths: list[NodeDeath], due: list[Due], system: ClusterSystem, report_rows: list[Row]) -> None:
+    at = {d.run_id: d.at for d in due}
+    starts = [(line.at, at[line.run_id]) for line in read_ledger(system.ledger)
+              if line.kind == "start" and line.run_id in at]
+    done = [(row.recorded_at(), at[row.run_id]) for row in report_rows
+            if row.run_id in at and row.state == "succeeded"]
+    for d in deaths:
+        s = [t for t, instant in starts if instant >= d.at and t >= d.at]
+        r = [t for t, instant in done if instant >= d.at]
+        d.first_start_s = round(min(s) - d.at, 2) if s else None
+        d.first_recorded_s = round(min(r) - d.at, 2) if r else None
+
+
+async def run_node_deaths(load: Load, workdir: Path, admin_url: str, *, warmup: float = 3.0, down: float = 3.0,
+                          between: float = 4.0, drain: float = 90.0, env: dict[str, str] | None = None,
+                          kills: tuple[str, ...] = VICTIMS, size: int = 3) -> ClusterReport:
+    db_url = await _create_db(admin_url)
+    system = ClusterSystem(workdir, load, db_url, env or {}, size=size)
+    try:
+        return await _run(system, load, warmup, down, between, drain, kills)
+    finally:
+        await system.close()
+        await _drop_db(admin_url, db_url)
+
+
+async def _run(system: ClusterSystem, load: Load, warmup: float, down: float, between: float, drain: float,
+               kills: tuple[str, ...]) -> ClusterReport:
+    await system.start()
+    await _wait_rows(system.db_url, "SELECT count(*) FROM runs WHERE state = 'succeeded'", load.jobs, 60,
+                     "the first runs")
+    t0 = time.time()
+    await asyncio.sleep(warmup)
+    deaths = []
+    for stream in kills:
+        deaths.append(await _kill_leader(system, stream, down))
+        await asyncio.sleep(between)
+    cutoff = time.time()
+    due = [Due(run_id, job, instant.timestamp()) for run_id, (job, instant) in due_ticks(load, t0, cutoff).items()]
+    notes = [] if await _recorded(system.db_url, due, drain) else [f"not everything due was on record {drain:g}s "
+                                                                       "after the cut-off"]
+    await _stop_load(system, load)
+    if not await _settled(system, 60):
+        notes.append("runs still in flight 60s after the load stopped")
+    rows = await _rows(system.db_url)
+    fault_at = deaths[0].at if deaths else cutoff
+    # a node's death heals itself (another node leads at once), as a killed runner with a peer
+    report = check("cluster-node-deaths", due, rows, read_ledger(system.ledger), fault_at, fault_at)
+    report.anomalies += _unexpected(rows, due, load, t0, cutoff)
+    report.notes += notes
+    _first_after(deaths, due, system, rows)
+    instants = Counter((row.job, row.scheduled_at) for row in rows if row.scheduled_at is not None)
+    duplicate_rows = [f"{job} at {when}: {n} rows" for (job, when), n in instants.items() if n > 1]
+    in_window = [row for row in rows if row.state == "succeeded" and t0 < row.recorded_at() <= cutoff]
+    return ClusterReport(report, deaths, duplicate_rows, round(len(in_window) / max(cutoff - t0, 1e-9), 1))
