@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cropcron.endpoint import Endpoint, EndpointError, Readiness, watch_consumers
+from cropcron.quorum import watch_jetstream
 from services.dashboard.service import DashboardService
 from services.history.migrate import migrate
 from services.history.service import HistoryService
@@ -140,10 +141,14 @@ async def run_services(names: list[str], settings: ServiceSettings, stop: asynci
 
 
 def _start(services: dict[str, Service], links: dict[str, Link], settings: ServiceSettings, url: str,
-           stop: asyncio.Event) -> dict[asyncio.Task[Any], str]:
-    """Each service's loop, heartbeat and consumer gauges; a task that ends stops the process."""
+           stop: asyncio.Event, readiness: Readiness) -> dict[asyncio.Task[Any], str]:
+    """Each service's loop, heartbeat and consumer gauges, and the process's JetStream probe; a
+    task that ends stops the process."""
     tasks: dict[asyncio.Task[Any], str] = {
         asyncio.create_task(svc.run(stop), name=name): name for name, svc in services.items()}
+    if readiness.buses:
+        probe = watch_jetstream(readiness.buses[0], readiness.jetstream, settings.jetstream_check, stop)
+        tasks[asyncio.create_task(probe)] = "jetstream-probe"
     for name, svc in services.items():
         # the heartbeat carries the endpoint's URL, so an operator (or a test) finds a port chosen at random
         beat = heartbeat_loop(links[name].bus.js, name, settings.instance, settings.heartbeat_interval,
@@ -173,7 +178,7 @@ async def _run(names: list[str], settings: ServiceSettings, stop: asyncio.Event,
                 history.bus, pool, settings, retention_days=lambda: history.catalog.system.history_retention / 86400)
         services.update(_catalog_services(names, links, settings, bus_settings))
         readiness.add(dict(services))
-        tasks = _start(services, links, settings, url, stop)
+        tasks = _start(services, links, settings, url, stop, readiness)
         buses = {id(link.bus): link.bus for link in links.values()}.values()
         closed = asyncio.ensure_future(asyncio.wait([asyncio.ensure_future(b.health.closed.wait()) for b in buses],
                                                     return_when=asyncio.FIRST_COMPLETED))

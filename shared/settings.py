@@ -45,6 +45,8 @@ class ServiceSettings(BaseSettings):
     http_port_fallback: bool = False  # taken port: use a free one and log it (`cropcron up`) instead of failing
     http_url_file: Path | None = None  # where the URL actually listened on is written (`cropcron healthcheck`)
     metrics_interval: float = Field(10.0, gt=0)  # seconds between reads of consumer info for the gauges
+    # seconds between checks that JetStream answers (a cluster without quorum does not): /healthz
+    jetstream_check: float = Field(5.0, gt=0)
     # runner
     concurrency: int = 16  # runs at once in this runner process
     fetch_batch: int = 256

@@ -5,10 +5,14 @@ again; then due / history / ledger compared as in the fault suite (faultkit.chec
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from faultkit.check import Due, Report, Row, check
 from faultkit.cluster import ClusterSystem, leader_of
@@ -25,6 +29,7 @@ from faultkit.scenario import (
 )
 from shared import wire
 from shared.bus import Bus
+from shared.health import instance_key
 
 # the streams whose leading node is killed, one after the other
 VICTIMS = (wire.STREAM_TRIGGERS, f"KV_{wire.KV_TIMER}")
@@ -54,8 +59,9 @@ class ClusterReport:
                  f"{len(self.duplicate_rows)}, duplicate effects {r.duplicate_effects}, re-executed {r.rerun}, "
                  f"anomalies {len(r.anomalies)}, {self.runs_per_second:.1f} runs/s recorded"]
         for d in self.deaths:
-            lines.append(f"killed {d.node} (leader of {d.stream}) at +{d.at - r.fault_at:.1f}s, back after "
-                         f"{d.back_at - d.at:.1f}s, new leader {d.new_leader}: first job start after "
+            what = "(the quorum)" if d.stream == "quorum" else f"(leader of {d.stream}; new leader {d.new_leader})"
+            lines.append(f"killed {d.node} {what} at +{d.at - r.fault_at:.1f}s, back after "
+                         f"{d.back_at - d.at:.1f}s: first job start after "
                          f"{d.first_start_s}s, first success on record after {d.first_recorded_s}s")
         lines += [f"duplicate: {text}" for text in r.duplicates]
         return "\n".join(lines)
@@ -104,29 +110,39 @@ def _first_after(deaths: list[NodeDeath], due: list[Due], system: ClusterSystem,
         d.first_recorded_s = round(min(r) - d.at, 2) if r else None
 
 
-async def run_node_deaths(load: Load, workdir: Path, admin_url: str, *, warmup: float = 3.0, down: float = 3.0,
-                          between: float = 4.0, drain: float = 90.0, env: dict[str, str] | None = None,
-                          kills: tuple[str, ...] = VICTIMS, size: int = 3) -> ClusterReport:
+Fault = Callable[[ClusterSystem], Awaitable[list[NodeDeath]]]
+
+
+def leaders_die(kills: tuple[str, ...] = VICTIMS, down: float = 3.0, between: float = 4.0) -> Fault:
+    """kill -9 the node leading each stream of `kills` in turn, start it again after `down` s."""
+    async def fault(system: ClusterSystem) -> list[NodeDeath]:
+        deaths = []
+        for stream in kills:
+            deaths.append(await _kill_leader(system, stream, down))
+            await asyncio.sleep(between)
+        return deaths
+    return fault
+
+
+async def run_cluster(load: Load, workdir: Path, admin_url: str, fault: Fault, *, warmup: float = 3.0,
+                      drain: float = 90.0, env: dict[str, str] | None = None, size: int = 3,
+                      layout: dict[str, tuple[list[str], int]] | None = None) -> ClusterReport:
     db_url = await _create_db(admin_url)
-    system = ClusterSystem(workdir, load, db_url, env or {}, size=size)
+    system = ClusterSystem(workdir, load, db_url, env or {}, size=size, layout=layout)
     try:
-        return await _run(system, load, warmup, down, between, drain, kills)
+        return await _run(system, load, warmup, drain, fault)
     finally:
         await system.close()
         await _drop_db(admin_url, db_url)
 
 
-async def _run(system: ClusterSystem, load: Load, warmup: float, down: float, between: float, drain: float,
-               kills: tuple[str, ...]) -> ClusterReport:
+async def _run(system: ClusterSystem, load: Load, warmup: float, drain: float, fault: Fault) -> ClusterReport:
     await system.start()
     await _wait_rows(system.db_url, "SELECT count(*) FROM runs WHERE state = 'succeeded'", load.jobs, 60,
                      "the first runs")
     t0 = time.time()
     await asyncio.sleep(warmup)
-    deaths = []
-    for stream in kills:
-        deaths.append(await _kill_leader(system, stream, down))
-        await asyncio.sleep(between)
+    deaths = await fault(system)
     cutoff = time.time()
     due = [Due(run_id, job, instant.timestamp()) for run_id, (job, instant) in due_ticks(load, t0, cutoff).items()]
     notes = [] if await _recorded(system.db_url, due, drain) else [f"not everything due was on record {drain:g}s "
@@ -145,3 +161,69 @@ async def _run(system: ClusterSystem, load: Load, warmup: float, down: float, be
     duplicate_rows = [f"{job} at {when}: {n} rows" for (job, when), n in instants.items() if n > 1]
     in_window = [row for row in rows if row.state == "succeeded" and t0 < row.recorded_at() <= cutoff]
     return ClusterReport(report, deaths, duplicate_rows, round(len(in_window) / max(cutoff - t0, 1e-9), 1))
+
+
+@dataclass
+class QuorumWatch:
+    """What the services said while the cluster had no quorum."""
+
+    not_ready: dict[str, str] = field(default_factory=dict)  # service -> /healthz's reason
+    logged: list[str] = field(default_factory=list)  # services whose log says JetStream is unavailable
+    ready_again_s: float | None = None  # nodes back -> every /healthz ready
+
+
+async def _healthz(url: str) -> tuple[int, dict[str, object]]:
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            response = await client.get(url)
+        return response.status_code, response.json()
+    except (httpx.HTTPError, ValueError):
+        return 0, {}
+
+
+async def _health_urls(system: ClusterSystem) -> dict[str, str]:
+    kv = await (await system.bus()).js.key_value(wire.KV_SERVICES)
+    out = {}
+    for name, proc in system.services.items():
+        beat = json.loads((await kv.get(instance_key(proc.names[0], proc.instance))).value or b"{}")
+        out[name] = str(beat["metrics_url"]).replace("/metrics", "/healthz")
+    return out
+
+
+def quorum_lost(watch: QuorumWatch, down: float = 8.0) -> Fault:
+    """kill -9 every node but the first (the one every service and the harness reach first): the
+    cluster has no quorum; each service's /healthz must say so and its log too; after `down` s the
+    nodes come back and every /healthz must be ready again by itself."""
+    async def fault(system: ClusterSystem) -> list[NodeDeath]:
+        urls = await _health_urls(system)
+        victims = system.cluster.nodes[1:]
+        death = NodeDeath("quorum", "+".join(n.name for n in victims), time.time())
+        for node in victims:
+            await asyncio.to_thread(node.kill)
+        deadline = time.monotonic() + 30
+        while len(watch.not_ready) < len(urls) and time.monotonic() < deadline:
+            for name, url in urls.items():
+                status, body = await _healthz(url)
+                if status == 503 and "unavailable" in json.dumps(body.get("not_ready")):
+                    watch.not_ready[name] = json.dumps(body["not_ready"])
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(max(0.0, death.at + down - time.time()))
+        for node in victims:
+            node.start()
+        for node in victims:
+            await asyncio.to_thread(node.wait_listening)
+        death.back_at = time.time()
+        watch.logged = [name for name in urls
+                        if "JetStream is not available" in (system.logdir / f"{name}.log").read_text()]
+        pending = dict(urls)
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            for name, url in list(pending.items()):
+                if (await _healthz(url))[0] == 200:
+                    del pending[name]
+            await asyncio.sleep(0.2)
+        if not pending:
+            watch.ready_again_s = round(time.time() - death.back_at, 1)
+        await asyncio.sleep(3)
+        return [death]
+    return fault
