@@ -8,12 +8,21 @@ second with room to spare, the other xdist worker's tests beside them)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import ROOT
 from faultkit.cluster_run import QuorumWatch, leaders_die, quorum_lost, run_cluster
 from faultkit.load import Load
 
+from cropcron.embedded import nats_server_binary
+from shared.permissions import USERS
+
+DOCKER_HERE_SOCKET = Path("/var/tmp/docker-here/docker.sock")
 LOAD = Load(jobs=30, interval=1.0, job_seconds=0.2)
 
 
@@ -61,3 +70,56 @@ async def test_quorum_loss_is_reported_and_survived(tmp_path: Path, pg_admin_url
     assert result.duplicate_rows == [], summary
     assert report.anomalies == [], f"{summary}\n{report.anomalies[:20]}"
     assert report.notes == [], f"{summary}\n{report.notes}"
+
+
+def _compose_config(tmp: Path) -> dict[str, Any]:
+    """`docker compose -f compose.yaml -f compose.cluster.yaml config`, with stand-in secrets."""
+    env = dict(os.environ)
+    if not env.get("DOCKER_HOST") and DOCKER_HERE_SOCKET.exists():
+        env["DOCKER_HOST"] = f"unix://{DOCKER_HERE_SOCKET}"
+    (tmp / "nats").mkdir(parents=True)
+    for name in ("db_password.txt", "dashboard_token.txt", "slack_webhook.txt", "nats/auth.conf",
+                 *(f"nats/{user}.password" for user in USERS)):
+        (tmp / name).write_text("stand-in\n")
+    env["CROPCRON_SECRETS_DIR"] = str(tmp)
+    try:
+        done = subprocess.run(["docker", "compose", "--profile", "cli", "-f", "compose.yaml", "-f", "compose.cluster.yaml", "config",
+                               "--format", "json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        done = None
+    if done is None or "Cannot connect" in done.stderr or "command not found" in done.stderr:
+        reason = "no docker compose" if done is None else done.stderr.strip()
+        if os.environ.get("CI"):
+            pytest.fail(f"docker compose is needed to check compose.cluster.yaml: {reason}")
+        pytest.skip(f"no docker compose: {reason}")
+    assert done.returncode == 0, done.stderr
+    merged: dict[str, Any] = json.loads(done.stdout)
+    return merged
+
+
+def test_compose_cluster_file_merges_onto_compose_yaml(tmp_path: Path) -> None:
+    """The override gives three routed nodes with their own stores, and every cropcron process
+    the three of them and three replicas; its nats-server config is valid (the pinned binary's -t)."""
+    merged = _compose_config(tmp_path / "secrets")
+    services = merged["services"]
+    nodes = ["nats", "nats-2", "nats-3"]
+    assert {n: services[n]["image"] for n in nodes} == dict.fromkeys(nodes, "nats:2.15.1-alpine")
+    stores = {services[n]["volumes"][0]["source"] for n in nodes}
+    assert len(stores) == 3, stores
+    assert {services[n]["environment"]["CROPCRON_NATS_NODE"] for n in nodes} == {"nats-1", "nats-2", "nats-3"}
+    ours = [name for name, svc in services.items() if svc.get("image") == "cropcron:local"]
+    assert {"timer", "runner", "history", "notifier", "watcher", "dashboard", "apply", "cli"} <= set(ours)
+    for name in ours:
+        env = services[name]["environment"]
+        assert env["NATS_URL"].split(",") == [f"nats://{n}:4222" for n in nodes], name
+        assert env["CROPCRON_REPLICAS"] == "3", name
+    assert services["timer"]["scale"] == 2 and services["runner"]["scale"] == 3
+    conf = merged["configs"]["nats_conf"]["content"].replace("$$", "$")
+    for node in nodes:
+        assert f"nats-route://{node}:6222" in conf
+    (tmp_path / "cropcron.conf").write_text(conf)
+    (tmp_path / "auth.conf").write_text("")
+    checked = subprocess.run([nats_server_binary(), "-c", str(tmp_path / "cropcron.conf"), "-t"],
+                             env={**os.environ, "CROPCRON_NATS_NODE": "nats-2"}, capture_output=True, text=True,
+                             timeout=30)
+    assert checked.returncode == 0 and "is valid" in checked.stdout + checked.stderr, checked.stderr
