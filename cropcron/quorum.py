@@ -1,10 +1,10 @@
 """Is JetStream storing anything? A process can be connected to a live nats-server whose cluster
 has lost its quorum (more than half its nodes down): every publish then times out and nothing is
 stored, though the connection looks fine. Every CROPCRON_JETSTREAM_CHECK seconds the process asks
-for the triggers stream's info; no answer, or an answer without a leader, makes /healthz not
-ready and logs one warning; the answer coming back logs its recovery. The services need nothing
-from this to resume: their publishes, fetches and lease renewals retry until JetStream answers
-(docs/scale-out.md, "Losing the quorum")."""
+for the triggers stream's info; no answer, or an answer without a leader, twice in a row, makes
+/healthz not ready and logs one warning; the answer coming back logs its recovery. The services
+need nothing from this to resume: their publishes, fetches and lease renewals retry until
+JetStream answers (docs/scale-out.md §5)."""
 
 from __future__ import annotations
 
@@ -55,9 +55,15 @@ async def probe(bus: Bus, timeout: float) -> str | None:
 
 
 async def watch_jetstream(bus: Bus, state: JetStreamState, interval: float, stop: asyncio.Event) -> None:
-    """Never raises. Only while connected: a lost connection is reported as such."""
+    """Never raises. Only while connected: a lost connection is reported as such. Two failed
+    checks in a row make it unavailable (one slow answer from a busy broker is not an outage);
+    while it is, it is checked every second, so that its return shows at once."""
+    failed = 0
     while not stop.is_set():
         if bus.health.connected:
-            state.update(await probe(bus, min(interval, 5.0)))
+            problem = await probe(bus, min(interval, 5.0))
+            failed = failed + 1 if problem else 0
+            if problem is None or failed >= 2:
+                state.update(problem)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+            await asyncio.wait_for(stop.wait(), min(interval, 1.0) if failed else interval)

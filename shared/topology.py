@@ -157,30 +157,29 @@ async def _ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
     )
     for bucket in (wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_TIMER, wire.KV_LEASES, wire.KV_SERVICES,
                    wire.KV_WATCHES, wire.KV_BATCHES):
-        try:
-            await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=r))
-        except BadRequestError as exc:
-            # 10058: it exists with another configuration: ours, with atomic batches turned on
-            # (or another replica count: _scale_buckets changes it)
-            if exc.err_code != 10058:
-                raise
+        await _ensure_bucket(js, bucket, r)
     for bucket in (wire.KV_JOBS, wire.KV_WATCHES):  # `apply` writes a config to them all-or-nothing
         await ensure_atomic(js, f"KV_{bucket}")
     await _ensure_alert_topology(js, settings)
-    await _scale_buckets(js, r)
+    await scale_topology(js, r)  # the buckets (create_key_value leaves an existing one as it is)
 
 
-async def _scale_buckets(js: JetStreamContext, replicas: int) -> None:
-    """Give every KV bucket's stream `replicas` copies (create_key_value leaves an existing one as
-    it is). JetStream moves a stream between replica counts while it is in use; a bucket's
-    watchers and readers go on. Under ensure_missing, update_stream changes nothing."""
+async def scale_topology(js: JetStreamContext, replicas: int) -> list[tuple[str, int]]:
+    """Give every stream and KV bucket `replicas` copies (the consumers follow their stream: they
+    are made with num_replicas 0). JetStream moves a stream between replica counts while it is in
+    use (its readers and writers go on); fewer copies drop the extra ones. Returns each changed
+    stream with its former count. Under ensure_missing, update_stream changes nothing."""
     streams, _ = topology_names()
-    for name in (s for s in streams if s.startswith("KV_")):
+    changed = []
+    for name in streams:
         info = await js.stream_info(name)
-        if (info.config.num_replicas or 1) != replicas:
-            log.info("topology: %s from %d to %d replicas", name, info.config.num_replicas or 1, replicas)
+        before = info.config.num_replicas or 1
+        if before != replicas:
+            log.info("topology: %s from %d to %d replicas", name, before, replicas)
             info.config.num_replicas = replicas
             await _ensure_stream(js, info.config)
+            changed.append((name, before))
+    return changed
 
 
 class _CreateOnly(JetStreamContext):
@@ -297,5 +296,14 @@ async def _ensure_alert_topology(js: JetStreamContext, settings: BusSettings) ->
         durable_name=wire.DELIVER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=settings.notify_ack_wait,
         max_deliver=-1,  # the notifier counts attempts itself (notify_max_attempts), then gives up
         max_ack_pending=1000))
-    await js.create_key_value(KeyValueConfig(bucket=wire.KV_NOTIFY, history=1, storage=StorageType.FILE,
-                                             replicas=settings.replicas))
+    await _ensure_bucket(js, wire.KV_NOTIFY, settings.replicas)
+
+
+async def _ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> None:
+    try:
+        await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas))
+    except BadRequestError as exc:
+        # 10058: it exists with another configuration: ours with atomic batches turned on, or
+        # with another replica count (scale_topology changes that)
+        if exc.err_code != 10058:
+            raise

@@ -114,10 +114,14 @@ class ClusterSystem(System):
               "runner-b": (["runner"], 1), "history": (["history"], 2), "notifier": (["notifier"], 2)}
 
     def __init__(self, workdir: Path, load: Load, db_url: str, env: dict[str, str], size: int = 3,
-                 sync: str = "always", layout: dict[str, tuple[list[str], int]] | None = None) -> None:
+                 sync: str = "always", layout: dict[str, tuple[list[str], int]] | None = None,
+                 apply_replicas: int | None = None) -> None:
         super().__init__(workdir, load, db_url, env)
         self.cluster = NatsCluster(workdir, size, sync)
         self.replicas = min(size, 3)
+        # `apply` makes the topology with this many; the services then change it to `replicas` at
+        # their start (a deployment moving from one node to three)
+        self.apply_replicas = apply_replicas or self.replicas
         self.layout = layout or self.LAYOUT
         self.services: dict[str, Service] = {}
 
@@ -130,7 +134,8 @@ class ClusterSystem(System):
         base = {**service_env(self.cluster.url(), self.db_url), **self.env,
                 "CROPCRON_REPLICAS": str(self.replicas)}
         applied = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "cropcron", "apply", str(self.config)], env=base, cwd=ROOT,
+            subprocess.run, [sys.executable, "-m", "cropcron", "apply", str(self.config)],
+            env={**base, "CROPCRON_REPLICAS": str(self.apply_replicas)}, cwd=ROOT,
             capture_output=True, text=True, timeout=120)
         assert applied.returncode == 0, f"cropcron apply failed: {applied.stdout}{applied.stderr}"
         for name, (names, host) in self.layout.items():

@@ -41,7 +41,7 @@ class NodeDeath:
     node: str
     at: float  # kill -9 (epoch seconds)
     back_at: float = 0.0  # started again
-    new_leader: str = ""
+    new_leader: str = ""  # once it is back (it may lead again, if it caught up first)
     first_start_s: float | None = None  # death -> first job start of an instant due after it
     first_recorded_s: float | None = None  # death -> first success of such an instant on record
 
@@ -52,14 +52,17 @@ class ClusterReport:
     deaths: list[NodeDeath] = field(default_factory=list)
     duplicate_rows: list[str] = field(default_factory=list)  # one instant recorded under two run ids
     runs_per_second: float = 0.0  # successes recorded per second over the whole window
+    phases: dict[str, float] = field(default_factory=dict)  # seconds from the start to the end of each
+    window_s: float = 1.0  # the load's window: from after the first runs to the cut-off
+    late: list[float] = field(default_factory=list)  # job start - instant, sorted (first attempts before any death)
 
     def summary(self) -> str:
         r = self.report
         lines = [f"due {r.due}, run {r.run}, not run {r.not_run}, lost {len(r.lost)}, duplicate history rows "
                  f"{len(self.duplicate_rows)}, duplicate effects {r.duplicate_effects}, re-executed {r.rerun}, "
-                 f"anomalies {len(r.anomalies)}, {self.runs_per_second:.1f} runs/s recorded"]
+                 f"anomalies {len(r.anomalies)}, {self.runs_per_second:.1f} runs/s recorded; phases {self.phases}"]
         for d in self.deaths:
-            what = "(the quorum)" if d.stream == "quorum" else f"(leader of {d.stream}; new leader {d.new_leader})"
+            what = "(the quorum)" if d.stream == "quorum" else f"(leader of {d.stream}; then {d.new_leader})"
             lines.append(f"killed {d.node} {what} at +{d.at - r.fault_at:.1f}s, back after "
                          f"{d.back_at - d.at:.1f}s: first job start after "
                          f"{d.first_start_s}s, first success on record after {d.first_recorded_s}s")
@@ -89,11 +92,13 @@ async def _kill_leader(system: ClusterSystem, stream: str, down: float) -> NodeD
     node = system.cluster.node(await leader_of(bus, stream))
     death = NodeDeath(stream, node.name, time.time())
     await asyncio.to_thread(node.kill)
-    death.new_leader = await leader_of(bus, stream, 30)
+    # started again after `down` s, as systemd or compose would, whether or not the others have
+    # elected a new leader yet (that takes 4 to 9 s)
     await asyncio.sleep(max(0.0, death.at + down - time.time()))
     node.start()
     await asyncio.to_thread(node.wait_listening)
     death.back_at = time.time()
+    death.new_leader = await leader_of(bus, stream, 30)
     return death
 
 
@@ -113,7 +118,7 @@ def _first_after(deaths: list[NodeDeath], due: list[Due], system: ClusterSystem,
 Fault = Callable[[ClusterSystem], Awaitable[list[NodeDeath]]]
 
 
-def leaders_die(kills: tuple[str, ...] = VICTIMS, down: float = 3.0, between: float = 4.0) -> Fault:
+def leaders_die(kills: tuple[str, ...] = VICTIMS, down: float = 3.0, between: float = 2.0) -> Fault:
     """kill -9 the node leading each stream of `kills` in turn, start it again after `down` s."""
     async def fault(system: ClusterSystem) -> list[NodeDeath]:
         deaths = []
@@ -124,32 +129,61 @@ def leaders_die(kills: tuple[str, ...] = VICTIMS, down: float = 3.0, between: fl
     return fault
 
 
+def in_turn(*faults: Fault) -> Fault:
+    async def fault(system: ClusterSystem) -> list[NodeDeath]:
+        deaths = []
+        for each in faults:
+            deaths += await each(system)
+        return deaths
+    return fault
+
+
 async def run_cluster(load: Load, workdir: Path, admin_url: str, fault: Fault, *, warmup: float = 3.0,
                       drain: float = 90.0, env: dict[str, str] | None = None, size: int = 3,
-                      layout: dict[str, tuple[list[str], int]] | None = None) -> ClusterReport:
+                      layout: dict[str, tuple[list[str], int]] | None = None,
+                      apply_replicas: int | None = None,
+                      after: Callable[[ClusterSystem], Awaitable[None]] | None = None,
+                      sync: str = "always") -> ClusterReport:
+    """`after`: called once the checks are done, on the system still running. `sync`: the nodes'
+    JetStream sync_interval."""
     db_url = await _create_db(admin_url)
-    system = ClusterSystem(workdir, load, db_url, env or {}, size=size, layout=layout)
+    system = ClusterSystem(workdir, load, db_url, env or {}, size=size, sync=sync, layout=layout,
+                           apply_replicas=apply_replicas)
     try:
-        return await _run(system, load, warmup, drain, fault)
+        result = await _run(system, load, warmup, drain, fault)
+        if after is not None:
+            await after(system)
+        return result
     finally:
         await system.close()
         await _drop_db(admin_url, db_url)
 
 
 async def _run(system: ClusterSystem, load: Load, warmup: float, drain: float, fault: Fault) -> ClusterReport:
+    began = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def phase(name: str) -> None:
+        phases[name] = round(time.monotonic() - began, 1)
+
     await system.start()
+    phase("started")
     await _wait_rows(system.db_url, "SELECT count(*) FROM runs WHERE state = 'succeeded'", load.jobs, 60,
                      "the first runs")
+    phase("first runs")
     t0 = time.time()
     await asyncio.sleep(warmup)
     deaths = await fault(system)
+    phase("faults")
     cutoff = time.time()
     due = [Due(run_id, job, instant.timestamp()) for run_id, (job, instant) in due_ticks(load, t0, cutoff).items()]
     notes = [] if await _recorded(system.db_url, due, drain) else [f"not everything due was on record {drain:g}s "
                                                                        "after the cut-off"]
     await _stop_load(system, load)
+    phase("recorded")
     if not await _settled(system, 60):
         notes.append("runs still in flight 60s after the load stopped")
+    phase("settled")
     rows = await _rows(system.db_url)
     fault_at = deaths[0].at if deaths else cutoff
     # a node's death heals itself (another node leads at once), as a killed runner with a peer
@@ -160,7 +194,11 @@ async def _run(system: ClusterSystem, load: Load, warmup: float, drain: float, f
     instants = Counter((row.job, row.scheduled_at) for row in rows if row.scheduled_at is not None)
     duplicate_rows = [f"{job} at {when}: {n} rows" for (job, when), n in instants.items() if n > 1]
     in_window = [row for row in rows if row.state == "succeeded" and t0 < row.recorded_at() <= cutoff]
-    return ClusterReport(report, deaths, duplicate_rows, round(len(in_window) / max(cutoff - t0, 1e-9), 1))
+    at = {d.run_id: d.at for d in due}
+    late = sorted(line.at - at[line.run_id] for line in read_ledger(system.ledger)
+                  if line.kind == "start" and line.attempt == 1 and line.run_id in at and line.at < fault_at)
+    window = max(cutoff - t0, 1e-9)
+    return ClusterReport(report, deaths, duplicate_rows, round(len(in_window) / window, 1), phases, window, late)
 
 
 @dataclass
@@ -190,12 +228,15 @@ async def _health_urls(system: ClusterSystem) -> dict[str, str]:
     return out
 
 
-def quorum_lost(watch: QuorumWatch, down: float = 8.0) -> Fault:
-    """kill -9 every node but the first (the one every service and the harness reach first): the
-    cluster has no quorum; each service's /healthz must say so and its log too; after `down` s the
-    nodes come back and every /healthz must be ready again by itself."""
+def quorum_lost(watch: QuorumWatch, down: float = 6.0) -> Fault:
+    """kill -9 every node but the first: the cluster has no quorum; each service (reconnected to
+    the first node if it was on another) must say so on /healthz and in its log; after `down` s
+    the nodes come back and every /healthz must be ready again by itself."""
     async def fault(system: ClusterSystem) -> list[NodeDeath]:
         urls = await _health_urls(system)
+        await caught_up(await system.bus(), list(VICTIMS))
+        logs = {name: system.logdir / f"{name}.log" for name in urls}
+        offsets = {name: log.stat().st_size for name, log in logs.items()}  # earlier faults said it too
         victims = system.cluster.nodes[1:]
         death = NodeDeath("quorum", "+".join(n.name for n in victims), time.time())
         for node in victims:
@@ -213,8 +254,8 @@ def quorum_lost(watch: QuorumWatch, down: float = 8.0) -> Fault:
         for node in victims:
             await asyncio.to_thread(node.wait_listening)
         death.back_at = time.time()
-        watch.logged = [name for name in urls
-                        if "JetStream is not available" in (system.logdir / f"{name}.log").read_text()]
+        watch.logged = [name for name, log in logs.items()
+                        if b"JetStream is not available" in log.read_bytes()[offsets[name]:]]
         pending = dict(urls)
         deadline = time.monotonic() + 60
         while pending and time.monotonic() < deadline:
