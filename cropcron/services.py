@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import nats.errors
+from nats.js.errors import ServiceUnavailableError
+
 from cropcron.endpoint import Endpoint, EndpointError, Readiness, watch_consumers
 from cropcron.quorum import watch_jetstream
 from services.dashboard.service import DashboardService
@@ -76,7 +79,7 @@ async def _open_links(names: list[str], settings: ServiceSettings, bus_settings:
                                 bus_settings, creds)
             readiness.buses.append(bus)
             if user in (None, "cli"):
-                await ensure_topology(bus.js, bus_settings)
+                await _create_topology(bus, bus_settings)
             else:
                 await await_topology(bus, user)
             catalog = Catalog(bus.js)
@@ -84,6 +87,21 @@ async def _open_links(names: list[str], settings: ServiceSettings, bus_settings:
             by_user[user] = Link(bus, catalog, user)
         out[name] = by_user[user]
     return out
+
+
+async def _create_topology(bus: Bus, bus_settings: BusSettings) -> None:
+    """ensure_topology, retried while the broker is slow to answer: on a cluster, several services
+    starting at once may each be moving every stream to a new replica count (CROPCRON_REPLICAS),
+    and a stream whose leader is being elected answers nothing for seconds."""
+    delay = 0.5
+    while True:
+        try:
+            await ensure_topology(bus.js, bus_settings)
+            return
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError) as exc:
+            log.warning("creating the JetStream topology: no answer in time (%r); again in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _catalog_services(names: list[str], links: dict[str, Link], settings: ServiceSettings,

@@ -3,7 +3,8 @@
 connect(): reconnects forever (nats-py's default gives up after ~2 minutes, RELIABILITY §1.9),
 pings every 10 s so a silent dead path is noticed in ~30 s, and exposes health.
 connect_once(): one attempt with a clear error, for the CLI.
-publish_all/publish_until_acked/fetch_batches/retry_transient: the JetStream habits every service shares.
+publish_all/publish_until_acked/fetch_batches/ack_confirmed/retry_transient: the JetStream habits every
+service shares.
 """
 
 from __future__ import annotations
@@ -310,6 +311,29 @@ async def publish_until_acked(bus: Bus, items: list[tuple[str, bytes, str]], wha
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)
     return []
+
+
+async def ack_confirmed(msg: Msg, within: float, what: str, stop: asyncio.Event | None = None) -> bool:
+    """Ack `msg` and wait for the broker to confirm it, retrying (0.2 s doubling to 2 s) for up to
+    `within` seconds (the consumer's ack_wait: by then the message is out again anyway), or until
+    `stop` is set. A plain ack is fire-and-forget: on a cluster, one sent as the consumer's leader
+    dies is lost, and the new leader gives the message out again after ack_wait (a job that
+    finished runs twice, docs/scale-out.md §5); retried, it reaches the new leader. False if it
+    was never confirmed (it may have been recorded all the same)."""
+    deadline = asyncio.get_running_loop().time() + within
+    delay = 0.2
+    while True:
+        try:
+            await msg.ack_sync(timeout=min(2.0, max(within / 3, 0.1)))
+            return True
+        except TRANSIENT_ERRORS as exc:
+            if (stop is not None and stop.is_set()) or asyncio.get_running_loop().time() + delay >= deadline:
+                log.warning("%s: the broker did not confirm the ack (%r); it may deliver the message again",
+                            what, exc)
+                return False
+            log.debug("%s: ack not confirmed (%r); again in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def retry_transient(op: Callable[[], Awaitable[T]], what: str, stop: asyncio.Event | None = None) -> T:
