@@ -11,9 +11,10 @@ record of an instant due after it.
 
 Each job is tests/jobs/effect.sh (a shell appending to a ledger; --job-seconds of sleep), the fault
 suite's job, so each run also costs a process start: on a 2-core machine that, not the broker,
-is what limits the rate (read "recorded/s" against "due/s"). Figures: due/s and recorded/s (runs
-of the window that reached `succeeded` in history, per second of the window), lateness of job
-starts (p50/p99 of start - instant), lost and duplicate effects from the fault suite's checker.
+is what limits the rate (read "recorded/s" against "due/s"). Figures: due/s (instants of the
+window), recorded/s (of those, the runs that reached `succeeded` in history by the window's end,
+per second: below due/s when the system falls behind), lateness of job starts (p50/p99 of start -
+instant), lost and duplicate effects from the fault suite's checker.
 Without DATABASE_URL a Postgres of its own (pgserver's binaries, a temp dir). Logs and ledgers go
 to bench/results/cluster-<time>/ (git-ignored).
 """

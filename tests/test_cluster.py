@@ -33,7 +33,7 @@ LOAD = Load(jobs=30, interval=1.0, job_seconds=0.2)
 # The production ack_wait (30 s), not the fault suite's 3 s: a stream's new leader is elected 4 to
 # 9 s after the old one died (nats-server's raft election timeout), and a runner cannot report a
 # run meanwhile; with a 3 s ack_wait every run in flight at a death was given out again and ran
-# twice (about 30 duplicate effects per run of this test).
+# twice (about 30 duplicate effects per run of this test, before the runner's acks were confirmed).
 ENV = {"CROPCRON_ACK_WAIT": "30", "CROPCRON_JETSTREAM_CHECK": "0.5"}
 
 

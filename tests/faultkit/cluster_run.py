@@ -1,6 +1,9 @@
 """Node deaths on a three-node cluster under load (issue 13 part 4): kill -9 the node that leads the
-triggers stream, start it again, then the node that leads the timer's lease bucket, start it
-again; then due / history / ledger compared as in the fault suite (faultkit.check)."""
+triggers stream, start it again, then the node that leads the timer's lease bucket (leaders_die);
+two nodes at once, so that the cluster loses its quorum, watching each service's /healthz and log
+(quorum_lost); then due / history / ledger compared as in the fault suite (faultkit.check), with
+the time from each death to the first run after it. Used by tests/test_cluster.py and
+bench/cluster.py."""
 
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ class ClusterReport:
     report: Report
     deaths: list[NodeDeath] = field(default_factory=list)
     duplicate_rows: list[str] = field(default_factory=list)  # one instant recorded under two run ids
-    runs_per_second: float = 0.0  # successes recorded per second over the whole window
+    runs_per_second: float = 0.0  # runs due in the window and succeeded on record by its end, per second
     phases: dict[str, float] = field(default_factory=dict)  # seconds from the start to the end of each
     window_s: float = 1.0  # the load's window: from after the first runs to the cut-off
     late: list[float] = field(default_factory=list)  # job start - instant, sorted (first attempts before any death)
@@ -193,7 +196,10 @@ async def _run(system: ClusterSystem, load: Load, warmup: float, drain: float, f
     _first_after(deaths, due, system, rows)
     instants = Counter((row.job, row.scheduled_at) for row in rows if row.scheduled_at is not None)
     duplicate_rows = [f"{job} at {when}: {n} rows" for (job, when), n in instants.items() if n > 1]
-    in_window = [row for row in rows if row.state == "succeeded" and t0 < row.recorded_at() <= cutoff]
+    # runs due in the window and on record by its end: what the system carried, per second
+    due_ids = {d.run_id for d in due}
+    in_window = [row for row in rows if row.run_id in due_ids and row.state == "succeeded"
+                 and row.recorded_at() <= cutoff]
     at = {d.run_id: d.at for d in due}
     late = sorted(line.at - at[line.run_id] for line in read_ledger(system.ledger)
                   if line.kind == "start" and line.attempt == 1 and line.run_id in at and line.at < fault_at)
