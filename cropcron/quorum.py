@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from shared import wire
 from shared.bus import Bus
@@ -25,6 +26,7 @@ class JetStreamState:
     def __init__(self) -> None:
         self.problem: str | None = None
         self.since = 0.0  # monotonic: when the problem began
+        self.listeners: list[Callable[[str | None], None]] = []  # called when it changes between ok and not
 
     def update(self, problem: str | None) -> None:
         if problem is not None and self.problem is None:
@@ -34,7 +36,11 @@ class JetStreamState:
                         "cropcron resumes by itself then", problem)
         elif problem is None and self.problem is not None:
             log.info("JetStream is available again after %.0fs", time.monotonic() - self.since)
+        changed = (problem is None) != (self.problem is None)
         self.problem = problem
+        if changed:
+            for listener in self.listeners:
+                listener(problem)
 
     def report(self) -> str | None:
         if self.problem is None:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import nats.errors
 from nats.js.errors import ServiceUnavailableError
 
+from cropcron.direct_alert import quorum_alerts
 from cropcron.endpoint import Endpoint, EndpointError, Readiness, watch_consumers
 from cropcron.quorum import watch_jetstream
 from services.dashboard.service import DashboardService
@@ -195,6 +196,9 @@ async def _run(names: list[str], settings: ServiceSettings, stop: asyncio.Event,
             services["history"] = HistoryService(
                 history.bus, pool, settings, retention_days=lambda: history.catalog.system.history_retention / 86400)
         services.update(_catalog_services(names, links, settings, bus_settings))
+        notifier = services.get("notifier")
+        if isinstance(notifier, NotifierService):  # a lost quorum is told straight to the channels
+            readiness.jetstream.listeners.append(quorum_alerts(notifier, settings.instance, settings.quorum_alert_after))
         readiness.add(dict(services))
         tasks = _start(services, links, settings, url, stop, readiness)
         buses = {id(link.bus): link.bus for link in links.values()}.values()

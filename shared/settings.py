@@ -47,6 +47,8 @@ class ServiceSettings(BaseSettings):
     metrics_interval: float = Field(10.0, gt=0)  # seconds between reads of consumer info for the gauges
     # seconds between checks that JetStream answers (a cluster without quorum does not): /healthz
     jetstream_check: float = Field(5.0, gt=0)
+    # notifier processes: JetStream unavailable this long -> `quorum_lost` straight to the channels
+    quorum_alert_after: float = Field(30.0, ge=0)
     # runner
     concurrency: int = 16  # runs at once in this runner process
     fetch_batch: int = 256

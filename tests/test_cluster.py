@@ -34,7 +34,8 @@ LOAD = Load(jobs=30, interval=1.0, job_seconds=0.2)
 # 9 s after the old one died (nats-server's raft election timeout), and a runner cannot report a
 # run meanwhile; with a 3 s ack_wait every run in flight at a death was given out again and ran
 # twice (about 30 duplicate effects per run of this test, before the runner's acks were confirmed).
-ENV = {"CROPCRON_ACK_WAIT": "30", "CROPCRON_JETSTREAM_CHECK": "0.5"}
+# (The quorum_lost alert after 3 s, not 30: the test's outage is about 10 s.)
+ENV = {"CROPCRON_ACK_WAIT": "30", "CROPCRON_JETSTREAM_CHECK": "0.5", "CROPCRON_QUORUM_ALERT_AFTER": "3"}
 
 
 @pytest.mark.timeout(170)
@@ -71,6 +72,8 @@ async def test_node_deaths_and_a_lost_quorum_lose_nothing(tmp_path: Path, pg_adm
     assert sorted(watch.not_ready) == services, summary
     assert sorted(watch.logged) == services, summary
     assert watch.ready_again_s is not None, summary
+    # told straight to the notifications channel (here the log), and its end too
+    assert watch.alerted == ["NATS JetStream unavailable", "NATS JetStream available again"], summary
     assert listing and "CROPCRON_TRIGGERS" in listing[0], listing
 
 

@@ -214,6 +214,7 @@ class QuorumWatch:
     not_ready: dict[str, str] = field(default_factory=dict)  # service -> /healthz's reason
     logged: list[str] = field(default_factory=list)  # services whose log says JetStream is unavailable
     ready_again_s: float | None = None  # nodes back -> every /healthz ready
+    alerted: list[str] = field(default_factory=list)  # the notifier's log channel: quorum_lost firing, resolved
 
 
 async def _healthz(url: str) -> tuple[int, dict[str, object]]:
@@ -271,6 +272,10 @@ def quorum_lost(watch: QuorumWatch, down: float = 6.0) -> Fault:
             await asyncio.sleep(0.2)
         if not pending:
             watch.ready_again_s = round(time.time() - death.back_at, 1)
+        # the quorum_lost alert, sent by the notifier's process straight to the log channel
+        said = logs["notifier"].read_bytes()[offsets["notifier"]:].decode(errors="replace") if "notifier" in logs else ""
+        watch.alerted = [what for what in ("NATS JetStream unavailable", "NATS JetStream available again")
+                         if what in said]
         await asyncio.sleep(3)
         return [death]
     return fault
