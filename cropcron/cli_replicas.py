@@ -44,7 +44,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser,
                 changed = await scale_topology(bus.js, args.count)
                 if not args.json:
                     print(f"{len(changed)} streams and buckets changed to {args.count} replicas"
-                          + (" (the others had it already)" if changed and len(changed) < len(topology_names()[0]) else ""))
+                          + (" (the others had it already)" if changed and len(changed) < len(topology_names()[0]) else "")
+                          + ("; the new copies fill in the background: `cropcron replicas` shows when they are "
+                             "current" if changed and args.count > 1 else ""))
             rows = await _rows(bus)
             if args.json:
                 print_json(rows)
