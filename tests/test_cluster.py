@@ -54,7 +54,8 @@ async def test_node_deaths_and_a_lost_quorum_lose_nothing(tmp_path: Path, pg_adm
     async def afterwards(system: ClusterSystem) -> None:
         listing.append(await _replicas_cli(system, capsys))
 
-    result = await run_cluster(LOAD, tmp_path, pg_admin_url, in_turn(leaders_die(), quorum_lost(watch)),
+    result = await run_cluster(LOAD, tmp_path, pg_admin_url,
+                               in_turn(leaders_die(between=1.0), quorum_lost(watch, down=5.0)), warmup=2.0,
                                apply_replicas=1, env=ENV, after=afterwards)
     summary = f"{result.summary()}\n{watch}"
     print(summary)  # the figures, with -s

@@ -276,6 +276,6 @@ def quorum_lost(watch: QuorumWatch, down: float = 6.0) -> Fault:
         said = logs["notifier"].read_bytes()[offsets["notifier"]:].decode(errors="replace") if "notifier" in logs else ""
         watch.alerted = [what for what in ("NATS JetStream unavailable", "NATS JetStream available again")
                          if what in said]
-        await asyncio.sleep(3)
+        await asyncio.sleep(2)  # a little load after it, before the cut-off
         return [death]
     return fault
