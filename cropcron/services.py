@@ -83,6 +83,7 @@ async def _open_links(names: list[str], settings: ServiceSettings, bus_settings:
                 await _create_topology(bus, bus_settings)
             else:
                 await await_topology(bus, user)
+                await _check_replicas(bus, bus_settings, user)
             catalog = Catalog(bus.js)
             await catalog.start()
             by_user[user] = Link(bus, catalog, user)
@@ -103,6 +104,20 @@ async def _create_topology(bus: Bus, bus_settings: BusSettings) -> None:
             log.warning("creating the JetStream topology: no answer in time (%r); again in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+async def _check_replicas(bus: Bus, bus_settings: BusSettings, user: str) -> None:
+    """A service user may not change the topology: say so when it has another replica count than
+    this process's CROPCRON_REPLICAS (docs/scale-out.md §3), and go on with it."""
+    try:
+        have = (await bus.js.stream_info(wire.STREAM_TRIGGERS)).config.num_replicas or 1
+    except Exception as exc:  # only a hint: never a reason not to start
+        log.debug("replica check: %r", exc)
+        return
+    if have != bus_settings.replicas:
+        log.warning("CROPCRON_REPLICAS is %d but the streams have %d copies; NATS user %s may not change that: "
+                    "run `cropcron replicas %d` as the operator (docs/scale-out.md)", bus_settings.replicas, have,
+                    user, bus_settings.replicas)
 
 
 def _catalog_services(names: list[str], links: dict[str, Link], settings: ServiceSettings,

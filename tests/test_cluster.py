@@ -23,6 +23,7 @@ from faultkit.load import Load
 
 from cropcron.cli import main as cli_main
 from cropcron.embedded import nats_server_binary
+from cropcron.services import _check_replicas
 from shared.bus import Bus
 from shared.permissions import USERS
 from shared.settings import BusSettings
@@ -184,3 +185,12 @@ async def test_replicas_more_than_one_server_keeps_is_a_clear_error(
 def test_a_bad_nats_url_is_named(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = _cli(["jobs"], "nats://127.0.0.1:4222,,not a url", capsys)
     assert code == 2 and "'not a url', which is not a server address" in out, out
+
+
+async def test_a_service_user_is_told_the_replica_count_differs(bus: Bus, caplog: pytest.LogCaptureFixture) -> None:
+    """A service connected as its own broker user cannot change the topology: it starts, and says
+    what to run."""
+    await ensure_topology(bus.js, BusSettings())
+    await _check_replicas(bus, BusSettings(replicas=3), "runner")
+    assert "CROPCRON_REPLICAS is 3 but the streams have 1 copies; NATS user runner may not change that: run " \
+           "`cropcron replicas 3` as the operator" in caplog.text
