@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cropcron import cli_alerts, cli_files, cli_health, cli_nats, commands
+from cropcron import cli_alerts, cli_files, cli_health, cli_nats, cli_replicas, commands
 from cropcron.datadir_lock import DataDirError
 from cropcron.embedded import EmbeddedError, default_data_dir, runtime_connection, runtime_file
 from cropcron.services import SERVICE_NAMES, ServiceFailed, run_services
@@ -363,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_nats.add_parser(sub)
     cli_alerts.add_parsers(sub, common, _since, _limit, _with_bus)  # alerts, notify-test (issue 4)
     cli_health.add_parser(sub)  # healthcheck (issue 10)
+    cli_replicas.add_parser(sub, common, _with_bus)  # replicas (issue 13)
     return parser
 
 

@@ -102,16 +102,24 @@ def nats_sync() -> str:
 
 
 def write_nats_config(store_dir: Path, port: int, conf: Path, sync: str | None = None,
-                      authorization: str = "") -> None:
+                      authorization: str = "", server_name: str = "cropcron-edge",
+                      cluster: tuple[int, list[int]] | None = None) -> None:
     """`authorization`: a block of users and permissions (shared/nats_auth.py); without one the
-    broker takes any connection (tests, development)."""
+    broker takes any connection (tests, development). `cluster`: this node's route port and every
+    node's (its own included), all on loopback: a node of a JetStream cluster named
+    `cropcron` (tests and bench/cluster.py; compose.cluster.yaml has the real layout)."""
     store_dir.mkdir(parents=True, exist_ok=True)
+    routes = ""
+    if cluster is not None:
+        own, every = cluster
+        urls = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in every)
+        routes = f'cluster {{\n  name: "cropcron"\n  listen: "127.0.0.1:{own}"\n  routes: [{urls}]\n}}\n'
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds password hashes
     with os.fdopen(fd, "w") as f:
         f.write(f'listen: "127.0.0.1:{port}"\n'
-                f'server_name: "cropcron-edge"\n'
+                f'server_name: "{server_name}"\n'
                 f'jetstream {{\n  store_dir: "{store_dir}"\n  sync_interval: {sync or nats_sync()}\n}}\n'
-                + authorization)
+                + routes + authorization)
 
 
 class EmbeddedNats(ChildProcess):

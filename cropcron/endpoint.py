@@ -1,8 +1,9 @@
 """The process's HTTP endpoint: GET /healthz (readiness) and GET /metrics (Prometheus), one port
 per process (`cropcron serve NAME...` and `cropcron up`), CROPCRON_HTTP_HOST:CROPCRON_HTTP_PORT.
 
-/healthz is 200 only while the process is connected to NATS and every service in it has reported
-ready (subscribed, fetching); otherwise 503, with a JSON body saying what is not. It answers from
+/healthz is 200 only while the process is connected to NATS, JetStream answers (cropcron/quorum.py:
+a cluster without quorum does not) and every service in it has reported ready (subscribed,
+fetching); otherwise 503, with a JSON body saying what is not. It answers from
 the moment the process starts, before NATS is reached, so an orchestrator sees "starting" rather
 than a refused connection. The endpoint also reads the info of the durable consumers its services
 consume, every CROPCRON_METRICS_INTERVAL seconds, into the consumer gauges.
@@ -25,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from cropcron.healthcheck import local_url
+from cropcron.quorum import JetStreamState
 from shared import metrics
 from shared.bus import Bus
 from shared.settings import ServiceSettings
@@ -51,6 +53,7 @@ class Readiness:
         self.buses: list[Bus] = []  # one per broker user the process connects as
         self.services: dict[str, _Readied] = {}
         self.stopping = False
+        self.jetstream = JetStreamState()  # kept up to date by cropcron.quorum.watch_jetstream
         metrics.NATS_CONNECTED.set_function(lambda: float(self.connected()))
 
     def connected(self) -> bool:
@@ -67,10 +70,14 @@ class Readiness:
         states = {name: "ready" if name in self.services and self.services[name].ready.is_set() else "starting"
                   for name in self.names}
         problems = [] if nats == "connected" else [f"NATS {nats}"]
+        unavailable = self.jetstream.report() if nats == "connected" else None
+        if unavailable:
+            problems.append(unavailable)
         problems += [f"{name} {state}" for name, state in states.items() if state != "ready"]
         if self.stopping:
             problems.insert(0, "stopping")
-        body: dict[str, Any] = {"ready": not problems, "nats": nats, "services": states}
+        body: dict[str, Any] = {"ready": not problems, "nats": nats, "jetstream": "unavailable" if unavailable else "ok",
+                                "services": states}
         if problems:
             body["not_ready"] = problems
         return not problems, body

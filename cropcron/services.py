@@ -14,7 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import nats.errors
+from nats.js.errors import ServiceUnavailableError
+
+from cropcron.direct_alert import quorum_alerts
 from cropcron.endpoint import Endpoint, EndpointError, Readiness, watch_consumers
+from cropcron.quorum import watch_jetstream
 from services.dashboard.service import DashboardService
 from services.history.migrate import migrate
 from services.history.service import HistoryService
@@ -75,14 +80,44 @@ async def _open_links(names: list[str], settings: ServiceSettings, bus_settings:
                                 bus_settings, creds)
             readiness.buses.append(bus)
             if user in (None, "cli"):
-                await ensure_topology(bus.js, bus_settings)
+                await _create_topology(bus, bus_settings)
             else:
                 await await_topology(bus, user)
+                await _check_replicas(bus, bus_settings, user)
             catalog = Catalog(bus.js)
             await catalog.start()
             by_user[user] = Link(bus, catalog, user)
         out[name] = by_user[user]
     return out
+
+
+async def _create_topology(bus: Bus, bus_settings: BusSettings) -> None:
+    """ensure_topology, retried while the broker is slow to answer: on a cluster, several services
+    starting at once may each be moving every stream to a new replica count (CROPCRON_REPLICAS),
+    and a stream whose leader is being elected answers nothing for seconds."""
+    delay = 0.5
+    while True:
+        try:
+            await ensure_topology(bus.js, bus_settings)
+            return
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError) as exc:
+            log.warning("creating the JetStream topology: no answer in time (%r); again in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _check_replicas(bus: Bus, bus_settings: BusSettings, user: str) -> None:
+    """A service user may not change the topology: say so when it has another replica count than
+    this process's CROPCRON_REPLICAS (docs/scale-out.md §3), and go on with it."""
+    try:
+        have = (await bus.js.stream_info(wire.STREAM_TRIGGERS)).config.num_replicas or 1
+    except Exception as exc:  # only a hint: never a reason not to start
+        log.debug("replica check: %r", exc)
+        return
+    if have != bus_settings.replicas:
+        log.warning("CROPCRON_REPLICAS is %d but the streams have %d copies; NATS user %s may not change that: "
+                    "run `cropcron replicas %d` as the operator (docs/scale-out.md)", bus_settings.replicas, have,
+                    user, bus_settings.replicas)
 
 
 def _catalog_services(names: list[str], links: dict[str, Link], settings: ServiceSettings,
@@ -140,10 +175,14 @@ async def run_services(names: list[str], settings: ServiceSettings, stop: asynci
 
 
 def _start(services: dict[str, Service], links: dict[str, Link], settings: ServiceSettings, url: str,
-           stop: asyncio.Event) -> dict[asyncio.Task[Any], str]:
-    """Each service's loop, heartbeat and consumer gauges; a task that ends stops the process."""
+           stop: asyncio.Event, readiness: Readiness) -> dict[asyncio.Task[Any], str]:
+    """Each service's loop, heartbeat and consumer gauges, and the process's JetStream probe; a
+    task that ends stops the process."""
     tasks: dict[asyncio.Task[Any], str] = {
         asyncio.create_task(svc.run(stop), name=name): name for name, svc in services.items()}
+    if readiness.buses:
+        probe = watch_jetstream(readiness.buses[0], readiness.jetstream, settings.jetstream_check, stop)
+        tasks[asyncio.create_task(probe)] = "jetstream-probe"
     for name, svc in services.items():
         # the heartbeat carries the endpoint's URL, so an operator (or a test) finds a port chosen at random
         beat = heartbeat_loop(links[name].bus.js, name, settings.instance, settings.heartbeat_interval,
@@ -172,8 +211,11 @@ async def _run(names: list[str], settings: ServiceSettings, stop: asyncio.Event,
             services["history"] = HistoryService(
                 history.bus, pool, settings, retention_days=lambda: history.catalog.system.history_retention / 86400)
         services.update(_catalog_services(names, links, settings, bus_settings))
+        notifier = services.get("notifier")
+        if isinstance(notifier, NotifierService):  # a lost quorum is told straight to the channels
+            readiness.jetstream.listeners.append(quorum_alerts(notifier, settings.instance, settings.quorum_alert_after))
         readiness.add(dict(services))
-        tasks = _start(services, links, settings, url, stop)
+        tasks = _start(services, links, settings, url, stop, readiness)
         buses = {id(link.bus): link.bus for link in links.values()}.values()
         closed = asyncio.ensure_future(asyncio.wait([asyncio.ensure_future(b.health.closed.wait()) for b in buses],
                                                     return_when=asyncio.FIRST_COMPLETED))

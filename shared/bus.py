@@ -3,7 +3,8 @@
 connect(): reconnects forever (nats-py's default gives up after ~2 minutes, RELIABILITY §1.9),
 pings every 10 s so a silent dead path is noticed in ~30 s, and exposes health.
 connect_once(): one attempt with a clear error, for the CLI.
-publish_all/publish_until_acked/fetch_batches/retry_transient: the JetStream habits every service shares.
+publish_all/publish_until_acked/fetch_batches/ack_confirmed/retry_transient: the JetStream habits every
+service shares.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from shared import wire
+from shared.errors import UserError
 from shared.nats_auth import Credentials, CredentialsError
 from shared.settings import BusSettings
 
@@ -45,11 +47,31 @@ class Stopping(Exception):
 MIN_SERVER_VERSION = (2, 12)
 
 
+class BadNatsUrl(UserError):
+    """NATS_URL is not one server address or a comma-separated list of them."""
+
+
 class IncompatibleBroker(RuntimeError):
     """The NATS server at the URL cannot run cropcron (too old, or JetStream off)."""
 
 
+def servers_of(url: str) -> list[str]:
+    """NATS_URL's servers: one URL, or several separated by commas (the nodes of a cluster, this
+    host's own first: the client tries them in that order and fails over to the next)."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise BadNatsUrl(f"NATS_URL names no server ({url!r}): give nats://host:port, or several separated by commas")
+    for server in servers:
+        if not re.fullmatch(r"(nats|tls|ws|wss)://\S+|[\w.-]+(:\d+)?", server):
+            raise BadNatsUrl(f"NATS_URL has {server!r}, which is not a server address: give nats://host:port, "
+                             "or several separated by commas")
+    return servers
+
+
 def check_server(nc: Client, url: str) -> None:
+    """`url`: what was asked for (one or several); the message names the server that answered."""
+    if nc.connected_url is not None:
+        url = f"{nc.connected_url.scheme}://{nc.connected_url.hostname}:{nc.connected_url.port}"
     info: dict[str, Any] = getattr(nc, "_server_info", {}) or {}
     version = str(info.get("version", "?"))
     match = re.match(r"(\d+)\.(\d+)", version)
@@ -122,8 +144,11 @@ def _refused(exc: BaseException, creds: Credentials | None, url: str) -> Credent
 async def connect(url: str, name: str, settings: BusSettings | None = None,
                   creds: Credentials | None = None) -> Bus:
     """Connect, retrying the first connection forever too (the broker may start after us); a
-    refusal of the credentials ends it at once (CredentialsError)."""
+    refusal of the credentials ends it at once (CredentialsError). `url` may name several servers
+    (comma-separated, the nodes of a cluster): tried in that order, and on a lost connection the
+    client fails over to the next one (and to the nodes the cluster announces)."""
     settings = settings or BusSettings()
+    servers = servers_of(url)
     health = Health()
 
     async def on_disconnect() -> None:
@@ -153,7 +178,9 @@ async def connect(url: str, name: str, settings: BusSettings | None = None,
         nc = Client()
         try:
             await nc.connect(
-                servers=[url],
+                servers=servers,
+                # in the order given: an operator lists the node on the service's own host first
+                dont_randomize=True,
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
@@ -187,6 +214,7 @@ async def connect(url: str, name: str, settings: BusSettings | None = None,
 
 async def connect_once(url: str, name: str, timeout: float = 3.0, creds: Credentials | None = None) -> Bus:
     """For short-lived commands (the CLI): one attempt, a clear error instead of waiting forever."""
+    servers = servers_of(url)
     nc = Client()
     seen: list[Exception] = []
 
@@ -196,10 +224,10 @@ async def connect_once(url: str, name: str, timeout: float = 3.0, creds: Credent
     try:
         # (allow_reconnect=False or max_reconnect_attempts=0 make nats-py retry forever on a
         # refused first connection; one retry with a short wait gives a prompt NoServersError)
-        await asyncio.wait_for(nc.connect(servers=[url], name=name, connect_timeout=int(max(timeout, 1)),
+        await asyncio.wait_for(nc.connect(servers=servers, name=name, connect_timeout=int(max(timeout, 1)),
                                           max_reconnect_attempts=1, reconnect_time_wait=0.1,  # type: ignore[arg-type]
-                                          error_cb=quiet, **_auth_options(creds)),
-                               timeout * 2)
+                                          dont_randomize=True, error_cb=quiet, **_auth_options(creds)),
+                               timeout * 2 * len(servers))
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         for cause in (exc, *seen):
             refused = _refused(cause, creds, url)
@@ -283,6 +311,29 @@ async def publish_until_acked(bus: Bus, items: list[tuple[str, bytes, str]], wha
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)
     return []
+
+
+async def ack_confirmed(msg: Msg, within: float, what: str, stop: asyncio.Event | None = None) -> bool:
+    """Ack `msg` and wait for the broker to confirm it, retrying (0.2 s doubling to 2 s) for up to
+    `within` seconds (the consumer's ack_wait: by then the message is out again anyway), or until
+    `stop` is set. A plain ack is fire-and-forget: on a cluster, one sent as the consumer's leader
+    dies is lost, and the new leader gives the message out again after ack_wait (a job that
+    finished runs twice, docs/scale-out.md §5); retried, it reaches the new leader. False if it
+    was never confirmed (it may have been recorded all the same)."""
+    deadline = asyncio.get_running_loop().time() + within
+    delay = 0.2
+    while True:
+        try:
+            await msg.ack_sync(timeout=min(2.0, max(within / 3, 0.1)))
+            return True
+        except TRANSIENT_ERRORS as exc:
+            if (stop is not None and stop.is_set()) or asyncio.get_running_loop().time() + delay >= deadline:
+                log.warning("%s: the broker did not confirm the ack (%r); it may deliver the message again",
+                            what, exc)
+                return False
+            log.debug("%s: ack not confirmed (%r); again in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def retry_transient(op: Callable[[], Awaitable[T]], what: str, stop: asyncio.Event | None = None) -> T:

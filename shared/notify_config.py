@@ -18,9 +18,11 @@ from shared.names import SAFE_NAME_RE, normalise_name
 from shared.wire import ALERT_LEVELS
 
 AlertLevelName = Literal["info", "warning", "error", "critical"]
-# What a rule asks for unless it says: run-derived kinds, those raised by the notifier itself, and
-# `cropcron up`'s restart of its embedded broker or Postgres (cropcron/supervise.py).
-DEFAULT_KINDS = ["dead", "timeout", "missed", "overdue", "service_down", "component_restarted", "disk_full"]
+# What a rule asks for unless it says: run-derived kinds, those raised by the notifier itself, `cropcron
+# up`'s restart of its embedded broker or Postgres (cropcron/supervise.py) and disk, and a NATS cluster
+# without quorum (sent straight to the channels by the notifier's process: cropcron/direct_alert.py).
+DEFAULT_KINDS = ["dead", "timeout", "missed", "overdue", "service_down", "component_restarted", "disk_full",
+                 "quorum_lost"]
 # Fields that would hold a secret in the YAML: refused with a pointer to the *_env / *_file form.
 SECRET_FIELDS = {"password": "password", "webhook_url": "webhook_url", "webhook": "webhook_url"}
 

@@ -7,6 +7,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,9 @@ class BusSettings(BaseSettings):
     # the notifier's outbox consumer: a delivery in progress is redelivered after this much silence
     # (the notifier keeps a slow send alive at a third of it)
     notify_ack_wait: float = 60.0
+    # copies of every stream, consumer and KV bucket (CROPCRON_REPLICAS): 1 on one nats-server,
+    # 3 on a three-node cluster (docs/scale-out.md); at most the number of nodes
+    replicas: Annotated[int, Field(ge=1, le=5)] = 1
 
 
 class ServiceSettings(BaseSettings):
@@ -41,6 +45,10 @@ class ServiceSettings(BaseSettings):
     http_port_fallback: bool = False  # taken port: use a free one and log it (`cropcron up`) instead of failing
     http_url_file: Path | None = None  # where the URL actually listened on is written (`cropcron healthcheck`)
     metrics_interval: float = Field(10.0, gt=0)  # seconds between reads of consumer info for the gauges
+    # seconds between checks that JetStream answers (a cluster without quorum does not): /healthz
+    jetstream_check: float = Field(5.0, gt=0)
+    # notifier processes: JetStream unavailable this long -> `quorum_lost` straight to the channels
+    quorum_alert_after: float = Field(30.0, ge=0)
     # runner
     concurrency: int = 16  # runs at once in this runner process
     fetch_batch: int = 256

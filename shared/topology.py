@@ -24,29 +24,60 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from shared import wire
 from shared.atomic import ensure_atomic
 from shared.bus import Bus
+from shared.errors import UserError
 from shared.settings import BusSettings
 
 log = logging.getLogger("cropcron.topology")
 
+# what the server answers a replica count it cannot place: a single server (not clustered), or a
+# cluster with fewer nodes (or fewer with JetStream) than asked
+_NO_ROOM = (10074, 10005, 10023)
+
+
+class ReplicasError(UserError):
+    """CROPCRON_REPLICAS asks for more copies than the broker has nodes."""
+
+
+def _no_room(exc: APIError, replicas: int, what: str) -> ReplicasError:
+    return ReplicasError(f"CROPCRON_REPLICAS is {replicas} but the NATS broker cannot keep {replicas} copies of {what} "
+                         f"({exc.description or 'error ' + str(exc.err_code)}): a single nats-server keeps 1, a "
+                         f"cluster at most one per node; set CROPCRON_REPLICAS to 1 on one server, 3 on a "
+                         "three-node cluster (docs/scale-out.md)")
+
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
-        await js.add_stream(config)
-    except BadRequestError as exc:
-        if exc.err_code == 10058:  # "stream name already in use with a different configuration"
-            await js.update_stream(config)
-        else:
-            raise
+        try:
+            await js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code == 10058:  # "stream name already in use with a different configuration"
+                await js.update_stream(config)  # a changed replica count included: JetStream scales it
+            else:
+                raise
+    except APIError as exc:
+        if exc.err_code in _NO_ROOM and (config.num_replicas or 1) > 1:
+            raise _no_room(exc, config.num_replicas or 1, f"the stream {config.name}") from None
+        raise
 
 
 async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = None) -> None:
     settings = settings or BusSettings()
+    try:
+        await _ensure_topology(js, settings)
+    except APIError as exc:
+        if exc.err_code in _NO_ROOM and settings.replicas > 1:
+            raise _no_room(exc, settings.replicas, "its streams and buckets") from None
+        raise
+
+
+async def _ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
+    r = settings.replicas  # the consumers have as many copies as their stream (num_replicas 0)
     await _ensure_stream(
         js,
         StreamConfig(
@@ -57,6 +88,7 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = N
             storage=StorageType.FILE,
             duplicate_window=settings.duplicate_window,
             discard=DiscardPolicy.NEW,  # refuse new work rather than drop queued work
+            num_replicas=r,
         ),
     )
     await _ensure_stream(
@@ -69,6 +101,7 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = N
             storage=StorageType.FILE,
             max_age=settings.run_events_max_age,
             duplicate_window=settings.duplicate_window,
+            num_replicas=r,
         ),
     )
     await _ensure_stream(
@@ -81,6 +114,7 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = N
             storage=StorageType.FILE,
             max_age=settings.run_events_max_age,
             duplicate_window=settings.duplicate_window,
+            num_replicas=r,
         ),
     )
     await _ensure_consumer(
@@ -123,15 +157,29 @@ async def ensure_topology(js: JetStreamContext, settings: BusSettings | None = N
     )
     for bucket in (wire.KV_JOBS, wire.KV_JOB_STATE, wire.KV_TIMER, wire.KV_LEASES, wire.KV_SERVICES,
                    wire.KV_WATCHES, wire.KV_BATCHES):
-        try:
-            await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
-        except BadRequestError as exc:
-            # 10058: it exists with another configuration: ours, with atomic batches turned on
-            if exc.err_code != 10058:
-                raise
+        await _ensure_bucket(js, bucket, r)
     for bucket in (wire.KV_JOBS, wire.KV_WATCHES):  # `apply` writes a config to them all-or-nothing
         await ensure_atomic(js, f"KV_{bucket}")
     await _ensure_alert_topology(js, settings)
+    await scale_topology(js, r)  # the buckets (create_key_value leaves an existing one as it is)
+
+
+async def scale_topology(js: JetStreamContext, replicas: int) -> list[tuple[str, int]]:
+    """Give every stream and KV bucket `replicas` copies (the consumers follow their stream: they
+    are made with num_replicas 0). JetStream moves a stream between replica counts while it is in
+    use (its readers and writers go on); fewer copies drop the extra ones. Returns each changed
+    stream with its former count. Under ensure_missing, update_stream changes nothing."""
+    streams, _ = topology_names()
+    changed = []
+    for name in streams:
+        info = await js.stream_info(name)
+        before = info.config.num_replicas or 1
+        if before != replicas:
+            log.info("topology: %s from %d to %d replicas", name, before, replicas)
+            info.config.num_replicas = replicas
+            await _ensure_stream(js, info.config)
+            changed.append((name, before))
+    return changed
 
 
 class _CreateOnly(JetStreamContext):
@@ -225,12 +273,12 @@ async def _ensure_alert_topology(js: JetStreamContext, settings: BusSettings) ->
         name=wire.STREAM_ALERTS, subjects=[wire.ALERT_SUBJECTS],
         # limits: the notifier and history each read every alert (and every delivery record)
         retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=settings.run_events_max_age,
-        duplicate_window=settings.duplicate_window))
+        duplicate_window=settings.duplicate_window, num_replicas=settings.replicas))
     await _ensure_stream(js, StreamConfig(
         name=wire.STREAM_NOTIFY, subjects=[wire.NOTIFY_SUBJECTS],
         # the outbox: a notification leaves only once delivered or failed for good
         retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
-        duplicate_window=settings.duplicate_window, discard=DiscardPolicy.NEW))
+        duplicate_window=settings.duplicate_window, discard=DiscardPolicy.NEW, num_replicas=settings.replicas))
     # DeliverPolicy.NEW: a notifier added to a running system must not page about last week's runs
     await js.add_consumer(wire.STREAM_RUNS, ConsumerConfig(
         durable_name=wire.NOTIFIER_RUNS_CONSUMER, deliver_policy=DeliverPolicy.NEW,
@@ -248,4 +296,14 @@ async def _ensure_alert_topology(js: JetStreamContext, settings: BusSettings) ->
         durable_name=wire.DELIVER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=settings.notify_ack_wait,
         max_deliver=-1,  # the notifier counts attempts itself (notify_max_attempts), then gives up
         max_ack_pending=1000))
-    await js.create_key_value(KeyValueConfig(bucket=wire.KV_NOTIFY, history=1, storage=StorageType.FILE))
+    await _ensure_bucket(js, wire.KV_NOTIFY, settings.replicas)
+
+
+async def _ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> None:
+    try:
+        await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas))
+    except BadRequestError as exc:
+        # 10058: it exists with another configuration: ours with atomic batches turned on, or
+        # with another replica count (scale_topology changes that)
+        if exc.err_code != 10058:
+            raise

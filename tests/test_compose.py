@@ -323,7 +323,7 @@ def test_every_service_is_healthy(stack: Stack) -> None:
     # the healthcheck itself, as compose runs it: ready, with what it checked
     out = stack.compose("exec", "-T", "runner", "python", "-m", "cropcron.healthcheck", "--json")
     report = json.loads(out.stdout)
-    assert report == {"ready": True, "nats": "connected", "services": {"runner": "ready"}}
+    assert report == {"ready": True, "nats": "connected", "jetstream": "ok", "services": {"runner": "ready"}}
 
 
 async def test_config_applied_and_a_run_in_history(stack: Stack, request: pytest.FixtureRequest) -> None:

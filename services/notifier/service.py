@@ -50,6 +50,9 @@ class NotifierService:
         # the outbox consumer's ack_wait (the topology's setting): a slow send is kept alive at a third of it
         self.notify_ack_wait = BusSettings().notify_ack_wait
         self.config: NotificationsConfig | None = None
+        # the config last applied, kept when standing by: for alerts that cannot go through the bus
+        # (a NATS cluster without quorum, cropcron/direct_alert.py)
+        self.last_config: NotificationsConfig | None = None
         self.senders: dict[str, Sender] = {}
         self.broken: dict[str, str] = {}  # channel -> why it cannot send (reported, not fatal)
         self.buckets: dict[str, TokenBucket] = {}
@@ -152,7 +155,7 @@ class NotifierService:
         if config is None or config == self.config:
             return
         old = self.senders
-        self.config = config
+        self.config = self.last_config = config
         self.senders, self.broken = {}, {}
         for name, channel in config.channels.items():
             for problem in channel_problems(name, channel):

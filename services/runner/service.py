@@ -32,7 +32,7 @@ from services.runner.queueing import LeaseQueue
 from services.runner.reaper import Reaper
 from services.runner.slots import PrioritySlots
 from shared import metrics, wire
-from shared.bus import Bus, publish_until_acked
+from shared.bus import Bus, ack_confirmed, publish_until_acked
 from shared.catalog import Catalog
 from shared.config import JobSpec, Overlap
 from shared.events import Rejected, RunEvent, RunState, Trigger, decode, utcnow
@@ -62,12 +62,14 @@ class RunnerService:
         self.queue: LeaseQueue | None = None  # triggers waiting for a place under their job's limit
         self.reaper = Reaper(settings.kill_grace)  # kills our jobs if this process dies under them
         self.ready = asyncio.Event()
+        self._stop: asyncio.Event | None = None  # run()'s: a stopping runner does not wait on unconfirmed acks
         self.stats = {"started": 0, "succeeded": 0, "failed": 0, "dead": 0, "skipped": 0, "rejected": 0}
 
     def status(self) -> dict[str, Any]:
         return {"running": len(self.running), "slots": self.slots.size, **self.stats}
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         loop = asyncio.get_running_loop()
         # callables run in threads; the default pool (cores + 4) would queue them
         loop.set_default_executor(ThreadPoolExecutor(max_workers=max(self.settings.concurrency, 4)))
@@ -397,7 +399,8 @@ class RunnerService:
             log.log(level, "run %s job=%s attempt=%d %s%s", last.run_id, last.job, last.attempt, last.state.value,
                     f" ({last.error or last.reason})" if (last.error or last.reason) else "")
         if action == "ack":
-            await msg.ack()
+            # confirmed: a lost ack (a cluster node dying) would run the finished job again
+            await ack_confirmed(msg, self.ack_wait, f"runner: run {last.run_id}", self._stop)
         elif action == "nak":
             await msg.nak(delay=delay)
         else:

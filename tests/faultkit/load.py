@@ -51,7 +51,8 @@ def write_config(path: Path, load: Load, ledger: Path, root: Path) -> None:
     config: dict[str, object] = {
         "system": {"timezone": "UTC"},
         "notifications": {"channels": {"journal": {"type": "log"}},
-                          "rules": [{"name": "failures", "when": ["dead", "timeout", "missed", "service_down"],
+                          "rules": [{"name": "failures", "when": ["dead", "timeout", "missed", "service_down",
+                                                                                "quorum_lost"],
                                      "channels": ["journal"]}]},
         "jobs": jobs,
     }
