@@ -164,20 +164,33 @@ def _with_db(url: str, dbname: str) -> str:
     return f"{head}/{dbname}" + (f"?{query}" if query else "")
 
 
-@pytest.fixture
-async def db_url(pg_admin_url: str) -> AsyncIterator[str]:
-    name = f"cc_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_admin_url)
+async def create_database(admin_url: str, prefix: str = "cc") -> str:
+    """A new, empty database on the admin URL's server; its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    yield _with_db(pg_admin_url, name)
-    conn = await asyncpg.connect(pg_admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    return _with_db(admin_url, name)
+
+
+async def drop_database(admin_url: str, db_url: str) -> None:
+    """Drop create_database's database, whoever is still connected (never raises: a clean-up)."""
+    name = db_url.partition("?")[0].rpartition("/")[2]
+    with contextlib.suppress(Exception):
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def db_url(pg_admin_url: str) -> AsyncIterator[str]:
+    url = await create_database(pg_admin_url)
+    yield url
+    await drop_database(pg_admin_url, url)
 
 
 @pytest.fixture

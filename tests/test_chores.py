@@ -12,14 +12,13 @@ import json
 import os
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from conftest import System, _with_db, apply_yaml, fetch, wait_for
+from conftest import System, apply_yaml, create_database, drop_database, fetch, wait_for
 from notify_helpers import apply_all, fast_notify, notifications, publish_events, raise_alert, run_event
 from peers_mail import MailServer
 from peers_slack import SlackServer
@@ -155,20 +154,11 @@ jobs:
 
 @contextlib.asynccontextmanager
 async def _database(admin: str) -> AsyncIterator[str]:
-    name = f"cc_restore_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin)
+    url = await create_database(admin, "cc_restore")
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield url
     finally:
-        await conn.close()
-    try:
-        yield _with_db(admin, name)
-    finally:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(admin, url)
 
 
 async def test_backup_history_restorable_and_keeps_n(system: System, bus: Bus, tmp_path: Path, db_url: str,

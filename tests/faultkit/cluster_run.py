@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from conftest import create_database, drop_database
 
 from faultkit.check import Due, Report, Row, check
 from faultkit.cluster import ClusterSystem, leader_of
 from faultkit.load import Load, due_ticks, read_ledger
 from faultkit.scenario import (
-    _create_db,
-    _drop_db,
     _recorded,
     _rows,
     _settled,
@@ -149,7 +148,7 @@ async def run_cluster(load: Load, workdir: Path, admin_url: str, fault: Fault, *
                       sync: str = "always") -> ClusterReport:
     """`after`: called once the checks are done, on the system still running. `sync`: the nodes'
     JetStream sync_interval."""
-    db_url = await _create_db(admin_url)
+    db_url = await create_database(admin_url, "cc_cluster")
     system = ClusterSystem(workdir, load, db_url, env or {}, size=size, sync=sync, layout=layout,
                            apply_replicas=apply_replicas)
     try:
@@ -159,7 +158,7 @@ async def run_cluster(load: Load, workdir: Path, admin_url: str, fault: Fault, *
         return result
     finally:
         await system.close()
-        await _drop_db(admin_url, db_url)
+        await drop_database(admin_url, db_url)
 
 
 async def _run(system: ClusterSystem, load: Load, warmup: float, drain: float, fault: Fault) -> ClusterReport:

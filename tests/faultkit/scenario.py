@@ -8,12 +8,12 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import psutil
+from conftest import create_database, drop_database
 
 from faultkit.check import TERMINAL, Due, Report, Row, check
 from faultkit.load import FILE_JOB, FileDropper, Load, due_ticks, read_ledger
@@ -78,7 +78,7 @@ async def run(scenario: Scenario, load: Load, timing: Timing, workdir: Path, adm
         load = Load(load.jobs, load.interval, load.job_seconds, files_per_second=2.0)
     elif not scenario.files:
         load = Load(load.jobs, load.interval, load.job_seconds)
-    db_url = await _create_db(admin_url)
+    db_url = await create_database(admin_url, "cc_fault")
     env = {"CROPCRON_ACK_WAIT": f"{timing.ack_wait:g}"}
     system: System = (UpSystem(workdir, load, db_url, env) if scenario.component == "up"
                       else Cluster(workdir, load, db_url, env, postgres, scenario.files))
@@ -86,7 +86,7 @@ async def run(scenario: Scenario, load: Load, timing: Timing, workdir: Path, adm
         report = await _run(system, scenario, load, timing)
     finally:
         await system.close()
-        await _drop_db(admin_url, db_url)
+        await drop_database(admin_url, db_url)
     report.duration_s = round(time.monotonic() - began, 1)
     return report
 
@@ -187,28 +187,6 @@ async def _inject(system: System, victim: Proc, scenario: Scenario, timing: Timi
         heal_at = time.time()
     await system.wait_live(victim, 120)
     return fault_at, heal_at
-
-
-async def _create_db(admin_url: str) -> str:
-    name = f"cc_fault_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, _, query = admin_url.partition("?")
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{name}" + (f"?{query}" if query else "")
-
-
-async def _drop_db(admin_url: str, db_url: str) -> None:
-    name = db_url.partition("?")[0].rpartition("/")[2]
-    with contextlib.suppress(Exception):
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 async def _query(db_url: str, sql: str, *args: object) -> list[asyncpg.Record]:
