@@ -214,9 +214,16 @@ async def _kill_and_recover(up: SharedUp, name: str, request: pytest.FixtureRequ
         have = {_at(r["scheduled_at"]) for r in rows or [] if r["state"] == "succeeded"}
         first = start.replace(microsecond=0) + timedelta(seconds=1)
         due = [first + timedelta(seconds=i) for i in range(int((recovered_after - first).total_seconds()) + 1)]
+        missing[:] = [t.isoformat() for t in due if t not in have]
+        if not done:
+            missing.append(f"no success yet at or after {recovered_after.isoformat()}")
         return rows if done and all(t in have for t in due) else None
 
-    rows: list[dict[str, Any]] = await wait_for(recovered, 40, f"runs after the {name} was killed")
+    missing: list[str] = []  # what the last look lacked, for the failure message
+    try:
+        rows: list[dict[str, Any]] = await wait_for(recovered, 40, f"runs after the {name} was killed")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; still missing: {missing}; `up` said:\n{up.output()[-4000:]}") from None
     figure(request, f"[supervise] {name} killed: history showed a run started after the kill {recorded[0]:.2f}s after it")
     # every instant from before the kill to after the recovery has its row; catchup: all runs each
     window = _every_instant(rows, killed_at - timedelta(seconds=3), recovered_after)
