@@ -147,7 +147,8 @@ def _with_url(svc: Service, metrics_url: str) -> Callable[[], dict[str, Any]]:
 # the durable consumers each service consumes: their pending/redelivered counts become gauges
 CONSUMERS: dict[str, list[tuple[str, str]]] = {
     "runner": [(wire.STREAM_TRIGGERS, wire.runner_consumer(band)) for band in wire.BANDS],
-    "history": [(wire.STREAM_RUNS, wire.HISTORY_CONSUMER), (wire.STREAM_ALERTS, wire.HISTORY_ALERTS_CONSUMER)],
+    "history": [(wire.STREAM_RUNS, wire.HISTORY_CONSUMER), (wire.STREAM_ALERTS, wire.HISTORY_ALERTS_CONSUMER),
+                (wire.STREAM_FILES, wire.HISTORY_FILES_CONSUMER)],
     "dispatcher": [(wire.STREAM_FILES, wire.DISPATCH_CONSUMER)],
     "notifier": [(wire.STREAM_RUNS, wire.NOTIFIER_RUNS_CONSUMER), (wire.STREAM_ALERTS, wire.NOTIFIER_ALERTS_CONSUMER),
                  (wire.STREAM_NOTIFY, wire.DELIVER_CONSUMER)],

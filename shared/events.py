@@ -73,6 +73,17 @@ class Trigger(_Message):
     data: dict[str, JsonValue] = Field(default_factory=dict)
 
 
+class FileRef(BaseModel):
+    """The file a file run was run for, on each of its run events (history shows it with the run)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    watch: str
+    rel_path: str  # display form (U+FFFD for bytes that are not UTF-8, as FileEvent.rel_path)
+    size: int = Field(ge=0)
+
+
 class RunEvent(_Message):
     """One step in a run's life. Published on wire.run_event_subject(job, state)."""
 
@@ -95,6 +106,8 @@ class RunEvent(_Message):
     reason: str | None = None  # why missed/skipped/dead
     next_attempt_at: datetime | None = None  # retrying
     runner: str | None = None
+    file: FileRef | None = None  # a file run (trigger kind "file"): the file it was run for
+
 
     def msg_id(self) -> str:
         # one message per (run, attempt, state): republishing the same step is deduplicated
@@ -180,6 +193,15 @@ class BatchInfo(BaseModel):
     opened_at: datetime
     closed_at: datetime
     files: list[BatchFile]
+
+
+class FlightClosed(_Message):
+    """A flight batch closed (issue 14): published by the dispatcher beside the batch's trigger on
+    wire.flight_subject(watch), Nats-Msg-Id "flight.<batch id>", so history can list flights and
+    the notifier judge them against a watch's `expect:` even when no run of the batch happens."""
+
+    job: Name
+    batch: BatchInfo
 
 
 AlertLevel = Literal["info", "warning", "error", "critical"]

@@ -112,10 +112,11 @@ def _matrix() -> dict[str, Permissions]:
     history.sub += [f"{wire.PREFIX}.history.>"]
     history.pull(wire.STREAM_RUNS, wire.HISTORY_CONSUMER)
     history.pull(wire.STREAM_ALERTS, wire.HISTORY_ALERTS_CONSUMER)
+    history.pull(wire.STREAM_FILES, wire.HISTORY_FILES_CONSUMER)
     out["history"] = Permissions(tuple(history.pub), tuple(history.sub), allow_responses=True)
 
     notifier = _service("notifier")
-    notifier.pub += [wire.ALERT_SUBJECTS, wire.NOTIFY_SUBJECTS, f"{wire.PREFIX}.history.last"]
+    notifier.pub += [wire.ALERT_SUBJECTS, wire.NOTIFY_SUBJECTS, wire.HISTORY_LAST, wire.HISTORY_REPORT_UPLOADS]
     notifier.pull(wire.STREAM_RUNS, wire.NOTIFIER_RUNS_CONSUMER)
     notifier.pull(wire.STREAM_ALERTS, wire.NOTIFIER_ALERTS_CONSUMER)
     notifier.pull(wire.STREAM_NOTIFY, wire.DELIVER_CONSUMER)
@@ -126,7 +127,7 @@ def _matrix() -> dict[str, Permissions]:
     out["notifier"] = Permissions(tuple(notifier.pub), tuple(notifier.sub))
 
     watcher = _service("watcher")  # detection and dispatch
-    watcher.pub += [wire.FILE_SUBJECTS, wire.TRIGGER_SUBJECTS, wire.REJECTED_SUBJECTS,
+    watcher.pub += [wire.FILE_SUBJECTS, wire.TRIGGER_SUBJECTS, wire.REJECTED_SUBJECTS, wire.FLIGHT_SUBJECTS,
                     f"$JS.API.STREAM.PURGE.{wire.KV_BATCHES_STREAM}"]
     watcher.pull(wire.STREAM_FILES, wire.DISPATCH_CONSUMER)
     watcher.write_kv(wire.KV_BATCHES)
@@ -146,7 +147,7 @@ def _matrix() -> dict[str, Permissions]:
     uploader.read_kv(wire.KV_WATCHES)
     out["uploader"] = Permissions(tuple(uploader.pub), tuple(uploader.sub))
     # ... and a module that follows what happens reads run events and alerts, and publishes nothing
-    out["observer"] = Permissions((), (wire.RUN_EVENT_SUBJECTS, wire.ALERT_SUBJECTS))
+    out["observer"] = Permissions((), (wire.RUN_EVENT_SUBJECTS, wire.ALERT_SUBJECTS, wire.FLIGHT_SUBJECTS))
     return out
 
 

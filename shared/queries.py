@@ -86,6 +86,42 @@ class DigestQuery(_Query):
         return value
 
 
+class FlightsQuery(_Query):
+    """Closed flights, newest first, each with its batch run's state (issue 14). With `id`: that
+    flight alone, with a page of its files (`limit`/`offset` page the files then)."""
+
+    watch: Name | None = None
+    job: Name | None = None
+    id: str | None = Field(None, min_length=1, max_length=128)
+    since: datetime | None = None  # closed at or after
+    limit: int = Field(50, ge=1, le=10000)
+    offset: int = Field(0, ge=0)
+
+
+class RefusedQuery(_Query):
+    """Files the watcher refused (zero-byte, symlink, outside the root, ...), newest first."""
+
+    watch: Name | None = None
+    since: datetime | None = None
+    limit: int = Field(50, ge=1, le=10000)
+    offset: int = Field(0, ge=0)
+
+
+class FilesHourlyQuery(_Query):
+    """Files that arrived per hour, per watch, over the last `days` (the charts page)."""
+
+    days: float = Field(7, gt=0, le=90)
+
+
+class UploadsQuery(_Query):
+    """What arrived in [since, until) for each watch: files, flights closed (each with its file
+    count and whether it was partial) and files no closed flight holds yet (`expect:` alarms)."""
+
+    watches: list[Name] = Field(min_length=1, max_length=1000)
+    since: datetime
+    until: datetime
+
+
 class CleanupRequest(_Query):
     older_than_days: float = Field(gt=0)
 

@@ -95,7 +95,7 @@ async def _ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
         js,
         StreamConfig(
             name=wire.STREAM_RUNS,
-            subjects=[wire.RUN_EVENT_SUBJECTS, wire.REJECTED_SUBJECTS],
+            subjects=[wire.RUN_EVENT_SUBJECTS, wire.REJECTED_SUBJECTS, wire.FLIGHT_SUBJECTS],
             # limits: history, notifier, dashboard and other modules each read it at their pace
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
@@ -125,6 +125,17 @@ async def _ensure_topology(js: JetStreamContext, settings: BusSettings) -> None:
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=settings.ack_wait,
             max_deliver=-1,  # an arrival must not be dropped because the bus was briefly busy
+            max_ack_pending=settings.max_ack_pending,
+        ),
+    )
+    await _ensure_consumer(
+        js,
+        wire.STREAM_FILES,
+        ConsumerConfig(
+            durable_name=wire.HISTORY_FILES_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait,
+            max_deliver=-1,  # as for run events: Postgres being down must not drop an arrival
             max_ack_pending=settings.max_ack_pending,
         ),
     )
@@ -234,6 +245,7 @@ def topology_names() -> tuple[list[str], list[tuple[str, str]]]:
                *(f"KV_{b}" for b in buckets)]
     consumers = [*((wire.STREAM_TRIGGERS, wire.runner_consumer(b)) for b in wire.BANDS),
                  (wire.STREAM_RUNS, wire.HISTORY_CONSUMER), (wire.STREAM_FILES, wire.DISPATCH_CONSUMER),
+                 (wire.STREAM_FILES, wire.HISTORY_FILES_CONSUMER),
                  (wire.STREAM_RUNS, wire.NOTIFIER_RUNS_CONSUMER), (wire.STREAM_ALERTS, wire.NOTIFIER_ALERTS_CONSUMER),
                  (wire.STREAM_ALERTS, wire.HISTORY_ALERTS_CONSUMER), (wire.STREAM_NOTIFY, wire.DELIVER_CONSUMER)]
     return streams, consumers

@@ -58,6 +58,16 @@ def rejected_subject(source: str) -> str:
     return f"{PREFIX}.rejected.{source}"
 
 
+# Closed flight batches (issue 14), kept with the run events: history lists them, other modules
+# may follow them (the stream's limits retention); the dispatcher publishes one per batch.
+FLIGHT_SUBJECTS: Final = f"{PREFIX}.flight.>"
+
+
+def flight_subject(watch: str) -> str:
+    """`cropcron.flight.<watch key>`: a FlightClosed for a batch of that watch's files."""
+    return f"{PREFIX}.flight.{subject_key(watch)}"
+
+
 HISTORY_CONSUMER: Final = "history"
 
 # -- file arrivals (issue 3): the watcher, and drone upload tools, publish here ------------
@@ -67,6 +77,7 @@ HISTORY_CONSUMER: Final = "history"
 STREAM_FILES: Final = "CROPCRON_FILES"
 FILE_SUBJECTS: Final = f"{PREFIX}.file.>"
 DISPATCH_CONSUMER: Final = "dispatch"
+HISTORY_FILES_CONSUMER: Final = "history-files"  # on STREAM_FILES: every arrival -> Postgres
 
 
 def file_subject(watch: str) -> str:
@@ -143,6 +154,10 @@ HISTORY_REPORT_HOURLY: Final = f"{PREFIX}.history.report.hourly"  # runs per hou
 HISTORY_REPORT_DURATIONS: Final = f"{PREFIX}.history.report.durations"  # duration per run of one job
 HISTORY_REPORT_COUNTS: Final = f"{PREFIX}.history.report.counts"  # runs by state in a time range
 HISTORY_REPORT_DIGEST: Final = f"{PREFIX}.history.report.digest"  # a digest's runs, failures, overdue jobs
+HISTORY_FLIGHTS: Final = f"{PREFIX}.history.flights"  # closed flights, or one flight with its files
+HISTORY_REFUSED: Final = f"{PREFIX}.history.refused"  # files the watcher refused, with the reason
+HISTORY_REPORT_FILES: Final = f"{PREFIX}.history.report.files"  # files per hour per watch
+HISTORY_REPORT_UPLOADS: Final = f"{PREFIX}.history.report.uploads"  # a day's uploads per watch (expect:)
 HISTORY_QUEUE: Final = "history"
 
 # -- KV buckets ------------------------------------------------------------------------

@@ -18,10 +18,10 @@ import asyncpg
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
-from services.history import alerts, reports, store
+from services.history import alerts, reports, store, uploads
 from shared import metrics, wire
 from shared.bus import Bus, fetch_batches
-from shared.events import Rejected, RunEvent, decode, utcnow
+from shared.events import FlightClosed, Rejected, RunEvent, decode, utcnow
 from shared.queries import AlertsQuery, CleanupRequest, LastQuery, RunsQuery, StatsQuery, fail, ok
 from shared.reply import ReplyTooLarge, respond
 from shared.settings import ServiceSettings
@@ -29,6 +29,16 @@ from shared.settings import ServiceSettings
 log = logging.getLogger("cropcron.history")
 
 RETENTION_EVERY = 6 * 3600.0
+# what the runs stream carries: run events, refused input, and closed flights (issue 14)
+Item = RunEvent | Rejected | FlightClosed
+_REJECTED_PREFIX = wire.REJECTED_SUBJECTS[:-1]
+_FLIGHT_PREFIX = wire.FLIGHT_SUBJECTS[:-1]
+
+
+def _model_of(subject: str) -> type[Item]:
+    if subject.startswith(_REJECTED_PREFIX):
+        return Rejected
+    return FlightClosed if subject.startswith(_FLIGHT_PREFIX) else RunEvent
 
 
 class HistoryService:
@@ -54,10 +64,13 @@ class HistoryService:
         ]
         # the dashboard's aggregates (issue 5)
         subs += [await self._respond(subject, model, handler) for subject, model, handler in reports.routes(self.pool)]
+        # flights, files and refused files (issue 14)
+        subs += [await self._respond(subject, model, handler) for subject, model, handler in uploads.routes(self.pool)]
         # alerts and their delivery attempts (issue 4)
         subs.append(await self._respond(wire.HISTORY_ALERTS, AlertsQuery, lambda q: alerts.query_alerts(self.pool, q)))
         tasks = [asyncio.create_task(self._ingest(stop)), asyncio.create_task(self._retention(stop)),
-                 asyncio.create_task(alerts.ingest(self.bus, self.pool, self.settings.history_batch, stop))]
+                 asyncio.create_task(alerts.ingest(self.bus, self.pool, self.settings.history_batch, stop)),
+                 asyncio.create_task(uploads.ingest(self.bus, self.pool, self.settings.history_batch, stop))]
         await self.bus.barrier()  # the subscriptions are registered with the server: queries answered
         self.ready.set()
         try:
@@ -77,13 +90,12 @@ class HistoryService:
             await self._store(msgs)
 
     async def _store(self, msgs: list[Msg]) -> None:
-        parsed: list[tuple[Msg, RunEvent | Rejected]] = []
-        unreadable: list[RunEvent | Rejected] = []
+        parsed: list[tuple[Msg, Item]] = []
+        unreadable: list[Item] = []
         bad: list[Msg] = []
         for msg in msgs:
             try:
-                rejection = msg.subject.startswith(wire.REJECTED_SUBJECTS[:-1])
-                parsed.append((msg, decode(Rejected if rejection else RunEvent, msg.data)))
+                parsed.append((msg, decode(_model_of(msg.subject), msg.data)))
             except (ValidationError, ValueError) as exc:
                 log.error("history: unreadable event on %s: %s", msg.subject, str(exc)[:300])
                 unreadable.append(_rejection(msg, str(exc)))
@@ -109,14 +121,15 @@ class HistoryService:
         for msg in bad:
             await msg.term()  # recorded in rejections; redelivering it would not make it readable
 
-    async def _write(self, items: list[RunEvent | Rejected]) -> None:
+    async def _write(self, items: list[Item]) -> None:
         events = [i for i in items if isinstance(i, RunEvent)]
-        await store.apply_events(self.pool, events, [i for i in items if isinstance(i, Rejected)])
+        await store.apply_events(self.pool, events, [i for i in items if isinstance(i, Rejected)],
+                                 [i for i in items if isinstance(i, FlightClosed)])
         self.written += len(events)
         committed = utcnow()
         metrics.written((committed - e.at).total_seconds() for e in events)
 
-    async def _store_singly(self, parsed: list[tuple[Msg, RunEvent | Rejected]], bad: list[Msg]) -> None:
+    async def _store_singly(self, parsed: list[tuple[Msg, Item]], bad: list[Msg]) -> None:
         for msg, item in parsed:
             try:
                 await self._write([item])
@@ -161,9 +174,10 @@ class HistoryService:
         return await self.bus.nc.subscribe(subject, queue=wire.HISTORY_QUEUE, cb=on_request)
 
     async def _cleanup(self, days: float) -> dict[str, int]:
-        """Runs, rejections, alerts and delivery records older than `days`: `cropcron cleanup`
+        """Runs, rejections, alerts, delivery records, files and flights older than `days`: `cropcron cleanup`
         and the automatic retention remove the same things."""
-        return {**await store.cleanup(self.pool, days), **await alerts.cleanup(self.pool, days)}
+        return {**await store.cleanup(self.pool, days), **await alerts.cleanup(self.pool, days),
+                **await uploads.cleanup(self.pool, days)}
 
     async def _retention(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

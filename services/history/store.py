@@ -10,12 +10,13 @@ from typing import Any
 
 import asyncpg
 
-from shared.events import STATE_RANK, Rejected, RunEvent
+from services.history import uploads
+from shared.events import STATE_RANK, FlightClosed, Rejected, RunEvent
 from shared.queries import RunsQuery
 
 RUN_COLS = ["run_id", "job", "job_type", "trigger_kind", "state", "state_rank", "attempt", "scheduled_at",
             "started_at", "finished_at", "duration_s", "exit_code", "timed_out", "error", "output_tail", "result",
-            "reason", "next_attempt_at", "runner", "updated_at"]
+            "reason", "next_attempt_at", "runner", "updated_at", "file_id", "file_watch", "file_path", "file_size"]
 # fields that describe one attempt: a newer attempt replaces them, the same attempt fills gaps
 PER_ATTEMPT = {"started_at", "finished_at", "duration_s", "exit_code", "timed_out", "error", "output_tail",
                "result", "reason", "next_attempt_at", "runner"}
@@ -71,7 +72,10 @@ def _text(value: Any) -> Any:
 def _run_row(ev: RunEvent) -> tuple[Any, ...]:
     values = {**ev.model_dump(), "state": ev.state.value, "state_rank": STATE_RANK[ev.state], "updated_at": ev.at,
               # json.dumps writes NUL as \u0000, which jsonb refuses too
-              "result": None if ev.result is None else json.dumps(ev.result).replace("\\u0000", "\\ufffd")}
+              "result": None if ev.result is None else json.dumps(ev.result).replace("\\u0000", "\\ufffd"),
+              # a file run's file, for `history` and the run page (issue 14)
+              "file_id": ev.file.id if ev.file else None, "file_watch": ev.file.watch if ev.file else None,
+              "file_path": ev.file.rel_path if ev.file else None, "file_size": ev.file.size if ev.file else None}
     return tuple(_text(values[c]) for c in RUN_COLS)
 
 
@@ -90,9 +94,12 @@ async def create_pool(dsn: str) -> asyncpg.Pool:
     return pool
 
 
-async def apply_events(pool: asyncpg.Pool, events: Sequence[RunEvent], rejected: Sequence[Rejected]) -> None:
+async def apply_events(pool: asyncpg.Pool, events: Sequence[RunEvent], rejected: Sequence[Rejected],
+                       flights: Sequence[FlightClosed] = ()) -> None:
     """One transaction for a whole fetched batch (DESIGN.md: executemany is ~25x single inserts)."""
     async with pool.acquire() as conn, conn.transaction():
+        if flights:
+            await uploads.store_flights(conn, flights)
         if events:
             await conn.executemany(UPSERT_RUN, [_run_row(e) for e in events])
             attempts = [e for e in events if e.attempt > 0]

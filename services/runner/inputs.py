@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from shared import wire
 from shared.config import JobSpec
-from shared.events import BatchInfo, FileEvent, Trigger
+from shared.events import BatchInfo, FileEvent, FileRef, Trigger
 from shared.files import PathRefused, check_relative, rel_bytes, resolve_inside
 from shared.names import subject_key
 from shared.watch_config import WatchConfig, ZeroBytePolicy
@@ -93,6 +93,17 @@ def _checked(watch: WatchConfig, rel: bytes, size: int) -> bytes:
         # refusing it would lose the file's only run.
         raise PathRefused(f"file changed since it was announced (size {size} -> {info.st_size} bytes)")
     return path
+
+
+def file_of(trigger: Trigger) -> FileRef | None:
+    """The file a file run is for, as its run events carry it (history and the run page show it);
+    None for other runs, and for file details too malformed to name a file (the run is refused)."""
+    if trigger.kind != "file":
+        return None
+    try:
+        return FileRef.model_validate(trigger.data)  # the FileEvent's fields; the rest is ignored
+    except ValidationError:
+        return None
 
 
 def _file_inputs(spec: JobSpec, trigger: Trigger, watches: dict[str, WatchConfig]) -> RunInputs:

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from services.runner.backoff import retry_delay
 from services.runner.chores import ChoreRun, run_builtin
 from services.runner.execute import Outcome, render_argv, run_callable, run_command
-from services.runner.inputs import RunInputs, prepare, watches_for
+from services.runner.inputs import RunInputs, file_of, prepare, watches_for
 from services.runner.job_env import job_environ
 from services.runner.leases import Leases
 from services.runner.queueing import LeaseQueue
@@ -380,7 +380,7 @@ class RunnerService:
     def _event(self, spec: JobSpec, trigger: Trigger, state: RunState, attempt: int, **fields: Any) -> RunEvent:
         return RunEvent(run_id=trigger.run_id, job=spec.name, job_type=spec.job.type, state=state, attempt=attempt,
                         at=utcnow(), trigger_kind=trigger.kind, scheduled_at=trigger.scheduled_at,
-                        runner=self.settings.instance, **fields)
+                        runner=self.settings.instance, file=file_of(trigger), **fields)
 
     async def _finish(self, msg: Msg, events: RunEvent | list[RunEvent], action: str, delay: float = 0) -> None:
         """Publish the outcome durably, then settle the trigger. Until the events are stored the

@@ -27,7 +27,7 @@ from services.watcher.batch_state import (
 from shared import wire
 from shared.bus import Bus, publish_until_acked
 from shared.config import JobSpec
-from shared.events import BatchClose, FileEvent, Trigger, utcnow
+from shared.events import BatchClose, FileEvent, FlightClosed, Trigger, utcnow
 from shared.kv_read import bucket_entries
 from shared.watch_config import BatchRule
 
@@ -117,7 +117,12 @@ class BatchKeeper:
             trigger = Trigger(run_id=batch.id, job=batch.job, kind="batch", created_at=utcnow(),
                               data={"batch": info.model_dump(mode="json", exclude_none=True)})
             subject = wire.trigger_subject(wire.band_for_priority(spec.job.priority), batch.job)
-            left = await publish_until_acked(self.bus, [(subject, trigger.to_bytes(), batch.id)],
+            # the flight's record goes with its trigger (history's Flights page, expect: alarms);
+            # both are re-sent with the same ids if a crash comes between, and de-duplicated
+            flight = FlightClosed(job=batch.job, batch=info)
+            left = await publish_until_acked(self.bus, [(subject, trigger.to_bytes(), batch.id),
+                                                        (wire.flight_subject(batch.watch), flight.to_bytes(),
+                                                         f"flight.{batch.id}")],
                                              f"dispatch: batch {batch.id}", stop)
             if left:
                 return False
