@@ -567,6 +567,27 @@ def _watch_problems(raw_watches: list[Any], raw_jobs: list[Any]) -> list[str]:
                 problems.append(where + ": " + _("unknown watch %(watch)s; known: %(known)s", watch=repr(watch),
                                                  known=", ".join(sorted(known))
                                                  or _("none (add it under folder_watches)")))
+    problems.extend(_expect_problems(raw_watches, raw_jobs))
+    return problems
+
+
+def _expect_problems(raw_watches: list[Any], raw_jobs: list[Any]) -> list[str]:
+    """A watch's flights are the batches of its `on_batch` jobs: counting them, or their files,
+    on a watch no job batches could never be satisfied."""
+    batched = {normalise_name(b["watch"]) for j in raw_jobs if isinstance(j, dict)
+               and isinstance(b := j.get("on_batch"), dict) and isinstance(b.get("watch"), str)}
+    problems = []
+    for watch in raw_watches:
+        expect = watch.get("expect") if isinstance(watch, dict) else None
+        name = watch.get("name") if isinstance(watch, dict) else None
+        if not isinstance(expect, dict) or not isinstance(name, str) or normalise_name(name) in batched:
+            continue
+        unmeetable = [f for f, ok in (("min_files", expect.get("min_files") is None),
+                                      ("flights_per_day", expect.get("flights_per_day", 1) == 1)) if not ok]
+        for field in unmeetable:
+            problems.append(_("watch %(name)s: field 'expect.%(field)s': needs a job with on_batch on this "
+                              "watch (its flights are that job's batches); without one, expect only 'by'",
+                              name=repr(name), field=field))
     return problems
 
 

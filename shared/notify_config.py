@@ -20,9 +20,10 @@ from shared.wire import ALERT_LEVELS
 AlertLevelName = Literal["info", "warning", "error", "critical"]
 # What a rule asks for unless it says: run-derived kinds, those raised by the notifier itself, `cropcron
 # up`'s restart of its embedded broker or Postgres (cropcron/supervise.py) and disk, and a NATS cluster
-# without quorum (sent straight to the channels by the notifier's process: cropcron/direct_alert.py).
+# without quorum (sent straight to the channels by the notifier's process: cropcron/direct_alert.py),
+# and the data alarms of a watch's `expect:` (services/notifier/expect.py).
 DEFAULT_KINDS = ["dead", "timeout", "missed", "overdue", "service_down", "component_restarted", "disk_full",
-                 "quorum_lost"]
+                 "quorum_lost", "no_uploads", "incomplete_flight"]
 # Fields that would hold a secret in the YAML: refused with a pointer to the *_env / *_file form.
 SECRET_FIELDS = {"password": "password", "webhook_url": "webhook_url", "webhook": "webhook_url"}
 

@@ -4,6 +4,8 @@ patterns, a detection mode and the completeness rules (docs/config.md)."""
 
 from __future__ import annotations
 
+import re
+from datetime import time
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -22,6 +24,33 @@ class ZeroBytePolicy(StrEnum):
     ACCEPT = "accept"  # an empty file is an arrival like any other
 
 
+_CLOCK_RE = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
+
+
+class Expectation(BaseModel):
+    """`expect:` on a watch or an `on_batch` (issue 14): what data should arrive each day. The
+    notifier raises `no_uploads` when fewer than `flights_per_day` flights have come by `by` (the
+    farm's time zone, system.timezone), and `incomplete_flight` for a closed flight below
+    `min_files` or closed partial; each resolves when data arrives (docs/notifications.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flights_per_day: int = Field(1, ge=1, le=100)
+    by: str  # "HH:MM", the farm's local time
+    min_files: int | None = Field(None, ge=1)
+
+    @field_validator("by")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        if not _CLOCK_RE.fullmatch(value.strip()):
+            raise ValueError(f"expected a time of day like '10:00' (24-hour HH:MM), got {value!r}")
+        return value.strip()
+
+    def deadline(self) -> time:
+        hours, minutes = self.by.split(":")
+        return time(int(hours), int(minutes))
+
+
 class WatchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -36,6 +65,7 @@ class WatchConfig(BaseModel):
     settle: Duration = 10.0  # size and mtime unchanged this long => complete (polling; fallback)
     rescan_interval: Duration = 60.0  # reconciliation scan: inotify drops events on overflow
     zero_byte: ZeroBytePolicy = ZeroBytePolicy.REJECT
+    expect: Expectation | None = None  # what should arrive each day (the notifier's data alarms)
 
     @field_validator("name")
     @classmethod
@@ -86,6 +116,7 @@ class BatchRule(BaseModel):
     max_wait: Duration = 7200.0  # close it anyway this long after its first file (marked partial)
     manifest: str | None = None  # a file name pattern (fnmatch) whose arrival closes the batch
     expected_count: int | None = Field(None, ge=1)  # close once this many files arrived
+    expect: Expectation | None = None  # this job's flights, judged on their own (else the watch's)
 
     @field_validator("watch")
     @classmethod

@@ -8,6 +8,7 @@ import email
 import threading
 import time
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
 from email.message import Message
 from typing import Any
 
@@ -25,6 +26,10 @@ class Received:
     @property
     def message_id(self) -> str:
         return str(self.message["Message-ID"])
+
+    def subject(self) -> str:
+        """The Subject as people read it: RFC 2047 words decoded, folding undone."""
+        return str(make_header(decode_header(self.message["Subject"]))).replace("\r\n ", " ").replace("\n ", " ")
 
     def text(self) -> str:
         parts = [p.get_payload(decode=True).decode() for p in self.message.walk()

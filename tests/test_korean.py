@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 import unicodedata
-from email.header import decode_header, make_header
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -197,7 +196,7 @@ async def _alert_email_in_korean(dash: Dashboard, farm: Path, mail: MailServer) 
         return mail.handler.delivered()
 
     received = (await wait_for(arrived, 60, "the failed backup's alert email"))[0]
-    subject = str(make_header(decode_header(received.message["Subject"])))  # RFC 2047 on the wire
+    subject = received.subject()  # RFC 2047 on the wire
     assert subject.startswith(f"[cropcron 발생] 경고 {BACKUP}: 1번째 시도 실패"), subject
     body = received.text()
     for words in (f"작업: {BACKUP} (database_backup)", "상태: 실패", "시도: 1", "종류: 실패", "시각: ",

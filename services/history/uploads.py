@@ -192,7 +192,7 @@ async def uploads(pool: asyncpg.Pool, q: UploadsQuery) -> dict[str, Any]:
             "FROM files x WHERE x.watch = ANY($1::text[]) AND x.detected_at >= $2 AND x.detected_at < $3 "
             "GROUP BY x.watch", q.watches, q.since, q.until)
         flights = await conn.fetch(
-            "SELECT id, job, watch, files, partial, reason, opened_at, closed_at FROM flights "
+            "SELECT id, job, watch, folder, files, partial, reason, opened_at, closed_at FROM flights "
             "WHERE watch = ANY($1::text[]) AND closed_at >= $2 AND closed_at < $3 ORDER BY closed_at",
             q.watches, q.since, q.until)
     out: dict[str, Any] = {w: {"files": 0, "last_file_at": None, "unbatched": 0, "flights": []} for w in q.watches}

@@ -14,6 +14,7 @@ import logging
 from datetime import datetime, timedelta
 
 from services.notifier.context import Notifier
+from services.notifier.expect import check_expectations
 from services.notifier.intake import raise_alerts
 from services.notifier.rules import SOURCE
 from services.notifier.state import JobWatch, save_state
@@ -166,6 +167,10 @@ async def loop(svc: Notifier, stop: asyncio.Event) -> None:
         try:
             await check_overdue(svc, svc.config)
             await check_services(svc, svc.config)
+            try:
+                await check_expectations(svc)
+            except Exception as exc:  # history busy or down: no state changed, the next check asks again
+                log.warning("notifier: data alarms not checked (%r)", exc)
             await save_state(svc.bus, svc.state, everything=True)
         except asyncio.CancelledError:
             raise

@@ -25,7 +25,8 @@ WORDS = {"info": N_("info"), "warning": N_("warning"), "error": N_("error"), "cr
          "dead": N_("dead"), "failed": N_("failed"), "timeout": N_("timeout"), "missed": N_("missed"),
          "overdue": N_("overdue"), "succeeded": N_("succeeded"), "service_down": N_("service_down"),
          "component_restarted": N_("component_restarted"), "disk_full": N_("disk_full"), "test": N_("test"),
-         "started": N_("started"), "retrying": N_("retrying"), "skipped": N_("skipped")}
+         "started": N_("started"), "retrying": N_("retrying"), "skipped": N_("skipped"),
+         "no_uploads": N_("no_uploads"), "incomplete_flight": N_("incomplete_flight")}
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ def summary(alert: Alert, look: Look = PLAIN) -> str:
         if alert.resolved:
             return _("service %(service)s is back", service=service)
         return _("service %(service)s silent", service=service)
+    if alert.kind in ("no_uploads", "incomplete_flight"):
+        return _data_summary(alert, _)
     if alert.resolved:
         return _("%(job)s: succeeded again (%(kind)s resolved)", job=job, kind=_word(alert.kind, _))
     error = f": {d['error']}" if d.get("error") else ""
@@ -77,6 +80,28 @@ def summary(alert: Alert, look: Look = PLAIN) -> str:
         return _("%(job)s: no successful run since its %(at)s instant", job=job,
                  at=_.when(str(d.get("expected_at") or alert.at.isoformat()), look.timezone))
     return alert.summary
+
+
+def _data_summary(alert: Alert, _: Translator) -> str:
+    """The data alarms' lines (services/notifier/expect.py), from their details."""
+    d = alert.details
+    if alert.kind == "no_uploads":
+        what = alert.job or str(d.get("watch", ""))
+        if alert.resolved:
+            return _("%(what)s: uploads arrived (%(seen)s of %(expected)s flight(s))", what=what, seen=d.get("seen"),
+                     expected=d.get("expected"))
+        return _("%(what)s: no uploads by %(by)s (%(seen)s of %(expected)s flight(s))", what=what, by=d.get("by"),
+                 seen=d.get("seen"), expected=d.get("expected"))
+    job = alert.job or ""
+    where = "/".join(str(p) for p in (d.get("watch"), d.get("folder")) if p)
+    if alert.resolved:
+        return _("%(job)s: a complete flight arrived (%(files)s files in %(where)s)", job=job, files=d.get("files"),
+                 where=where)
+    if d.get("partial"):
+        return _("%(job)s: flight %(where)s closed partial with %(files)s files", job=job, where=where,
+                 files=d.get("files"))
+    return _("%(job)s: flight %(where)s has %(files)s of %(min)s expected files", job=job, where=where,
+             files=d.get("files"), min=d.get("min_files"))
 
 
 def subject(n: Notification, look: Look = PLAIN) -> str:

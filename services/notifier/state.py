@@ -27,12 +27,22 @@ log = logging.getLogger("cropcron.notifier")
 
 JOB_PREFIX = "job."
 DOWN_KEY = "state.down"
+EXPECT_KEY = "state.expect"
 
 
 class JobWatch(BaseModel):
     last_success: datetime | None = None
     firing: dict[str, AlertLevel] = Field(default_factory=dict)  # kind -> level, cleared by a success
     overdue_for: datetime | None = None  # the instant an overdue alert was raised for
+
+
+class ExpectState(BaseModel):
+    """The data-completeness alarms' memory (services/notifier/expect.py)."""
+
+    since: datetime | None = None  # flights closed before the first check are not judged
+    judged: dict[str, datetime] = Field(default_factory=dict)  # flight id -> closed_at, recent ones
+    no_uploads: dict[str, str] = Field(default_factory=dict)  # expectation key -> day raised (ISO date)
+    incomplete: dict[str, str] = Field(default_factory=dict)  # job -> the incomplete flight that fired
 
 
 class JobsState:
@@ -47,6 +57,8 @@ class JobsState:
         self.dirty: set[str] = set()
         self.lazy: set[str] = set()
         self.down_dirty = False
+        self.expect = ExpectState()
+        self.expect_dirty = False
 
     def touch(self, job: str, urgent: bool) -> None:
         (self.dirty if urgent else self.lazy).add(job)
@@ -66,12 +78,14 @@ async def load_state(js: JetStreamContext) -> JobsState:
     state = JobsState()
     # only its own keys: the groups (load_groups) and the config are read on their own
     entries = {**await bucket_entries(js, wire.KV_NOTIFY, JOB_PREFIX),
-               **await bucket_entries(js, wire.KV_NOTIFY, DOWN_KEY)}
+               **await bucket_entries(js, wire.KV_NOTIFY, "state.")}
     for key, raw in entries.items():
-        if not key.startswith(JOB_PREFIX) and key != DOWN_KEY:
+        if not key.startswith(JOB_PREFIX) and key not in (DOWN_KEY, EXPECT_KEY):
             continue
         try:
-            if key == DOWN_KEY:
+            if key == EXPECT_KEY:
+                state.expect = ExpectState.model_validate_json(raw)
+            elif key == DOWN_KEY:
                 state.down = {str(k): str(v) for k, v in json.loads(raw).items()}
             else:
                 name = name_of_key(key.removeprefix(JOB_PREFIX))
@@ -101,10 +115,12 @@ async def save_state(bus: Bus, state: JobsState, everything: bool = False) -> No
                for name in sorted(names) if name in state.jobs]
     if state.down_dirty:
         entries.append((DOWN_KEY, json.dumps(state.down).encode()))
+    if state.expect_dirty:
+        entries.append((EXPECT_KEY, state.expect.model_dump_json().encode()))
     await put_many(bus, entries)
     state.dirty -= names
     state.lazy -= names
-    state.down_dirty = False
+    state.down_dirty = state.expect_dirty = False
 
 
 async def load_config(kv: KeyValue) -> NotificationsConfig | None:
