@@ -53,6 +53,9 @@ class ServiceSettings(BaseSettings):
     concurrency: int = 16  # runs at once in this runner process
     fetch_batch: int = 256
     kill_grace: float = 5.0  # SIGTERM -> SIGKILL for a timed-out job's process group
+    # a run still going this long gets a `started` event; a shorter one publishes only its outcome
+    # (which carries started_at): one stored message per run instead of two (issue 12). 0: always
+    started_after: float = Field(0.25, ge=0)
     lease_ttl: float = 0.0  # 0: 3 x ack_wait
     # timer
     leader_ttl: float = 10.0  # a standby timer takes over this long after the leader stopped

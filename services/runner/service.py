@@ -280,14 +280,17 @@ class RunnerService:
         self.stats["started"] += 1
         metrics.run_started(spec.name, trigger.scheduled_at, started, trigger.kind, attempt)
         started_ev = self._event(spec, trigger, RunState.STARTED, attempt, started_at=started)
-        started_ack = await self.bus.js.publish_async(
-            wire.run_event_subject(spec.name, "started"), started_ev.to_bytes(),
-            headers={wire.HEADER_MSG_ID: started_ev.msg_id()})
+        # `started` only for a run still going after started_after: most runs are short, and their
+        # outcome (with started_at) is then the one message stored for them (issue 12)
+        announced: list[asyncio.Task[None]] = []
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.settings.started_after,
+                                lambda: announced.append(asyncio.create_task(self._announce(started_ev))))
         key = object()
         # heartbeats keep the trigger ours until it is settled, not only while the job runs: when
         # the outcome cannot be stored yet (a broker whose disk is full), a redelivery would run
         # the job again, and again, and finally record a success as dead "runner lost"
-        self.inflight[key] = _InFlight(msg, spec, trigger, asyncio.get_running_loop().time())
+        self.inflight[key] = _InFlight(msg, spec, trigger, loop.time())
         try:
             try:
                 outcome = await self._execute(spec, trigger, attempt, inputs)
@@ -296,13 +299,23 @@ class RunnerService:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(msg.nak())
                 raise
-            # the started event's PubAck; losing it is harmless (the outcome carries started_at too)
-            await asyncio.wait([started_ack], timeout=10)
-            if started_ack.done() and not started_ack.cancelled():
-                started_ack.exception()  # retrieved, so asyncio does not log it
+            finally:
+                timer.cancel()
+            # the started event's PubAck first, so it is stored before the outcome; losing it is
+            # harmless (the outcome carries started_at too)
+            if announced:
+                await asyncio.wait(announced, timeout=10)
             await self._report(msg, spec, trigger, attempt, started, outcome)
         finally:
             del self.inflight[key]
+
+    async def _announce(self, ev: RunEvent) -> None:
+        try:
+            ack = await self.bus.js.publish_async(wire.run_event_subject(ev.job, ev.state), ev.to_bytes(),
+                                                  headers={wire.HEADER_MSG_ID: ev.msg_id()})
+            await asyncio.wait_for(ack, 10)
+        except Exception as exc:  # the outcome still reports the run
+            log.debug("runner: started event of run %s not stored: %r", ev.run_id, exc)
 
     async def _report(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int, started: datetime,
                       outcome: Outcome) -> None:
