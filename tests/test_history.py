@@ -202,3 +202,69 @@ async def test_event_postgres_refuses_is_rejected_alone(system: System, bus: Bus
     runs, rejected = await wait_for(settled, 20, "the good events stored and the bad one rejected")
     assert [r["run_id"] for r in runs] == [f"f{i}" for i in range(5)]
     assert "not storable" in rejected[0]["reason"]
+
+
+def _life(run: str, attempts: int, rng: object) -> list[RunEvent]:
+    """The events of one run as runners publish them: each attempt started, then failed+retrying
+    or, the last, succeeded or failed+dead; timestamps and fields per attempt."""
+    import random
+
+    assert isinstance(rng, random.Random)
+    out: list[RunEvent] = []
+    for a in range(1, attempts + 1):
+        start = T0 + timedelta(seconds=10 * a)
+        common: dict[str, object] = {"started_at": start, "runner": f"r{a}"}
+        done: dict[str, object] = {**common, "finished_at": start + timedelta(seconds=1), "duration_s": 1.0}
+        if rng.random() < 0.7:
+            out.append(ev(run, RunState.STARTED, a, **common))
+        if a < attempts:
+            out += [ev(run, RunState.FAILED, a, error=f"exit {a}", exit_code=a, **done),
+                    ev(run, RunState.RETRYING, a, reason=f"attempt {a} failed", error=f"exit {a}", exit_code=a,
+                       next_attempt_at=start + timedelta(seconds=5), **done)]
+        elif rng.random() < 0.5:
+            out.append(ev(run, RunState.SUCCEEDED, a, exit_code=0, **done))
+        else:
+            out += [ev(run, RunState.FAILED, a, error="exit 9", exit_code=9, **done),
+                    ev(run, RunState.DEAD, a, reason="all failed", error="exit 9", exit_code=9, **done)]
+    return out
+
+
+async def test_staged_batches_end_where_one_upsert_per_event_ends(db_url: str) -> None:
+    """The fold + COPY path (store.apply_events) against the fence applied one event at a time
+    (UPSERT_RUN per event, the path it replaced): shuffled, duplicated, split into batches at
+    random, every run ends in the same state, attempt and attempt fields either way."""
+    import random
+
+    rng = random.Random(20261205)
+    events = [e for i in range(200) for e in _life(f"run{i}", rng.randint(1, 3), rng)]
+    events += rng.sample(events, 100)  # redeliveries
+    rng.shuffle(events)
+    pool = await store.create_pool(db_url)
+    try:
+        await migrate(pool)
+        i = 0
+        while i < len(events):
+            n = rng.randint(1, 60)
+            await store.apply_events(pool, events[i:i + n], [])
+            i += n
+        staged = {r["run_id"]: r for r in await fetch(db_url, "SELECT * FROM runs")}
+        staged_attempts = {(r["run_id"], r["attempt"]): r for r in await fetch(db_url, "SELECT * FROM run_attempts")}
+        async with pool.acquire() as conn:
+            await conn.execute("TRUNCATE runs, run_attempts")
+            for e in events:
+                await conn.execute(store.UPSERT_RUN, *store._run_row(e))
+                if e.attempt > 0:
+                    await conn.execute(store.UPSERT_ATTEMPT, *store._attempt_row(e))
+        single = {r["run_id"]: r for r in await fetch(db_url, "SELECT * FROM runs")}
+        single_attempts = {(r["run_id"], r["attempt"]): r for r in await fetch(db_url, "SELECT * FROM run_attempts")}
+    finally:
+        await pool.close()
+    assert staged.keys() == single.keys() and len(staged) == 200
+    fields = ("state", "attempt", "state_rank", "started_at", "finished_at", "exit_code", "error", "reason", "runner",
+              "next_attempt_at", "scheduled_at", "job_type", "trigger_kind")
+    differ = [(k, f, staged[k][f], single[k][f]) for k in staged for f in fields if staged[k][f] != single[k][f]]
+    assert not differ, differ[:5]
+    assert staged_attempts.keys() == single_attempts.keys()
+    differ = [(k, f) for k in staged_attempts for f in ("state", "started_at", "finished_at", "error", "exit_code")
+              if staged_attempts[k][f] != single_attempts[k][f]]
+    assert not differ, differ[:5]

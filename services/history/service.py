@@ -102,7 +102,7 @@ class HistoryService:
                 bad.append(msg)
         try:
             await self._write([item for _, item in parsed] + unreadable)
-        except asyncpg.DataError as exc:
+        except (asyncpg.DataError, store.Unstorable) as exc:
             # one event Postgres refuses must not hold the batch back forever: store them one by
             # one, and record those it refuses as rejections
             log.error("history: a batch of %d events was refused (%r); storing them one by one", len(msgs), exc)
@@ -133,7 +133,7 @@ class HistoryService:
         for msg, item in parsed:
             try:
                 await self._write([item])
-            except asyncpg.DataError as exc:
+            except (asyncpg.DataError, store.Unstorable) as exc:
                 log.error("history: event on %s cannot be stored: %r", msg.subject, exc)
                 with contextlib.suppress(asyncpg.PostgresError, OSError):
                     await self._write([_rejection(msg, f"not storable: {exc}")])

@@ -85,7 +85,9 @@ def _attempt_row(ev: RunEvent) -> tuple[Any, ...]:
 
 
 async def _init_conn(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=lambda v: v, decoder=json.loads, schema="pg_catalog")
+    # binary, so COPY can carry it (apply_events); on the wire jsonb is a version byte (1) + the text
+    await conn.set_type_codec("jsonb", encoder=lambda v: b"\x01" + v.encode(), decoder=lambda b: json.loads(b[1:]),
+                              schema="pg_catalog", format="binary")
 
 
 async def create_pool(dsn: str) -> asyncpg.Pool:
@@ -94,17 +96,88 @@ async def create_pool(dsn: str) -> asyncpg.Pool:
     return pool
 
 
+# A fetched batch is folded to one row per run (and per attempt), copied into a temporary table
+# and upserted from it in one statement: COPY instead of a statement per event (issue 12). One
+# INSERT ... ON CONFLICT cannot touch a row twice, hence the fold, which applies the same fence.
+STAGE_RUNS = (f"CREATE TEMP TABLE IF NOT EXISTS runs_stage ON COMMIT DELETE ROWS AS SELECT {', '.join(RUN_COLS)} "
+              "FROM runs WITH NO DATA")
+STAGE_ATTEMPTS = (f"CREATE TEMP TABLE IF NOT EXISTS attempts_stage ON COMMIT DELETE ROWS AS SELECT "
+                  f"{', '.join(ATTEMPT_COLS)} FROM run_attempts WITH NO DATA")
+UPSERT_RUNS_STAGED = UPSERT_RUN.replace(
+    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(RUN_COLS)))})", f"SELECT {', '.join(RUN_COLS)} FROM runs_stage")
+UPSERT_ATTEMPTS_STAGED = UPSERT_ATTEMPT.replace(
+    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(ATTEMPT_COLS)))})",
+    f"SELECT {', '.join(ATTEMPT_COLS)} FROM attempts_stage")
+_ATTEMPT, _RANK = RUN_COLS.index("attempt"), RUN_COLS.index("state_rank")
+_A_RANK = ATTEMPT_COLS.index("state_rank")
+_REPLACED = {"state", "state_rank", "attempt", "updated_at"}
+
+
+class Unstorable(Exception):
+    """An event Postgres cannot take as it is (Postgres refused it, or it cannot even be encoded for
+    COPY: a number out of a column's range): the batch is stored one by one, this one rejected."""
+
+
+async def _copy(conn: asyncpg.Connection, table: str, rows: list[tuple[Any, ...]], columns: list[str]) -> None:
+    try:
+        await conn.copy_records_to_table(table, records=rows, columns=columns)
+    except (OverflowError, TypeError, ValueError) as exc:  # asyncpg encodes COPY rows on this side
+        raise Unstorable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def fold_runs(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """One row per run: its events in fence order, each newer one merged in as UPSERT_RUN would
+    (state and attempt replaced, an attempt's fields replaced by a newer attempt's, the rest
+    filled where missing); an event not newer than what is held is dropped, as the fence drops it."""
+    by_run: dict[Any, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by_run.setdefault(row[0], []).append(row)
+    out = []
+    for group in by_run.values():
+        group.sort(key=lambda r: (r[_ATTEMPT], r[_RANK]))
+        held = group[0]
+        for row in group[1:]:
+            if (row[_ATTEMPT], row[_RANK]) > (held[_ATTEMPT], held[_RANK]):
+                newer_attempt = row[_ATTEMPT] > held[_ATTEMPT]
+                held = tuple(new if col in _REPLACED or (col in PER_ATTEMPT and newer_attempt) or new is not None
+                             else old for col, old, new in zip(RUN_COLS, held, row, strict=True))
+        out.append(held)
+    return out
+
+
+def fold_attempts(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """One row per (run, attempt), merged as UPSERT_ATTEMPT would: a higher rank wins the state,
+    the other fields are filled where missing."""
+    by_attempt: dict[tuple[Any, Any], list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by_attempt.setdefault((row[0], row[1]), []).append(row)
+    out = []
+    for group in by_attempt.values():
+        group.sort(key=lambda r: r[_A_RANK])
+        held = group[0]
+        for row in group[1:]:
+            if row[_A_RANK] > held[_A_RANK]:
+                held = tuple(new if col in _REPLACED or new is not None else old
+                             for col, old, new in zip(ATTEMPT_COLS, held, row, strict=True))
+        out.append(held)
+    return out
+
+
 async def apply_events(pool: asyncpg.Pool, events: Sequence[RunEvent], rejected: Sequence[Rejected],
                        flights: Sequence[FlightClosed] = ()) -> None:
-    """One transaction for a whole fetched batch (DESIGN.md: executemany is ~25x single inserts)."""
+    """One transaction for a whole fetched batch: COPY into staging tables, one upsert each."""
     async with pool.acquire() as conn, conn.transaction():
         if flights:
             await uploads.store_flights(conn, flights)
         if events:
-            await conn.executemany(UPSERT_RUN, [_run_row(e) for e in events])
+            await conn.execute(STAGE_RUNS)
+            await _copy(conn, "runs_stage", fold_runs([_run_row(e) for e in events]), RUN_COLS)
+            await conn.execute(UPSERT_RUNS_STAGED)
             attempts = [e for e in events if e.attempt > 0]
             if attempts:
-                await conn.executemany(UPSERT_ATTEMPT, [_attempt_row(e) for e in attempts])
+                await conn.execute(STAGE_ATTEMPTS)
+                await _copy(conn, "attempts_stage", fold_attempts([_attempt_row(e) for e in attempts]), ATTEMPT_COLS)
+                await conn.execute(UPSERT_ATTEMPTS_STAGED)
             later = [e for e in attempts if e.attempt > 1]
             if later:
                 await conn.execute(LOST_ATTEMPTS, [e.run_id for e in later], [e.attempt for e in later],
