@@ -16,6 +16,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from shared.events import BatchFile
+from shared.i18n import N_
+
+# why the watcher refused a file (services/watcher/files.py, shared/files.py): the fixed reasons,
+# shown in the farm's language by the dashboard and `cropcron files refused`; others (with a count
+# or an OS error in them) are shown as written
+REFUSAL_REASONS = (
+    N_("file is empty (zero bytes; policy zero_byte: reject)"), N_("file is empty (zero bytes)"),
+    N_("file is a symbolic link (links are never followed)"),
+    N_("path leaves the watch root (through a symlinked directory)"),
+    N_("not a regular file (replaced while being checked)"), N_("relative path contains '.' or '..' components"))
 
 
 class BatchHeader(BaseModel):
@@ -52,6 +62,18 @@ def file_entry(file: BatchFile, at: float) -> bytes:
 def parse_file_entry(raw: bytes) -> tuple[BatchFile, float]:
     data: dict[str, Any] = json.loads(raw)
     return BatchFile.model_validate(data["file"]), float(data["at"])
+
+
+def size_text(value: float | None) -> str:
+    """Bytes for people: 812 B, 4.2 MB (decimal units, as file managers show them)."""
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
 
 
 def _iso(ts: float) -> str:
