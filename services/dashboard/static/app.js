@@ -147,8 +147,11 @@ function onRun(r) {
 }
 
 function connectLive() {
-  if (!csrf || !tables().length && !["overview", "jobs", "run"].includes(document.body.dataset.page)) return;
   const badge = document.getElementById("live");
+  if (!csrf || !tables().length && !["overview", "jobs", "run"].includes(document.body.dataset.page)) {
+    if (badge) badge.hidden = true;  // a page without live parts: no "connecting" that never connects
+    return;
+  }
   const source = new EventSource("/api/events");  // reconnects by itself after a drop
   const resync = () => { for (const t of tables()) reload(t).catch((e) => notice(`✗ ${e.message}`, "error")); };
   source.addEventListener("hello", () => { badge.textContent = `● ${t("live")}`; badge.className = "live on"; resync(); });
