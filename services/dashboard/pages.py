@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from services.dashboard.auth import OPERATOR, SESSION_COOKIE, Auth
-from services.dashboard.backend import Backend
+from services.dashboard.backend import Backend, Unavailable
 from services.dashboard.errors import ApiError
 from services.dashboard.params import FlightParams, FlightsParams, NoParams, RunsParams, parse
 from services.dashboard.words import (
@@ -194,9 +194,8 @@ async def charts(request: Request) -> Response:
 async def flights(request: Request) -> Response:
     p = parse(FlightsParams, dict(request.query_params))
     backend: Backend = request.app.state.backend
-    closed, open_now, refused = await asyncio.gather(
-        backend.flights(FlightsQuery(**p.model_dump())),
-        backend.open_flights(p.watch, p.job) if p.offset == 0 else _nothing(),
+    closed, (open_now, open_error), refused = await asyncio.gather(
+        backend.flights(FlightsQuery(**p.model_dump())), _open_flights(backend, p),
         backend.refused(RefusedQuery(watch=p.watch, since=p.since, limit=REFUSED_ON_PAGE, offset=0)))
     filters = {k: request.query_params.get(k, "") for k in ("watch", "job", "since")}
     filters.update(watch=p.watch or "", job=p.job or "")
@@ -205,14 +204,21 @@ async def flights(request: Request) -> Response:
         return "?" + urlencode({**{k: v for k, v in filters.items() if v}, "limit": p.limit, "offset": offset})
 
     return _render(request, "flights.html", {
-        "flights": open_now + closed, "open_count": len(open_now), "p": p, "filters": filters,
+        "flights": open_now + closed, "open_count": len(open_now), "open_error": open_error, "p": p,
+        "filters": filters,
         "watches": sorted(backend.catalog.watches), "refused": refused, "refused_limit": REFUSED_ON_PAGE,
         "newer": page_at(max(p.offset - p.limit, 0)) if p.offset else None,
         "older": page_at(p.offset + p.limit) if len(closed) == p.limit else None})
 
 
-async def _nothing() -> list[dict[str, Any]]:
-    return []
+async def _open_flights(backend: Backend, p: FlightsParams) -> tuple[list[dict[str, Any]], str | None]:
+    """The open flights (first page only), or why they cannot be read: the closed ones still show."""
+    if p.offset:
+        return [], None
+    try:
+        return await backend.open_flights(p.watch, p.job), None
+    except Unavailable as exc:
+        return [], str(exc)
 
 
 async def flight(request: Request) -> Response:
