@@ -15,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -30,6 +31,7 @@ from shared.config import ConfigError, SystemConfig, load_config
 from shared.durations import parse_since
 from shared.errors import CommandError, UserError
 from shared.events import RunState
+from shared.flights import size_text
 from shared.i18n import N_, Translator, resolve_locale, translator, using
 from shared.nats_auth import Credentials, CredentialsError
 from shared.permissions import OUTSIDE_USERS
@@ -222,13 +224,22 @@ def cmd_history(args: argparse.Namespace) -> int:
         _ = _words(args)
         # English keeps the ISO times it always printed; other languages read the farm's zone
         when = (lambda v: v) if _.locale == "en" else (lambda v: _.when(v, args.tz) if v else None)
+        # a file run's file (watch: path, size), as a last column when any run on the page has one
+        files = any(r.get("file_path") for r in rows)
         print_table([_("run id"), _("job"), _("state"), _("attempt"), _("scheduled"), _.pgettext("column", "started"),
-                     _("duration s"), _("exit"), _("error / reason")],
+                     _("duration s"), _("exit"), _("error / reason"), *([_("file")] if files else [])],
                     [[r["run_id"], r["job"], _state(r["state"], _), r["attempt"], when(r["scheduled_at"]),
-                      when(r["started_at"]), r["duration_s"], r["exit_code"], r["error"] or r["reason"]] for r in rows])
+                      when(r["started_at"]), r["duration_s"], r["exit_code"], r["error"] or r["reason"],
+                      *([_file(r)] if files else [])] for r in rows])
         return 0
 
     return _with_bus(args, go)
+
+
+def _file(run: dict[str, Any]) -> str | None:
+    if not run.get("file_path"):
+        return None
+    return f"{run.get('file_watch')}: {run['file_path']} ({size_text(run.get('file_size'))})"
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -357,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="files inside the watch root (use -- before names "
                    "starting with -)")
     p.set_defaults(fn=lambda a: _with_bus(a, lambda bus: cli_files.publish_files(bus, a)))
+    cli_files.add_parser(sub, common, _since, _limit, _with_bus)  # files refused (issue 14)
     p = sub.add_parser("cleanup", parents=[common], help="delete history older than N days")
     p.add_argument("--older-than-days", type=_positive, required=True)
     p.set_defaults(fn=cmd_cleanup)

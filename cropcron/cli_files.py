@@ -1,6 +1,7 @@
 """`cropcron publish-file WATCH PATH...`: announce complete files, as a drone upload tool would
 (docs/events.md "File arrivals"). For scripts that finish an upload by other means (rsync, a card
-reader) and for re-announcing a file by hand.
+reader) and for re-announcing a file by hand. And `cropcron files refused`: the files the watcher
+refused (zero bytes, a symlink, outside the root, ...), with the reason, from history.
 
 Every PATH must be a regular file inside the watch's root (read from the applied config in KV),
 reached without a symlink out of it; otherwise nothing is published and the command exits 2 naming
@@ -12,18 +13,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
-from cropcron.tables import print_json
+from cropcron import commands
+from cropcron.tables import print_json, print_table
 from shared import wire
 from shared.bus import Bus, publish_all
 from shared.catalog import read_watches
 from shared.errors import CommandError, UserError
 from shared.events import FileEvent
 from shared.files import PathRefused, event_for, resolve_inside
-from shared.i18n import _
+from shared.flights import REFUSAL_REASONS
+from shared.i18n import Translator, _
 from shared.names import normalise_name, subject_key
+from shared.queries import RefusedQuery
 from shared.watch_config import WatchConfig, ZeroBytePolicy
 
 
@@ -87,3 +93,42 @@ async def publish_files(bus: Bus, args: argparse.Namespace) -> int:
         for event in events:
             sys.stdout.write(f"{event.id}  {event.rel_path}\n")
     return 0
+
+
+async def refused(bus: Bus, args: argparse.Namespace) -> int:
+    """`cropcron files refused`: newest first; a watch must be one applied (a typo is named)."""
+    watch = (await read_watch(bus, args.watch)).name if args.watch else None
+    query = RefusedQuery(watch=watch, since=args.since, limit=args.limit, offset=0)
+    rows: list[dict[str, Any]] = await commands.request(bus, wire.HISTORY_REFUSED, query)
+    if args.json:
+        print_json(rows)
+        return 0
+    words: Translator = args.words  # the farm's language (`_` follows it too, set by `using`)
+    if not rows:
+        sys.stdout.write(_("no refused files") + "\n")
+        return 0
+    at = (lambda v: v) if words.locale == "en" else (lambda v: words.when(v, args.tz))
+    known = set(REFUSAL_REASONS)
+    print_table([_("at"), _("watch"), _("path"), _("reason")],
+                [[at(r["at"]), r["watch"], r["path"], _(r["reason"]) if r["reason"] in known else r["reason"]]
+                 for r in rows])
+    return 0
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad argument is one line naming it (`cropcron files refused: argument --limit: ...`), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser, since: Callable[[str], Any],
+               limit: Callable[[str], int], with_bus: Callable[..., int]) -> None:
+    p = sub.add_parser("files", help="uploaded files: `files refused` lists the files the watcher refused")
+    files = p.add_subparsers(dest="files_command", required=True, metavar="WHAT", parser_class=_OneLineParser)
+    r = files.add_parser("refused", parents=[common], help="files the watcher refused (zero bytes, symlinks, "
+                         "outside the root, ...) with the reason, newest first")
+    r.add_argument("--watch", help="one watch (as applied)")
+    r.add_argument("--since", type=since, help="e.g. 2h, or 2026-11-27T06:00")
+    r.add_argument("--limit", type=limit, default=50, help="at most this many (1-10000, default 50)")
+    r.set_defaults(fn=lambda a: with_bus(a, lambda bus: refused(bus, a)))

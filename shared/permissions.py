@@ -138,6 +138,7 @@ def _matrix() -> dict[str, Permissions]:
     dashboard.pub += [wire.TRIGGER_SUBJECTS, f"{wire.PREFIX}.history.>"]
     dashboard.write_kv(wire.KV_JOB_STATE)
     dashboard.read_kv(wire.KV_SERVICES)
+    dashboard.read_kv(wire.KV_BATCHES)  # open flights, shown on the Flights page (read only)
     out["dashboard"] = Permissions(tuple(dashboard.pub), tuple(dashboard.sub))
 
     out["cli"] = Permissions((), (), everything=True)

@@ -58,6 +58,11 @@ def test_up_serves_the_dashboard_when_8080_is_taken(tmp_path: Path, up_data_dir:
             assert c.get("api/jobs").status_code == 401
             jobs = c.get("api/jobs", headers={"Authorization": f"Bearer {token}"})
             assert jobs.status_code == 200 and "edge_heartbeat" in {j["name"] for j in jobs.json()["jobs"]}
+            # the dashboard's broker user may read the open flights (KV cropcron_batches) and ask history
+            flights = c.get("api/flights", headers={"Authorization": f"Bearer {token}"})
+            assert flights.status_code == 200 and flights.json()["open"] == [], flights.text
+            page = c.get("flights", headers={"Authorization": f"Bearer {token}"})
+            assert page.status_code == 200 and "open flights unavailable" not in page.text
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0, logfile.read_text()
         assert token not in logfile.read_text(), "the token was logged"

@@ -69,6 +69,30 @@ def test_header_round_trip_keeps_non_utf8_folder(tmp_path: Path) -> None:
     assert (again.id, again.group, again.opened_at, again.watch) == (batch.id, b"fl\xffight", 5.0, "w")
 
 
+def test_open_flights_as_the_dashboard_reads_them_from_kv(tmp_path: Path) -> None:
+    """The dispatcher's KV entries (shared/flights.py's layout) summed up as open flights: files so
+    far, bytes, first and last arrival; a header without files (closed, purge unfinished) and an
+    unreadable entry are left out; a watch filter applies."""
+    from shared import wire
+    from shared.flights import file_entry, open_flights
+
+    _, ev = _event(tmp_path, b"flight_1/a.jpg", b"12345")
+    batch = new_batch("job", ev, b"flight_1", 100.0)  # type: ignore[arg-type]
+    gone = new_batch("job", ev.model_copy(update={"id": "other"}), b"old", 50.0)  # type: ignore[attr-defined]
+    f1 = batch_file(ev)  # type: ignore[arg-type]
+    f2 = f1.model_copy(update={"id": "f2", "rel_path": "flight_1/b.jpg", "size": 7})
+    entries = {wire.batch_header_key(batch.id): batch.header(), wire.batch_header_key(gone.id): gone.header(),
+               wire.batch_file_key(batch.id, f1.id): file_entry(f1, 101.0),
+               wire.batch_file_key(batch.id, f2.id): file_entry(f2, 103.5),
+               wire.batch_file_key(batch.id, "bad"): b"not json", wire.DISPATCH_LEADER_KEY: b"lease"}
+    [flight] = open_flights(entries)
+    assert (flight["id"], flight["folder"], flight["state"], flight["files"], flight["bytes"]) == (
+        batch.id, "flight_1", "open", 2, 12)
+    assert flight["first_arrival"] == "1970-01-01T00:01:41+00:00" and flight["last_arrival"].startswith("1970-01-01T00:01:43")
+    assert [f["rel_path"] for f in flight["file_list"]] == ["flight_1/a.jpg", "flight_1/b.jpg"]
+    assert open_flights(entries, watch="w") and not open_flights(entries, watch="elsewhere")
+
+
 def _config(run: list[str], when: str) -> str:
     return yaml.safe_dump({"folder_watches": [{"name": "w", "path": "/srv"}],
                            "jobs": [{"name": "j", "type": "image_processing", "run": run, **yaml.safe_load(when)}]})

@@ -3,6 +3,7 @@ SchemaGenerator reads the YAML after '---'), served at /api/openapi.json."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
@@ -15,14 +16,17 @@ from services.dashboard.errors import ApiError
 from services.dashboard.params import (
     AlertsParams,
     DurationsParams,
+    FlightParams,
+    FlightsParams,
     HourlyParams,
     NoParams,
+    RefusedParams,
     RunsParams,
     parse,
 )
 from shared.manual import CannotRunNow
 from shared.names import normalise_name
-from shared.queries import RunsQuery
+from shared.queries import FlightsQuery, RefusedQuery, RunsQuery
 
 SCHEMAS = SchemaGenerator({
     "openapi": "3.0.3",
@@ -206,6 +210,79 @@ async def durations(request: Request) -> Response:
     return JSONResponse({"job": p.job, "runs": await _backend(request).durations(p.job, p.limit)})
 
 
+async def files_hourly(request: Request) -> Response:
+    """
+    summary: Files that arrived per hour, one series per watch
+    parameters: [{name: days, in: query, schema: {type: number, default: 7, maximum: 90}}]
+    responses:
+      200: {description: "{since, hours: [...], series: {watch: [...]}}"}
+      422: {description: a bad parameter, named}
+    """
+    p = parse(HourlyParams, dict(request.query_params))
+    return JSONResponse(await _backend(request).files_hourly(p.days))
+
+
+async def flights(request: Request) -> Response:
+    """
+    summary: Flights (batches of a drone's upload), newest first; "open" lists those still receiving files
+    parameters:
+      - {name: watch, in: query, schema: {type: string}}
+      - {name: job, in: query, schema: {type: string}}
+      - {name: since, in: query, description: "closed at or after: ISO time, or a duration ago (2h)", schema: {type: string}}
+      - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500, default: 50}}
+      - {name: offset, in: query, schema: {type: integer, minimum: 0, default: 0}}
+    responses:
+      200: {description: "{open: [...], flights: [{id, job, watch, folder, files, bytes, state, run_state, first_arrival, last_arrival, ...}], limit, offset, next_offset}"}
+      422: {description: a bad parameter, named}
+    """
+    p = parse(FlightsParams, dict(request.query_params))
+    backend = _backend(request)
+    closed, open_now = await asyncio.gather(backend.flights(FlightsQuery(**p.model_dump())),
+                                            backend.open_flights(p.watch, p.job))
+    return JSONResponse({"open": open_now, "flights": closed, "limit": p.limit, "offset": p.offset,
+                         "next_offset": p.offset + p.limit if len(closed) == p.limit else None})
+
+
+async def flight(request: Request) -> Response:
+    """
+    summary: One flight (closed, or still open) with a page of its files in arrival order
+    parameters:
+      - {name: flight_id, in: path, required: true, schema: {type: string}}
+      - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 1000, default: 100}}
+      - {name: offset, in: query, schema: {type: integer, minimum: 0, default: 0}}
+    responses:
+      200: {description: "{flight, files: [{position, id, rel_path, size, detected_at}], total_files, limit, offset, next_offset}"}
+      404: {description: unknown flight}
+      422: {description: a bad parameter, named}
+    """
+    p = parse(FlightParams, dict(request.query_params))
+    flight_id = request.path_params["flight_id"]
+    found = await _backend(request).flight(flight_id, p.limit, p.offset) if len(flight_id) <= 128 else None
+    if found is None:
+        raise ApiError(404, f"unknown flight {flight_id!r}")
+    more = p.offset + len(found["files"]) < found["total_files"]
+    return JSONResponse({**found, "limit": p.limit, "offset": p.offset,
+                         "next_offset": p.offset + p.limit if more else None})
+
+
+async def refused(request: Request) -> Response:
+    """
+    summary: Files the watcher refused (zero bytes, a symlink, outside the root, ...), newest first, with the reason
+    parameters:
+      - {name: watch, in: query, schema: {type: string}}
+      - {name: since, in: query, description: "ISO time, or a duration ago (2h)", schema: {type: string}}
+      - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 1000, default: 50}}
+      - {name: offset, in: query, schema: {type: integer, minimum: 0, default: 0}}
+    responses:
+      200: {description: "{refused: [{watch, path, reason, at}], limit, offset, next_offset}"}
+      422: {description: a bad parameter, named}
+    """
+    p = parse(RefusedParams, dict(request.query_params))
+    rows = await _backend(request).refused(RefusedQuery(**p.model_dump()))
+    return JSONResponse({"refused": rows, "limit": p.limit, "offset": p.offset,
+                         "next_offset": p.offset + p.limit if len(rows) == p.limit else None})
+
+
 async def alerts(request: Request) -> Response:
     """
     summary: Recent alerts ("available" is false while the notifier's history is not answering)
@@ -245,6 +322,10 @@ ROUTES = [
     Route("/api/runs/{run_id}", run),
     Route("/api/charts/hourly", hourly),
     Route("/api/charts/durations", durations),
+    Route("/api/charts/files", files_hourly),
+    Route("/api/flights", flights),
+    Route("/api/flights/{flight_id}", flight),
+    Route("/api/refused", refused),
     Route("/api/alerts", alerts),
     Route("/api/events", events),
     Route("/api/openapi.json", openapi, include_in_schema=False),

@@ -20,6 +20,7 @@ from shared.bus import Bus
 from shared.catalog import Catalog, set_paused
 from shared.config import JobSpec
 from shared.events import RunState
+from shared.flights import open_flights
 from shared.i18n import Translator, resolve_locale, translator
 from shared.job_schedule import schedule_of
 from shared.kv_read import bucket_entries
@@ -28,8 +29,11 @@ from shared.queries import (
     AlertsQuery,
     CountsQuery,
     DurationsQuery,
+    FilesHourlyQuery,
+    FlightsQuery,
     HourlyQuery,
     LastQuery,
+    RefusedQuery,
     RunsQuery,
     StatsQuery,
 )
@@ -168,6 +172,48 @@ class Backend:
             return {"available": False, "alerts": [], "error": str(exc)}
         items = data.get("alerts", data.get("items", [])) if isinstance(data, dict) else data
         return {"available": True, "alerts": items if isinstance(items, list) else [], "error": None}
+
+    # -- uploads (issue 14) ---------------------------------------------------------
+    async def flights(self, query: FlightsQuery) -> list[dict[str, Any]]:
+        """Closed flights from history, newest first, each with its batch run's state."""
+        data: dict[str, Any] = await self.ask(wire.HISTORY_FLIGHTS, query)
+        rows: list[dict[str, Any]] = data["flights"]
+        return rows
+
+    async def open_flights(self, watch: str | None = None, job: str | None = None,
+                           with_files: bool = False) -> list[dict[str, Any]]:
+        """Flights still receiving files: the dispatcher's open batches in KV (not in history yet)."""
+        try:
+            entries = await asyncio.wait_for(bucket_entries(self.bus.js, wire.KV_BATCHES),
+                                             self.settings.request_timeout)
+        except Exception as exc:
+            raise Unavailable(f"cannot read the open flights from KV {wire.KV_BATCHES} ({type(exc).__name__})") \
+                from None
+        found = [f for f in open_flights(entries, watch) if job is None or f["job"] == job]
+        if not with_files:
+            for f in found:
+                del f["file_list"]
+        return found
+
+    async def flight(self, flight_id: str, limit: int, offset: int) -> dict[str, Any] | None:
+        """One flight with a page of its files: from history once closed, else from KV while open."""
+        data: dict[str, Any] = await self.ask(wire.HISTORY_FLIGHTS, FlightsQuery(id=flight_id, limit=limit,
+                                                                                  offset=offset))
+        if data["flights"]:
+            return {"flight": data["flights"][0], "files": data["files"], "total_files": data["total_files"]}
+        for found in await self.open_flights(with_files=True):
+            if found["id"] == flight_id:
+                files = found.pop("file_list")
+                return {"flight": found, "files": files[offset:offset + limit], "total_files": len(files)}
+        return None
+
+    async def refused(self, query: RefusedQuery) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self.ask(wire.HISTORY_REFUSED, query)
+        return rows
+
+    async def files_hourly(self, days: float) -> dict[str, Any]:
+        data: dict[str, Any] = await self.ask(wire.HISTORY_REPORT_FILES, FilesHourlyQuery(days=days))
+        return data
 
     # -- overview ----------------------------------------------------------------------
     async def overview(self) -> dict[str, Any]:

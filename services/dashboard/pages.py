@@ -3,6 +3,7 @@ live updates, the actions and the charts. Times are shown in the farm's zone (sy
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
@@ -12,19 +13,30 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from services.dashboard.auth import OPERATOR, SESSION_COOKIE, Auth
-from services.dashboard.backend import Backend
+from services.dashboard.backend import Backend, Unavailable
 from services.dashboard.errors import ApiError
-from services.dashboard.params import NoParams, RunsParams, parse
-from services.dashboard.words import JS_MESSAGES, LEVEL_WORDS, STATE_WORDS, TRIGGER_WORDS
+from services.dashboard.params import FlightParams, FlightsParams, NoParams, RunsParams, parse
+from services.dashboard.words import (
+    CLOSE_WORDS,
+    FLIGHT_WORDS,
+    JS_MESSAGES,
+    LEVEL_WORDS,
+    REFUSAL_WORDS,
+    STATE_WORDS,
+    TRIGGER_WORDS,
+)
 from shared.events import RunState
+from shared.flights import size_text
 from shared.i18n import Translator, translator
 from shared.names import normalise_name
-from shared.queries import RunsQuery
+from shared.queries import FlightsQuery, RefusedQuery, RunsQuery
 
 # state as text and a symbol, never colour alone
 STATE_ICONS = {"started": "▶", "succeeded": "✓", "failed": "✗", "retrying": "↻", "dead": "✖", "skipped": "⤼",
                "missed": "○", "queued": "…"}
+FLIGHT_ICONS = {"open": "◔", "closed": "●", "partial": "◑"}
 MAX_LOGIN_BODY = 4096
+REFUSED_ON_PAGE = 20
 
 
 def state_text(value: Any, _: Translator) -> str:
@@ -58,7 +70,9 @@ def filters(locale_of: Callable[[], str]) -> dict[str, Callable[[Any], str]]:
     return {"state": lambda v: state_text(v, translator(locale_of())), "state_word": word(STATE_WORDS),
             "trigger": word(TRIGGER_WORDS), "level": word(LEVEL_WORDS),
             "duration": lambda v: duration_text(v, translator(locale_of())),
-            "percent": _percent,
+            "percent": _percent, "bytes": size_text, "close_reason": word(CLOSE_WORDS),
+            "refusal": word(REFUSAL_WORDS),
+            "flight_state": lambda v: f"{FLIGHT_ICONS.get(str(v), '?')} {word(FLIGHT_WORDS)(v)}",
             # a name in a URL path or query: '/' and spaces escaped too (names are any text)
             "q": lambda v: quote(str(v), safe="")}
 
@@ -177,6 +191,51 @@ async def charts(request: Request) -> Response:
     return _render(request, "charts.html", {"job": job, "jobs": sorted(backend.catalog.specs)})
 
 
+async def flights(request: Request) -> Response:
+    p = parse(FlightsParams, dict(request.query_params))
+    backend: Backend = request.app.state.backend
+    closed, (open_now, open_error), refused = await asyncio.gather(
+        backend.flights(FlightsQuery(**p.model_dump())), _open_flights(backend, p),
+        backend.refused(RefusedQuery(watch=p.watch, since=p.since, limit=REFUSED_ON_PAGE, offset=0)))
+    filters = {k: request.query_params.get(k, "") for k in ("watch", "job", "since")}
+    filters.update(watch=p.watch or "", job=p.job or "")
+
+    def page_at(offset: int) -> str:
+        return "?" + urlencode({**{k: v for k, v in filters.items() if v}, "limit": p.limit, "offset": offset})
+
+    return _render(request, "flights.html", {
+        "flights": open_now + closed, "open_count": len(open_now), "open_error": open_error, "p": p,
+        "filters": filters,
+        "watches": sorted(backend.catalog.watches), "refused": refused, "refused_limit": REFUSED_ON_PAGE,
+        "newer": page_at(max(p.offset - p.limit, 0)) if p.offset else None,
+        "older": page_at(p.offset + p.limit) if len(closed) == p.limit else None})
+
+
+async def _open_flights(backend: Backend, p: FlightsParams) -> tuple[list[dict[str, Any]], str | None]:
+    """The open flights (first page only), or why they cannot be read: the closed ones still show."""
+    if p.offset:
+        return [], None
+    try:
+        return await backend.open_flights(p.watch, p.job), None
+    except Unavailable as exc:
+        return [], str(exc)
+
+
+async def flight(request: Request) -> Response:
+    p = parse(FlightParams, dict(request.query_params))
+    backend: Backend = request.app.state.backend
+    flight_id = request.path_params["flight_id"]
+    found = await backend.flight(flight_id, p.limit, p.offset) if len(flight_id) <= 128 else None
+    if found is None:
+        _ = translator(request.app.state.locale_of())
+        raise ApiError(404, _("unknown flight %(id)s", id=repr(flight_id)))
+    total = found["total_files"]
+    return _render(request, "flight.html", {
+        **found, "p": p,
+        "newer": f"?limit={p.limit}&offset={max(p.offset - p.limit, 0)}" if p.offset else None,
+        "older": f"?limit={p.limit}&offset={p.offset + p.limit}" if p.offset + p.limit < total else None})
+
+
 ROUTES = [
     Route("/login", login_page, methods=["GET"], include_in_schema=False),
     Route("/login", login, methods=["POST"], include_in_schema=False),
@@ -186,5 +245,7 @@ ROUTES = [
     Route("/jobs/{name:path}", job, include_in_schema=False),  # a name may hold '/' (sent as %2F)
     Route("/runs", runs, include_in_schema=False),
     Route("/runs/{run_id}", run, include_in_schema=False),
+    Route("/flights", flights, include_in_schema=False),
+    Route("/flights/{flight_id}", flight, include_in_schema=False),
     Route("/charts", charts, include_in_schema=False),
 ]

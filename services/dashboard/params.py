@@ -57,6 +57,28 @@ class AlertsParams(_Params):
     limit: int = Field(20, ge=1, le=500)
 
 
+class FlightsParams(_Params):
+    watch: Annotated[Name | None, BeforeValidator(_blank)] = Field(None, max_length=64)
+    job: Annotated[Name | None, BeforeValidator(_blank)] = Field(None, max_length=64)
+    since: When = None  # closed at or after
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0, le=1_000_000)
+
+
+class FlightParams(_Params):
+    """A page of one flight's files."""
+
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=10_000_000)
+
+
+class RefusedParams(_Params):
+    watch: Annotated[Name | None, BeforeValidator(_blank)] = Field(None, max_length=64)
+    since: When = None
+    limit: int = Field(50, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=1_000_000)
+
+
 class NoParams(_Params):
     pass
 

@@ -14,15 +14,13 @@ open batch keeps its age across a dispatcher restart."""
 
 from __future__ import annotations
 
-import base64
 import fnmatch
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from shared.events import BatchClose, BatchFile, BatchInfo, FileEvent, batch_id
 from shared.files import rel_bytes
+from shared.flights import header_bytes, parse_header
 from shared.watch_config import BatchGrouping, BatchRule
 
 
@@ -47,14 +45,12 @@ class OpenBatch:
         return self.group.decode("utf-8", "replace")
 
     def header(self) -> bytes:
-        return json.dumps({"id": self.id, "job": self.job, "watch": self.watch, "opened_at": self.opened_at,
-                           "group_b64": base64.b64encode(self.group).decode()}).encode()
+        return header_bytes(self.id, self.job, self.watch, self.opened_at, self.group)
 
     @classmethod
     def from_header(cls, raw: bytes) -> OpenBatch:
-        data = json.loads(raw)
-        return cls(id=data["id"], job=data["job"], watch=data["watch"], opened_at=float(data["opened_at"]),
-                   group=base64.b64decode(data["group_b64"]))
+        h = parse_header(raw)  # the KV layout lives in shared/flights.py (the dashboard reads it too)
+        return cls(id=h.id, job=h.job, watch=h.watch, opened_at=h.opened_at, group=h.group)
 
     def add(self, file: BatchFile, at: float, rule: BatchRule) -> bool:
         """False if this file version is already in the batch (a redelivered event)."""
@@ -72,15 +68,6 @@ class OpenBatch:
         return BatchInfo(id=self.id, watch=self.watch, folder=self.folder, partial=reason in ("max_wait", "full"),
                          reason=reason, opened_at=_dt(self.opened_at), closed_at=_dt(now),
                          files=list(self.files.values()))
-
-
-def file_entry(file: BatchFile, at: float) -> bytes:
-    return json.dumps({"file": file.model_dump(mode="json", exclude_none=True), "at": at}).encode()
-
-
-def parse_file_entry(raw: bytes) -> tuple[BatchFile, float]:
-    data: dict[str, Any] = json.loads(raw)
-    return BatchFile.model_validate(data["file"]), float(data["at"])
 
 
 def batch_file(event: FileEvent) -> BatchFile:

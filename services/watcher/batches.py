@@ -19,15 +19,14 @@ from services.watcher.batch_state import (
     OpenBatch,
     batch_file,
     close_reason,
-    file_entry,
     group_of,
     new_batch,
-    parse_file_entry,
 )
 from shared import wire
 from shared.bus import Bus, publish_until_acked
 from shared.config import JobSpec
 from shared.events import BatchClose, FileEvent, FlightClosed, Trigger, utcnow
+from shared.flights import file_entry, parse_file_entry
 from shared.kv_read import bucket_entries
 from shared.watch_config import BatchRule
 

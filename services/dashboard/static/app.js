@@ -147,8 +147,11 @@ function onRun(r) {
 }
 
 function connectLive() {
-  if (!csrf || !tables().length && !["overview", "jobs", "run"].includes(document.body.dataset.page)) return;
   const badge = document.getElementById("live");
+  if (!csrf || !tables().length && !["overview", "jobs", "run"].includes(document.body.dataset.page)) {
+    if (badge) badge.hidden = true;  // a page without live parts: no "connecting" that never connects
+    return;
+  }
   const source = new EventSource("/api/events");  // reconnects by itself after a drop
   const resync = () => { for (const t of tables()) reload(t).catch((e) => notice(`✗ ${e.message}`, "error")); };
   source.addEventListener("hello", () => { badge.textContent = `● ${t("live")}`; badge.className = "live on"; resync(); });
@@ -225,6 +228,30 @@ async function durationChart(node) {
   new uPlot(opts, [xs, data.runs.map((r) => r.duration_s)], node);
 }
 
+// one series per watch: a colour and a dash pattern each, named in the legend
+const WATCH_LOOKS = [["#0969da", []], ["#1a7f37", [6, 3]], ["#8250df", [2, 2]], ["#bc4c00", [10, 4]],
+  ["#cf222e", [4, 4]], ["#6e7781", [1, 4]]];
+
+async function filesChart(node) {
+  const data = await api("GET", "/api/charts/files?days=7");
+  const watches = Object.keys(data.series).sort();
+  if (!watches.length) { node.textContent = t("No files arrived in these days."); return; }
+  const xs = data.hours.map((h) => Date.parse(h) / 1000);
+  const opts = {width: chartWidth(node), height: 240, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
+    series: [{...TIME_24H, label: t("Time")}, ...watches.map((w, i) => {
+      const [stroke, dash] = WATCH_LOOKS[i % WATCH_LOOKS.length];
+      return {label: w, stroke, dash, width: 2};
+    })],
+    axes: [{values: AXIS_24H}, {label: t("files per hour")}]};
+  node.replaceChildren();
+  new uPlot(opts, [xs, ...watches.map((w) => data.series[w])], node);
+}
+
+function drawFiles(node) {
+  if (typeof uPlot === "undefined") return;
+  filesChart(node).catch((e) => { node.textContent = `✗ ${t("chart unavailable: %(error)s", {error: e.message})}`; });
+}
+
 function drawHourly(node) {
   if (typeof uPlot === "undefined") return;
   hourlyChart(node).catch((e) => { node.textContent = `✗ ${t("chart unavailable: %(error)s", {error: e.message})}`; });
@@ -240,6 +267,8 @@ function charts() {
   if (hourly) drawHourly(hourly);
   const dur = document.getElementById("durations");
   if (dur) drawDurations(dur);
+  const files = document.getElementById("files-hourly");
+  if (files) drawFiles(files);
 }
 
 connectLive();
