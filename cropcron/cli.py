@@ -275,7 +275,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def _serve(names: list[str], settings: ServiceSettings, before: Callable[[], Awaitable[None]] | None = None,
-           on_http: Callable[[str], None] | None = None) -> int:
+           on_http: Callable[[str], None] | None = None, runner_processes: int = 1) -> int:
+    from cropcron.runner_pool import RunnerPool
+
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -283,7 +285,14 @@ def _serve(names: list[str], settings: ServiceSettings, before: Callable[[], Awa
             loop.add_signal_handler(sig, stop.set)
         if before is not None:
             await before()
-        await run_services(names, settings, stop, on_http=on_http)
+        # this process runs one runner; the others are processes of their own
+        pool = RunnerPool(runner_processes - 1, settings.instance, settings.kill_grace)
+        extra = asyncio.create_task(pool.run(stop))
+        try:
+            await run_services(names, settings, stop, on_http=on_http)
+        finally:
+            stop.set()
+            await extra
         return 0
 
     return asyncio.run(main())
@@ -291,7 +300,10 @@ def _serve(names: list[str], settings: ServiceSettings, before: Callable[[], Awa
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
-    return _serve(args.services, ServiceSettings())  # type: ignore[call-arg]  # from the environment
+    processes = getattr(args, "processes", 1)
+    if processes > 1 and "runner" not in args.services:
+        raise UserError("serve: --processes is the number of runner processes; add `runner` to the services")
+    return _serve(args.services, ServiceSettings(), runner_processes=processes)  # type: ignore[call-arg]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -312,6 +324,16 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------
+def _processes(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 64, got {raw!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
@@ -329,10 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run services against NATS_URL / DATABASE_URL (for compose, scale-out)")
     p.add_argument("services", nargs="+", choices=SERVICE_NAMES, metavar="SERVICE",
                    help="one or more of: " + ", ".join(SERVICE_NAMES))
+    p.add_argument("--processes", type=_processes, default=1, metavar="N",
+                   help="runner processes (1-64; default 1): this one and N-1 more, each with its own connection")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_serve)
     for name in ("timer", "runner", "dashboard", "watcher", "notifier"):
         p = sub.add_parser(name, help=f"run the {name} service (same as `serve {name}`)")
+        if name == "runner":
+            p.add_argument("--processes", type=_processes, default=1, metavar="N", help="runner processes (1-64)")
         p.add_argument("-v", "--verbose", action="store_true")
         p.set_defaults(fn=cmd_serve, services=[name])
 

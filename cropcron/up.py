@@ -22,6 +22,7 @@ from cropcron.child import ChildError, ChildProcess, EmbeddedError
 from cropcron.direct_alert import send_direct
 from cropcron.diskguard import DiskGuard, disk_reserve
 from cropcron.embedded import EmbeddedNats, read_runtime, remove_runtime, write_runtime
+from cropcron.runner_pool import RunnerPool, processes_from_env
 from cropcron.services import SERVICE_NAMES, run_services
 from cropcron.supervise import Supervisor, restart_limit
 from services.dashboard.settings import ensure_token_file
@@ -156,9 +157,11 @@ async def _apply(nats_url: str, config: Config, base_dir: Path) -> tuple[list[st
 
 
 async def _serve(stop: asyncio.Event, supervisor: Supervisor, settings: ServiceSettings, data_dir: Path,
-                 guard: DiskGuard | None = None) -> int:
+                 guard: DiskGuard | None = None, runner_processes: int = 1) -> int:
     watch = asyncio.create_task(supervisor.run(stop))
     disk = asyncio.create_task(guard.run(stop)) if guard is not None else None
+    # more runner processes than the one in this process (CROPCRON_RUNNER_PROCESSES, half the cores)
+    runners = asyncio.create_task(RunnerPool(runner_processes - 1, settings.instance, settings.kill_grace).run(stop))
     services = asyncio.create_task(run_services(list(SERVICE_NAMES), settings, stop,
                                                 on_http=lambda url: _metrics_url(data_dir, url)))
     done, _ = await asyncio.wait({watch, services}, return_when=asyncio.FIRST_COMPLETED)
@@ -175,6 +178,7 @@ async def _serve(stop: asyncio.Event, supervisor: Supervisor, settings: ServiceS
     await watch
     if disk is not None:
         await disk
+    await runners
     await services  # raises ServiceFailed when a service failed
     return 0
 
@@ -188,6 +192,7 @@ async def main(config_path: str, base_dir: Path, config: Config, data_dir: Path)
     children: list[ChildProcess] = []
     alerts: AlertBus | None = None
     limit = restart_limit()  # a bad CROPCRON_RESTART_LIMIT (or disk reserve) is refused before anything starts
+    runner_processes = processes_from_env()
     reserve = disk_reserve()
     try:
         nats_url, database_url = await _start_servers(data_dir, children)
@@ -210,7 +215,7 @@ async def main(config_path: str, base_dir: Path, config: Config, data_dir: Path)
         alerts = AlertBus(nats_url, config.notifications)
         guard = DiskGuard(data_dir, children, reserve, alerts.raise_urgent)
         supervisor = Supervisor(children, alerts.raise_alert, limit, hold=guard.hold)
-        return await _serve(stop, supervisor, settings, data_dir, guard)
+        return await _serve(stop, supervisor, settings, data_dir, guard, runner_processes)
     finally:
         remove_runtime(data_dir)
         if alerts is not None:
