@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import backbone  # noqa: E402
 from common import BENCH_DIR, CHILDREN_TIMEOUT, RESULTS_DIR, ROOT, exit_on_signals, fmt, log, print_table  # noqa: E402
 
+from cropcron.embedded import nats_server_binary  # noqa: E402
+
 
 def run_prototype(jobs: int, args: argparse.Namespace) -> dict[str, Any]:
     argv = [sys.executable, str(BENCH_DIR / "prototype.py"), "--jobs", str(jobs), "--seconds", str(args.seconds),
@@ -153,7 +155,7 @@ def describe_setup(args: argparse.Namespace) -> str:
         dirty = " + uncommitted changes" if out(["git", "status", "--porcelain", "--untracked-files=no"]) else ""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "?")
-    nats = out([backbone.nats_server_binary(), "--version"])
+    nats = out([nats_server_binary(), "--version"])
     return (f"code {commit}{dirty}; {os.cpu_count()} x {cpu}; Python {sys.version.split()[0]}; {nats}; "
             f"Postgres {'DATABASE_URL' if args.database_url else 'embedded'}; window {args.seconds} s after "
             f"{args.warmup} s warm-up; broker sync_interval {args.nats_sync}; "
@@ -188,6 +190,10 @@ def report(results: list[dict[str, Any]], stages: list[dict[str, Any]], rounds: 
 
 async def run_backbone(jobs: int, args: argparse.Namespace, pg: backbone.Postgres) -> dict[str, Any]:
     return await backbone.measure(jobs, args, pg)
+
+
+def backbone_sync(jobs: int, args: argparse.Namespace, pg: backbone.Postgres) -> dict[str, Any]:
+    return asyncio.run(run_backbone(jobs, args, pg))
 
 
 def _attempt(results: list[dict[str, Any]], measure: Callable[[], dict[str, Any]]) -> None:
@@ -234,10 +240,10 @@ def main() -> None:
             for jobs in sizes:
                 if not args.skip_prototype:
                     log(f"round {round_no}: prototype, {jobs} jobs")
-                    _attempt(results, lambda j=jobs: run_prototype(j, args))
+                    _attempt(results, functools.partial(run_prototype, jobs, args))
                 if not args.skip_backbone:
                     log(f"round {round_no}: backbone, {jobs} jobs")
-                    _attempt(results, lambda j=jobs: asyncio.run(run_backbone(j, args, pg)))
+                    _attempt(results, functools.partial(backbone_sync, jobs, args, pg))
                 if not args.skip_celery:
                     log(f"round {round_no}: celery, {jobs} jobs")
                     _attempt(results, functools.partial(run_celery, jobs, args))
