@@ -19,8 +19,9 @@ Figures over a window [t0, t0 + seconds) of scheduled instants, after --warmup s
              next due 1 + d s after its previous due time (beat drifts, it does not catch up)
   lateness   start of the task (first line of the task function, in the pool process) minus
              scheduled, of the runs that ran (p50/p99/max)
-  run %      distinct (job, scheduled) of the window recorded / (jobs x seconds): seconds lost
-             to drift count as not run, like the prototype's misfires
+  run %      distinct (job, scheduled) of the window recorded / (jobs x seconds), once beat has
+             sent every entry past the window and the queue has drained (at most --drain-max):
+             seconds lost to drift count as not run, like the prototype's misfires
   recorded/s growth of the row count in Postgres during the window, sampled every 0.5 s
   beat lag   time beat published the message minus scheduled (beat's share of the lateness)
   cores      CPU per process during the window (beat, worker main process, pool processes,
@@ -264,17 +265,21 @@ class Run:
                 "config": {"pool": POOL, "concurrency": CONCURRENCY, "broker": self.redis_url, "celery": CELERY_VERSION}}
 
     async def drain(self, t0: float, t1: float) -> float:
-        """After the window: until its runs are all recorded or the count stops growing for 3 s (beat
-        drifting means some are never sent), at most --drain-max. Seconds after t1."""
+        """After the window, until beat has sent every entry past the window (each job has a row
+        due at or after t1: its earlier sends were published before it, so are in Postgres or in
+        the queue ahead of it) and the window's count has not grown for 1 s, or all its runs are
+        recorded; at most --drain-max. Seconds after t1."""
         expected = self.jobs * self.args.seconds
+        passed_sql = "SELECT count(DISTINCT job) FROM runs WHERE scheduled_at >= $1"
         last_seen, last_change = -1, time.monotonic()
         while time.time() - t1 < self.args.drain_max:
             self.check_alive()
             seen = await self.count(t0, t1)
-            if seen >= expected or time.monotonic() - last_change > 3:
-                break
             if seen != last_seen:
                 last_seen, last_change = seen, time.monotonic()
+            if seen >= expected or (time.monotonic() - last_change > 1
+                                    and int(await self.db.fetchval(passed_sql, t1)) >= self.jobs):
+                break
             await asyncio.sleep(0.25)
         return time.time() - t1
 
