@@ -148,6 +148,11 @@ async def resume_job(request: Request) -> Response:
     return await _pause(request, False)
 
 
+def _paging(limit: int, offset: int, more: bool) -> dict[str, int | None]:
+    """A page's place: next_offset is null on the last page."""
+    return {"limit": limit, "offset": offset, "next_offset": offset + limit if more else None}
+
+
 async def runs(request: Request) -> Response:
     """
     summary: Runs, newest first, filtered and paged
@@ -164,8 +169,7 @@ async def runs(request: Request) -> Response:
     """
     p = parse(RunsParams, dict(request.query_params))
     rows = await _backend(request).runs(RunsQuery(**p.model_dump()))
-    return JSONResponse({"runs": rows, "limit": p.limit, "offset": p.offset,
-                         "next_offset": p.offset + p.limit if len(rows) == p.limit else None})
+    return JSONResponse({"runs": rows, **_paging(p.limit, p.offset, len(rows) == p.limit)})
 
 
 async def run(request: Request) -> Response:
@@ -239,8 +243,7 @@ async def flights(request: Request) -> Response:
     backend = _backend(request)
     closed, open_now = await asyncio.gather(backend.flights(FlightsQuery(**p.model_dump())),
                                             backend.open_flights(p.watch, p.job))
-    return JSONResponse({"open": open_now, "flights": closed, "limit": p.limit, "offset": p.offset,
-                         "next_offset": p.offset + p.limit if len(closed) == p.limit else None})
+    return JSONResponse({"open": open_now, "flights": closed, **_paging(p.limit, p.offset, len(closed) == p.limit)})
 
 
 async def flight(request: Request) -> Response:
@@ -261,8 +264,7 @@ async def flight(request: Request) -> Response:
     if found is None:
         raise ApiError(404, f"unknown flight {flight_id!r}")
     more = p.offset + len(found["files"]) < found["total_files"]
-    return JSONResponse({**found, "limit": p.limit, "offset": p.offset,
-                         "next_offset": p.offset + p.limit if more else None})
+    return JSONResponse({**found, **_paging(p.limit, p.offset, more)})
 
 
 async def refused(request: Request) -> Response:
@@ -279,8 +281,7 @@ async def refused(request: Request) -> Response:
     """
     p = parse(RefusedParams, dict(request.query_params))
     rows = await _backend(request).refused(RefusedQuery(**p.model_dump()))
-    return JSONResponse({"refused": rows, "limit": p.limit, "offset": p.offset,
-                         "next_offset": p.offset + p.limit if len(rows) == p.limit else None})
+    return JSONResponse({"refused": rows, **_paging(p.limit, p.offset, len(rows) == p.limit)})
 
 
 async def alerts(request: Request) -> Response:
