@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -268,3 +270,35 @@ async def test_staged_batches_end_where_one_upsert_per_event_ends(db_url: str) -
     differ = [(k, f) for k in staged_attempts for f in ("state", "started_at", "finished_at", "error", "exit_code")
               if staged_attempts[k][f] != single_attempts[k][f]]
     assert not differ, differ[:5]
+
+
+async def test_an_unforeseen_store_error_naks_the_batch_and_ingestion_goes_on(bus: Bus, tmp_path: Path) -> None:
+    """A store function raising what it did not foresee (not a database outage) must not end the
+    ingest loop: the batch comes back and is stored on a later try."""
+    import asyncio
+
+    from dispatch_helpers import file_event, publish_events
+
+    from services.history.ingest import ingest
+
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    await publish_events(bus, [file_event("w", tmp_path, b"a.jpg")])
+    calls: list[int] = []
+    stored = asyncio.Event()
+
+    async def store_fn(msgs: list[Any]) -> None:
+        calls.append(len(msgs))
+        if len(calls) == 1:
+            raise RuntimeError("a bug the loop did not foresee")
+        for msg in msgs:
+            await msg.ack()
+        stored.set()
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(ingest(bus, wire.STREAM_FILES, wire.HISTORY_FILES_CONSUMER, 10, stop, "test", store_fn))
+    try:
+        await asyncio.wait_for(stored.wait(), 30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert calls[:2] == [1, 1], calls

@@ -15,8 +15,10 @@ import asyncpg
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from services.history.ingest import ACQUIRE_TIMEOUT
+from services.history.ingest import ingest as consume
 from shared import wire
-from shared.bus import Bus, fetch_batches
+from shared.bus import Bus
 from shared.events import Alert, DeliveryRecord, Rejected, decode
 from shared.notify_config import LEVEL_RANK
 from shared.queries import AlertsQuery
@@ -50,7 +52,7 @@ def _delivery_row(d: DeliveryRecord) -> tuple[Any, ...]:
 
 async def store_batch(pool: asyncpg.Pool, alerts: list[Alert], deliveries: list[DeliveryRecord],
                       rejected: list[Rejected]) -> None:
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
         if rejected:  # unreadable alerts are kept like refused triggers: never silently lost
             await conn.executemany(
                 "INSERT INTO rejections (source, subject, reason, payload_excerpt, at) VALUES ($1, $2, $3, $4, $5)",
@@ -62,9 +64,7 @@ async def store_batch(pool: asyncpg.Pool, alerts: list[Alert], deliveries: list[
 
 
 async def ingest(bus: Bus, pool: asyncpg.Pool, batch: int, stop: asyncio.Event) -> None:
-    async for msgs in fetch_batches(bus, wire.STREAM_ALERTS, wire.HISTORY_ALERTS_CONSUMER, batch, 2, stop,
-                                    "history alerts"):
-        await _store(pool, msgs)
+    await consume(bus, wire.STREAM_ALERTS, wire.HISTORY_ALERTS_CONSUMER, batch, stop, "history alerts", lambda msgs: _store(pool, msgs))
 
 
 async def _store(pool: asyncpg.Pool, msgs: list[Msg]) -> None:

@@ -19,8 +19,9 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
 from services.history import alerts, reports, store, uploads
+from services.history.ingest import ingest
 from shared import metrics, wire
-from shared.bus import Bus, fetch_batches
+from shared.bus import Bus
 from shared.events import FlightClosed, Rejected, RunEvent, decode, utcnow
 from shared.queries import AlertsQuery, CleanupRequest, LastQuery, RunsQuery, StatsQuery, fail, ok
 from shared.reply import ReplyTooLarge, respond
@@ -85,9 +86,8 @@ class HistoryService:
 
     # -- ingest ------------------------------------------------------------------------
     async def _ingest(self, stop: asyncio.Event) -> None:
-        async for msgs in fetch_batches(self.bus, wire.STREAM_RUNS, wire.HISTORY_CONSUMER, self.settings.history_batch,
-                                        2, stop, "history"):
-            await self._store(msgs)
+        await ingest(self.bus, wire.STREAM_RUNS, wire.HISTORY_CONSUMER, self.settings.history_batch, stop, "history",
+                     self._store)
 
     async def _store(self, msgs: list[Msg]) -> None:
         parsed: list[tuple[Msg, Item]] = []

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from services.history import uploads
+from services.history.ingest import ACQUIRE_TIMEOUT
 from shared.events import STATE_RANK, FlightClosed, Rejected, RunEvent
 from shared.queries import RunsQuery
 
@@ -166,7 +167,7 @@ def fold_attempts(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 async def apply_events(pool: asyncpg.Pool, events: Sequence[RunEvent], rejected: Sequence[Rejected],
                        flights: Sequence[FlightClosed] = ()) -> None:
     """One transaction for a whole fetched batch: COPY into staging tables, one upsert each."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
         if flights:
             await uploads.store_flights(conn, flights)
         if events:

@@ -18,8 +18,10 @@ import asyncpg
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
+from services.history.ingest import ACQUIRE_TIMEOUT
+from services.history.ingest import ingest as consume
 from shared import wire
-from shared.bus import Bus, fetch_batches
+from shared.bus import Bus
 from shared.events import FileEvent, FlightClosed, decode
 from shared.names import name_of_key
 from shared.queries import FilesHourlyQuery, FlightsQuery, RefusedQuery, UploadsQuery
@@ -55,9 +57,7 @@ async def store_flights(conn: asyncpg.Connection, flights: Sequence[FlightClosed
 
 
 async def ingest(bus: Bus, pool: asyncpg.Pool, batch: int, stop: asyncio.Event) -> None:
-    async for msgs in fetch_batches(bus, wire.STREAM_FILES, wire.HISTORY_FILES_CONSUMER, batch, 2, stop,
-                                    "history files"):
-        await _store(pool, msgs)
+    await consume(bus, wire.STREAM_FILES, wire.HISTORY_FILES_CONSUMER, batch, stop, "history files", lambda msgs: _store(pool, msgs))
 
 
 async def _store(pool: asyncpg.Pool, msgs: list[Msg]) -> None:
@@ -69,7 +69,7 @@ async def _store(pool: asyncpg.Pool, msgs: list[Msg]) -> None:
             # the dispatcher refuses (and records) it too; here it is simply not a file to list
             log.error("history: unreadable file event on %s: %s", msg.subject, str(exc)[:300])
     try:
-        async with pool.acquire() as conn, conn.transaction():
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
             if files:
                 await conn.executemany(INSERT_FILE, [
                     (e.id, e.watch, _text(e.rel_path), e.size, e.mtime_ns, e.detected_at, _text(e.source), e.sha256)
