@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from cropcron import commands
 from shared import wire
 from shared.bus import Bus
 from shared.catalog import set_paused
+from shared.names import subject_key
 
 
 def _job(name: str, ledger_path: Path, sleep: float, code: int, extra: str = "", argv_extra: str = "") -> str:
@@ -146,6 +148,25 @@ async def test_overlap_skip_never_runs_concurrently(system: System, bus: Bus, db
         assert start >= end, f"two runs overlapped: {spans}"
     skipped = await fetch(db_url, "SELECT reason FROM runs WHERE job = 'slowtick' AND state = 'skipped'")
     assert all("overlap=skip" in r["reason"] for r in skipped)
+
+
+async def test_a_run_asked_for_as_the_last_one_finishes_is_not_skipped(system: System, bus: Bus) -> None:
+    """overlap: skip, one run after another, each asked for the moment the previous outcome is
+    seen: the finished run's lease is freed before its outcome is published, so none is skipped
+    (under load the next trigger used to find the lease still held)."""
+    await apply_yaml(bus, """
+jobs:
+  - name: nightly_ok
+    type: database_backup
+    overlap: skip
+    call: tests.jobs.calls:echo
+""")
+    await system.start("history", "runner")
+    states = [(await commands.run_now(bus, "nightly_ok", wait=20))["state"] for _ in range(15)]
+    assert states == ["succeeded"] * 15, states
+    leases = await bus.js.key_value(wire.KV_LEASES)
+    held = json.loads((await leases.get(subject_key("nightly_ok"))).value or b"{}")
+    assert held == {}, "no lease left behind"
 
 
 async def test_pause_stops_schedule_but_manual_run_works(system: System, bus: Bus, db_url: str) -> None:

@@ -44,10 +44,12 @@ class Leases:
             return False
         return True
 
-    async def _change(self, job: str, run_id: str, limit: int | None, keep: bool) -> bool:
+    async def _change(self, job: str, run_id: str, limit: int | None, keep: bool, existing_only: bool = False) -> bool:
         for _ in range(CAS_ATTEMPTS):
             data, revision = await self._read(job)
             now = time.time()
+            if existing_only and data.get(run_id, 0) <= now:
+                return False
             active = {r: exp for r, exp in data.items() if exp > now and r != run_id}
             if keep:
                 if limit is not None and len(active) >= limit:
@@ -62,7 +64,9 @@ class Leases:
         return await self._change(job, run_id, limit, keep=True)
 
     async def renew(self, job: str, run_id: str) -> None:
-        await self._change(job, run_id, None, keep=True)
+        """Extend the run's lease if it still holds one: a renewal racing the release, or arriving
+        after the lease expired (and another run may have taken the place), must not re-create it."""
+        await self._change(job, run_id, None, keep=True, existing_only=True)
 
     async def release(self, job: str, run_id: str) -> None:
         await self._change(job, run_id, None, keep=False)

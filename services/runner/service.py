@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -235,15 +236,21 @@ class RunnerService:
             return
         if inputs is not None and inputs.refused:
             await self._refused_files(msg, spec, trigger, inputs.refused)
+        leased = spec.job.overlap is not Overlap.ALLOW
+        held = [leased]
+
+        async def release() -> None:
+            if held[0] and self.queue is not None:
+                held[0] = False
+                await self.queue.release(spec.name, trigger.run_id)
+
         try:
-            if spec.job.overlap is not Overlap.ALLOW and not await self._take_lease(msg, spec, trigger, attempt,
-                                                                                    slot):
+            if leased and not await self._take_lease(msg, spec, trigger, attempt, slot):
                 return
             try:
-                await self._attempt(msg, spec, trigger, attempt, inputs)
+                await self._attempt(msg, spec, trigger, attempt, inputs, release if leased else None)
             finally:
-                if spec.job.overlap is not Overlap.ALLOW and self.queue is not None:
-                    await self.queue.release(spec.name, trigger.run_id)
+                await release()
         finally:
             if inputs is not None:
                 inputs.close()
@@ -275,7 +282,10 @@ class RunnerService:
         return True
 
     async def _attempt(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int,
-                       inputs: RunInputs | None = None) -> None:
+                       inputs: RunInputs | None = None, release: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run one attempt and report it. `release` frees the job's overlap lease: called as soon as
+        the job has ended, before the outcome is published, so a run asked for the moment the outcome
+        is seen never finds the finished run still holding the job's place (overlap: skip)."""
         started = utcnow()
         self.stats["started"] += 1
         metrics.run_started(spec.name, trigger.scheduled_at, started, trigger.kind, attempt)
@@ -290,7 +300,7 @@ class RunnerService:
         # heartbeats keep the trigger ours until it is settled, not only while the job runs: when
         # the outcome cannot be stored yet (a broker whose disk is full), a redelivery would run
         # the job again, and again, and finally record a success as dead "runner lost"
-        self.inflight[key] = _InFlight(msg, spec, trigger, loop.time())
+        inflight = self.inflight[key] = _InFlight(msg, spec, trigger, loop.time(), leased=release is not None)
         try:
             try:
                 outcome = await self._execute(spec, trigger, attempt, inputs)
@@ -301,6 +311,9 @@ class RunnerService:
                 raise
             finally:
                 timer.cancel()
+            if release is not None:
+                inflight.leased = False  # the heartbeat must not renew (re-create) the lease now
+                await release()
             # the started event's PubAck first, so it is stored before the outcome; losing it is
             # harmless (the outcome carries started_at too)
             if announced:
@@ -384,7 +397,7 @@ class RunnerService:
                 job.last_beat = now
                 try:
                     await job.msg.in_progress()
-                    if job.spec.job.overlap is not Overlap.ALLOW and self.leases is not None:
+                    if job.leased and self.leases is not None:
                         await self.leases.renew(job.spec.name, job.trigger.run_id)
                 except Exception as exc:  # the bus is reconnecting; try again next beat
                     log.warning("runner: heartbeat for run %s failed: %r", job.trigger.run_id, exc)
@@ -479,6 +492,7 @@ class _InFlight:
     spec: JobSpec
     trigger: Trigger
     last_beat: float  # loop time of the last in_progress (or of the start)
+    leased: bool = False  # it holds the job's overlap lease, which the heartbeat renews
 
 
 async def _drop(psub: JetStreamContext.PullSubscription | None) -> None:
