@@ -13,6 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -24,7 +25,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from shared import wire
@@ -244,6 +245,10 @@ async def await_topology(bus: Bus, user: str, every: float = 2.0) -> None:
     `cropcron up`) has made every stream, bucket and consumer, saying what is missing."""
     streams, consumers = topology_names()
     said = ""
+    # On a cluster, a stream or consumer `apply` has just made answers nothing while its replicas
+    # elect a leader: not there yet either (compose.cluster.yaml's runner exited 1 on that timeout
+    # and `up --wait` failed on its restart)
+    unanswered = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
     while True:
         missing: list[str] = []
         for stream in streams:
@@ -251,12 +256,16 @@ async def await_topology(bus: Bus, user: str, every: float = 2.0) -> None:
                 await bus.js.stream_info(stream)
             except NotFoundError:
                 missing.append(stream)
+            except unanswered:
+                missing.append(f"{stream} (no answer yet)")
         for stream, consumer in consumers:
-            if stream not in missing:
+            if stream not in {m.partition(" ")[0] for m in missing}:
                 try:
                     await bus.js.consumer_info(stream, consumer)
                 except NotFoundError:
                     missing.append(f"{stream}/{consumer}")
+                except unanswered:
+                    missing.append(f"{stream}/{consumer} (no answer yet)")
         if not missing:
             return
         text = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")

@@ -3,14 +3,20 @@ apply beside the services that create it): it creates what is missing and change
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
+import nats.errors
+import pytest
 from conftest import NatsProcess
 from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, StreamConfig
+from nats.js.errors import ServiceUnavailableError
 from test_config_apply import cli
 
 from shared import wire
 from shared.bus import connect
+from shared.topology import await_topology
 
 CONFIG = """
 jobs:
@@ -50,3 +56,29 @@ async def test_apply_creates_missing_topology_and_keeps_existing_settings(nats_s
         assert jobs.returncode == 0 and '"alpha"' in jobs.stdout, jobs.stderr
     finally:
         await bus.close()
+
+
+async def test_a_service_waits_through_a_topology_that_does_not_answer_yet(caplog: pytest.LogCaptureFixture) -> None:
+    """On a cluster, a stream or consumer just made answers nothing while its replicas elect a
+    leader: the service keeps waiting (compose.cluster.yaml's runner exited 1 on that timeout)."""
+    calls: list[str] = []
+
+    class JS:
+        async def stream_info(self, name: str) -> None:
+            calls.append(name)
+            if name == wire.STREAM_RUNS and calls.count(name) == 1:
+                raise nats.errors.TimeoutError
+            if name == wire.STREAM_ALERTS and calls.count(name) == 1:
+                raise ServiceUnavailableError(code=503, err_code=10008, description="JetStream system temporarily unavailable")
+
+        async def consumer_info(self, stream: str, name: str) -> None:
+            calls.append(f"{stream}/{name}")
+            if name == wire.HISTORY_CONSUMER and calls.count(f"{stream}/{name}") == 1:
+                raise nats.errors.TimeoutError
+
+    await asyncio.wait_for(await_topology(SimpleNamespace(js=JS()), "runner", every=0.01), 5)  # type: ignore[arg-type]
+    assert "missing CROPCRON_RUNS (no answer yet), CROPCRON_ALERTS (no answer yet)" in caplog.text
+    history = f"{wire.STREAM_RUNS}/{wire.HISTORY_CONSUMER}"
+    runs_answered = [i for i, c in enumerate(calls) if c == wire.STREAM_RUNS][1]
+    assert calls.index(history) > runs_answered, "a consumer asked about while its stream was silent"
+    assert calls.count(history) == 2  # silent once, then there
