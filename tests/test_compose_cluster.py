@@ -184,7 +184,8 @@ async def test_a_killed_node_loses_no_run(cluster: Stack, request: pytest.Fixtur
                 if datetime.fromisoformat(r["scheduled_at"]) > killed_at]
         return rows or None
 
-    await wait_for(ran_after_kill, 60, f"a run due after {victim} was killed, in history", every=0.5)
+    # (5 to 8 s here; 30 s once, on a machine loaded by other benchmarks)
+    await wait_for(ran_after_kill, 90, f"a run due after {victim} was killed, in history", every=0.5)
     TIMINGS["kill_to_next_run_s"] = time.monotonic() - began
     # and the runs go on with the node still down: one due a few seconds after that one
     resumed_at = datetime.now(UTC)
@@ -220,7 +221,7 @@ async def test_a_killed_node_loses_no_run(cluster: Stack, request: pytest.Fixtur
         done = {datetime.fromisoformat(r["scheduled_at"]) for r in rows if r["state"] == "succeeded"}
         return rows if expected <= done else None
 
-    rows: list[dict[str, Any]] = await wait_for(complete, 60, f"every second from {start} to {end} succeeded",
+    rows: list[dict[str, Any]] = await wait_for(complete, 90, f"every second from {start} to {end} succeeded",
                                                 every=1)
     per_instant = Counter(r["scheduled_at"] for r in rows)
     assert max(per_instant.values()) == 1, f"instants under two run ids: {[i for i, n in per_instant.items() if n > 1]}"
