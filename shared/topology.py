@@ -246,26 +246,27 @@ async def await_topology(bus: Bus, user: str, every: float = 2.0) -> None:
     streams, consumers = topology_names()
     said = ""
     # On a cluster, a stream or consumer `apply` has just made answers nothing while its replicas
-    # elect a leader: not there yet either (compose.cluster.yaml's runner exited 1 on that timeout
-    # and `up --wait` failed on its restart)
+    # elect a leader, nor does any while the nodes have no JetStream leader: not there yet either
+    # (compose.cluster.yaml's runner exited 1 on that timeout and `up --wait` failed on its
+    # restart). The first silence ends the round: thirteen request timeouts in a row kept the
+    # dashboard from asking again for over two minutes.
     unanswered = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
     while True:
         missing: list[str] = []
-        for stream in streams:
-            try:
-                await bus.js.stream_info(stream)
-            except NotFoundError:
-                missing.append(stream)
-            except unanswered:
-                missing.append(f"{stream} (no answer yet)")
-        for stream, consumer in consumers:
-            if stream not in {m.partition(" ")[0] for m in missing}:
+        try:
+            for stream in streams:
                 try:
-                    await bus.js.consumer_info(stream, consumer)
+                    await bus.js.stream_info(stream)
                 except NotFoundError:
-                    missing.append(f"{stream}/{consumer}")
-                except unanswered:
-                    missing.append(f"{stream}/{consumer} (no answer yet)")
+                    missing.append(stream)
+            for stream, consumer in consumers:
+                if stream not in missing:
+                    try:
+                        await bus.js.consumer_info(stream, consumer)
+                    except NotFoundError:
+                        missing.append(f"{stream}/{consumer}")
+        except unanswered:
+            missing.append("(no answer yet)")
         if not missing:
             return
         text = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
