@@ -84,3 +84,15 @@ async def test_a_service_waits_through_a_topology_that_does_not_answer_yet(caplo
     assert streams[:3] == [wire.STREAM_TRIGGERS, wire.STREAM_RUNS, wire.STREAM_TRIGGERS], calls[:5]
     history = f"{wire.STREAM_RUNS}/{wire.HISTORY_CONSUMER}"
     assert calls.count(history) == 2  # silent once, then there
+
+
+async def test_a_silence_longer_than_max_silence_is_raised() -> None:
+    """A connection whose requests go unanswered for good ends the wait (the process exits and is
+    restarted with a new one), not a service waiting forever."""
+    class JS:
+        async def stream_info(self, name: str) -> None:
+            raise nats.errors.TimeoutError
+
+    with pytest.raises(nats.errors.TimeoutError):
+        await asyncio.wait_for(await_topology(SimpleNamespace(js=JS()), "runner", every=0.01,  # type: ignore[arg-type]
+                                              max_silence=0.1), 5)
