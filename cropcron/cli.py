@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from nats.js.errors import ServiceUnavailableError
 from pydantic import ValidationError
 
 from cropcron import cli_alerts, cli_files, cli_health, cli_nats, cli_replicas, commands
@@ -429,6 +430,12 @@ def main(argv: list[str] | None = None) -> int:
         # connected, but the broker did not answer a request in time: overloaded or restarting
         print("cropcron: the NATS server did not answer in time (it may be overloaded, starting or restarting); "
               "try again", file=sys.stderr)
+        return 1
+    except ServiceUnavailableError as exc:
+        # JetStream's 503: a cluster with no meta leader yet (its nodes still starting) or without
+        # a quorum; seen as a traceback from compose.cluster.yaml's `apply` while the nodes formed
+        print(f"cropcron: NATS JetStream is not available ({exc.description}): a cluster that is starting or has "
+              "lost its quorum; try again once enough of its nodes are up", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -3,14 +3,20 @@ apply beside the services that create it): it creates what is missing and change
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
+import nats.errors
+import pytest
 from conftest import NatsProcess
 from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, StreamConfig
+from nats.js.errors import ServiceUnavailableError
 from test_config_apply import cli
 
 from shared import wire
 from shared.bus import connect
+from shared.topology import await_topology
 
 CONFIG = """
 jobs:
@@ -50,3 +56,43 @@ async def test_apply_creates_missing_topology_and_keeps_existing_settings(nats_s
         assert jobs.returncode == 0 and '"alpha"' in jobs.stdout, jobs.stderr
     finally:
         await bus.close()
+
+
+async def test_a_service_waits_through_a_topology_that_does_not_answer_yet(caplog: pytest.LogCaptureFixture) -> None:
+    """On a cluster, a stream or consumer just made answers nothing while its replicas elect a
+    leader: the service keeps waiting (compose.cluster.yaml's runner exited 1 on that timeout),
+    and a silence ends the round rather than waiting out a timeout per stream."""
+    calls: list[str] = []
+
+    class JS:
+        async def stream_info(self, name: str) -> None:
+            calls.append(name)
+            if name == wire.STREAM_RUNS and calls.count(name) == 1:
+                raise nats.errors.TimeoutError
+            if name == wire.STREAM_ALERTS and calls.count(name) == 1:
+                raise ServiceUnavailableError(code=503, err_code=10008, description="JetStream system temporarily unavailable")
+
+        async def consumer_info(self, stream: str, name: str) -> None:
+            calls.append(f"{stream}/{name}")
+            if name == wire.HISTORY_CONSUMER and calls.count(f"{stream}/{name}") == 1:
+                raise nats.errors.TimeoutError
+
+    await asyncio.wait_for(await_topology(SimpleNamespace(js=JS()), "runner", every=0.01), 5)  # type: ignore[arg-type]
+    assert "missing (no answer yet)" in caplog.text
+    streams = [c for c in calls if "/" not in c]
+    # each silence ended its round (nothing more asked in it), and the next round asked again
+    assert streams[:3] == [wire.STREAM_TRIGGERS, wire.STREAM_RUNS, wire.STREAM_TRIGGERS], calls[:5]
+    history = f"{wire.STREAM_RUNS}/{wire.HISTORY_CONSUMER}"
+    assert calls.count(history) == 2  # silent once, then there
+
+
+async def test_a_silence_longer_than_max_silence_is_raised() -> None:
+    """A connection whose requests go unanswered for good ends the wait (the process exits and is
+    restarted with a new one), not a service waiting forever."""
+    class JS:
+        async def stream_info(self, name: str) -> None:
+            raise nats.errors.TimeoutError
+
+    with pytest.raises(nats.errors.TimeoutError):
+        await asyncio.wait_for(await_topology(SimpleNamespace(js=JS()), "runner", every=0.01,  # type: ignore[arg-type]
+                                              max_silence=0.1), 5)

@@ -7,6 +7,7 @@ from typing import Any
 
 import nats.errors
 import pytest
+from nats.js.errors import ServiceUnavailableError
 
 from cropcron import cli, commands
 
@@ -24,3 +25,18 @@ def test_a_broker_that_does_not_answer_in_time_is_one_line_and_exit_1(monkeypatc
     err = capsys.readouterr().err.strip()
     assert err == ("cropcron: the NATS server did not answer in time (it may be overloaded, starting or "
                    "restarting); try again")
+
+
+def test_jetstream_unavailable_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # compose.cluster.yaml's `apply` while the three nodes were still electing a meta leader: its
+    # retry loop printed nats-py's traceback for each attempt
+    async def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise ServiceUnavailableError(code=503, err_code=10008, description="JetStream system temporarily unavailable")
+
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:9")
+    monkeypatch.setattr(commands, "open_bus", unavailable)
+    assert cli.main(["jobs"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cropcron: NATS JetStream is not available (JetStream system temporarily unavailable)")
+    assert "Traceback" not in err
