@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from services.history.ingest import ACQUIRE_TIMEOUT
 from services.history.ingest import ingest as consume
+from services.history.rows import jsonable, text
 from shared import wire
 from shared.bus import Bus
 from shared.events import Alert, DeliveryRecord, Rejected, decode
@@ -35,18 +36,14 @@ INSERT INTO alert_deliveries (notification_id, attempt, outcome, channel, status
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING"""
 
 
-def _text(value: Any) -> Any:
-    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
-
-
 def _alert_row(a: Alert) -> tuple[Any, ...]:
     details = json.dumps(a.details).replace("\\u0000", "\\ufffd")
-    return (a.id, a.level, LEVEL_RANK[a.level], a.kind, _text(a.summary), _text(a.text), a.job, a.job_type,
+    return (a.id, a.level, LEVEL_RANK[a.level], a.kind, text(a.summary), text(a.text), a.job, a.job_type,
             a.run_id, a.source, a.at, a.resolved, a.group_key(), details)
 
 
 def _delivery_row(d: DeliveryRecord) -> tuple[Any, ...]:
-    return (d.notification_id, d.attempt, d.outcome, d.channel, d.status, d.alert_ids, _text(d.error),
+    return (d.notification_id, d.attempt, d.outcome, d.channel, d.status, d.alert_ids, text(d.error),
             d.message_id, d.at)
 
 
@@ -56,7 +53,7 @@ async def store_batch(pool: asyncpg.Pool, alerts: list[Alert], deliveries: list[
         if rejected:  # unreadable alerts are kept like refused triggers: never silently lost
             await conn.executemany(
                 "INSERT INTO rejections (source, subject, reason, payload_excerpt, at) VALUES ($1, $2, $3, $4, $5)",
-                [(r.source, r.subject, _text(r.reason), _text(r.payload_excerpt), r.at) for r in rejected])
+                [(r.source, r.subject, text(r.reason), text(r.payload_excerpt), r.at) for r in rejected])
         if alerts:
             await conn.executemany(INSERT_ALERT, [_alert_row(a) for a in alerts])
         if deliveries:
@@ -104,10 +101,6 @@ async def cleanup(pool: asyncpg.Pool, older_than_days: float) -> dict[str, int]:
     return {"alerts": int(a.split()[-1]), "deliveries": int(d.split()[-1])}
 
 
-def _jsonable(row: asyncpg.Record) -> dict[str, Any]:
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-
-
 async def query_alerts(pool: asyncpg.Pool, q: AlertsQuery) -> list[dict[str, Any]]:
     """Newest first, each with its delivery attempts (oldest first)."""
     where: list[str] = []
@@ -125,11 +118,11 @@ async def query_alerts(pool: asyncpg.Pool, q: AlertsQuery) -> list[dict[str, Any
     sql = ("SELECT * FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
            + f" ORDER BY at DESC, id LIMIT ${len(args) - 1} OFFSET ${len(args)}")
     async with pool.acquire() as conn:
-        rows = [_jsonable(r) for r in await conn.fetch(sql, *args)]
+        rows = [jsonable(r) for r in await conn.fetch(sql, *args)]
         if rows:
             deliveries = await conn.fetch(
                 "SELECT * FROM alert_deliveries WHERE alert_ids && $1::text[] ORDER BY at", [r["id"] for r in rows])
             for r in rows:
                 r.pop("level_rank", None)
-                r["deliveries"] = [_jsonable(d) for d in deliveries if r["id"] in d["alert_ids"]]
+                r["deliveries"] = [jsonable(d) for d in deliveries if r["id"] in d["alert_ids"]]
     return rows

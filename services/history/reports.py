@@ -4,43 +4,29 @@ handler is one indexed statement over `runs` (the runs_time / runs_job_time inde
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
-from pydantic import BaseModel
 
+from services.history.rows import Route, hour_axis
+from services.history.rows import hourly as hourly_series
 from services.history.store import WHEN
 from shared import wire
 from shared.events import RunState
 from shared.queries import CountsQuery, DigestQuery, DurationsQuery, HourlyQuery
 
-Route = tuple[str, type[BaseModel], Callable[[Any], Awaitable[Any]]]
-
 
 async def hourly(pool: asyncpg.Pool, q: HourlyQuery) -> dict[str, Any]:
     """{"hours": [ISO hour, ...], "series": {state: [count per hour]}}: every hour in the range is
     present (zeros included), so a chart's x axis has no gaps."""
-    now = datetime.now(UTC)
-    first = (now - timedelta(days=q.days)).replace(minute=0, second=0, microsecond=0)
+    first, now, hours = hour_axis(q.days)
     sql = (f"SELECT date_trunc('hour', {WHEN}) AS hour, state, count(*) AS n FROM runs "
            f"WHERE {WHEN} >= $1 AND {WHEN} <= $2 GROUP BY 1, 2")
     async with pool.acquire() as conn:
         rows = await conn.fetch(sql, first, now)
-    hours: list[datetime] = []
-    at = first
-    while at <= now:
-        hours.append(at)
-        at += timedelta(hours=1)
-    index = {h: i for i, h in enumerate(hours)}
-    series = {s.value: [0] * len(hours) for s in RunState}
-    for r in rows:
-        i = index.get(r["hour"].astimezone(UTC))
-        if i is not None and r["state"] in series:
-            series[r["state"]][i] = int(r["n"])
-    return {"since": first.isoformat(), "hours": [h.isoformat() for h in hours], "series": series}
+    return hourly_series(rows, hours, "state", [s.value for s in RunState])
 
 
 async def durations(pool: asyncpg.Pool, q: DurationsQuery) -> list[dict[str, Any]]:

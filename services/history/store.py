@@ -12,6 +12,7 @@ import asyncpg
 
 from services.history import uploads
 from services.history.ingest import ACQUIRE_TIMEOUT
+from services.history.rows import jsonable, text
 from shared.events import STATE_RANK, FlightClosed, Rejected, RunEvent
 from shared.queries import RunsQuery
 
@@ -65,11 +66,6 @@ WHERE a.run_id = n.run_id AND a.attempt < n.attempt AND a.state_rank = 1
 """
 
 
-def _text(value: Any) -> Any:
-    # Postgres text cannot hold NUL; a job printing one must not make its run unstorable
-    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
-
-
 def _run_row(ev: RunEvent) -> tuple[Any, ...]:
     values = {**ev.model_dump(), "state": ev.state.value, "state_rank": STATE_RANK[ev.state], "updated_at": ev.at,
               # json.dumps writes NUL as \u0000, which jsonb refuses too
@@ -77,12 +73,12 @@ def _run_row(ev: RunEvent) -> tuple[Any, ...]:
               # a file run's file, for `history` and the run page (issue 14)
               "file_id": ev.file.id if ev.file else None, "file_watch": ev.file.watch if ev.file else None,
               "file_path": ev.file.rel_path if ev.file else None, "file_size": ev.file.size if ev.file else None}
-    return tuple(_text(values[c]) for c in RUN_COLS)
+    return tuple(text(values[c]) for c in RUN_COLS)
 
 
 def _attempt_row(ev: RunEvent) -> tuple[Any, ...]:
     values = {**ev.model_dump(), "state": ev.state.value, "state_rank": STATE_RANK[ev.state], "updated_at": ev.at}
-    return tuple(_text(values[c]) for c in ATTEMPT_COLS)
+    return tuple(text(values[c]) for c in ATTEMPT_COLS)
 
 
 async def _init_conn(conn: asyncpg.Connection) -> None:
@@ -186,15 +182,8 @@ async def apply_events(pool: asyncpg.Pool, events: Sequence[RunEvent], rejected:
         if rejected:
             await conn.executemany(
                 "INSERT INTO rejections (source, subject, reason, payload_excerpt, at) VALUES ($1, $2, $3, $4, $5)",
-                [(_text(r.source), _text(r.subject), _text(r.reason), _text(r.payload_excerpt), r.at)
+                [(text(r.source), text(r.subject), text(r.reason), text(r.payload_excerpt), r.at)
                  for r in rejected])
-
-
-def _jsonable(row: asyncpg.Record) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        out[key] = value.isoformat() if isinstance(value, datetime) else value
-    return out
 
 
 WHEN = "coalesce(scheduled_at, started_at, updated_at)"
@@ -217,14 +206,14 @@ async def query_runs(pool: asyncpg.Pool, q: RunsQuery) -> list[dict[str, Any]]:
     args += [q.limit, q.offset]
     sql += f" ORDER BY {WHEN} DESC, run_id LIMIT ${len(args) - 1} OFFSET ${len(args)}"
     async with pool.acquire() as conn:
-        rows = [_jsonable(r) for r in await conn.fetch(sql, *args)]
+        rows = [jsonable(r) for r in await conn.fetch(sql, *args)]
         if q.with_attempts and rows:
             attempts = await conn.fetch(
                 "SELECT * FROM run_attempts WHERE run_id = ANY($1::text[]) ORDER BY run_id, attempt",
                 [r["run_id"] for r in rows])
             by_run: dict[str, list[dict[str, Any]]] = {}
             for a in attempts:
-                by_run.setdefault(a["run_id"], []).append(_jsonable(a))
+                by_run.setdefault(a["run_id"], []).append(jsonable(a))
             for r in rows:
                 r["attempts"] = by_run.get(r["run_id"], [])
     return rows
@@ -250,8 +239,8 @@ async def query_stats(pool: asyncpg.Pool, days: float) -> dict[str, Any]:
         per_job = await conn.fetch(f"SELECT job, {STATS_SELECT} FROM runs {where} GROUP BY job ORDER BY job", since)
         per_type = await conn.fetch(
             f"SELECT job_type, {STATS_SELECT} FROM runs {where} GROUP BY job_type ORDER BY job_type", since)
-    return {"days": days, "since": since.isoformat(), "total": _jsonable(total) if total else {},
-            "jobs": [_jsonable(r) for r in per_job], "types": [_jsonable(r) for r in per_type]}
+    return {"days": days, "since": since.isoformat(), "total": jsonable(total) if total else {},
+            "jobs": [jsonable(r) for r in per_job], "types": [jsonable(r) for r in per_type]}
 
 
 async def query_last(pool: asyncpg.Pool, jobs: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -259,7 +248,7 @@ async def query_last(pool: asyncpg.Pool, jobs: list[str] | None) -> dict[str, di
            + ("WHERE job = ANY($1::text[]) " if jobs else "") + f"ORDER BY job, {WHEN} DESC")
     async with pool.acquire() as conn:
         rows = await conn.fetch(sql, jobs) if jobs else await conn.fetch(sql)
-    return {r["job"]: _jsonable(r) for r in rows}
+    return {r["job"]: jsonable(r) for r in rows}
 
 
 async def cleanup(pool: asyncpg.Pool, older_than_days: float) -> dict[str, int]:

@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from services.history.ingest import ACQUIRE_TIMEOUT
 from services.history.ingest import ingest as consume
+from services.history.rows import Route, hour_axis, jsonable, text
+from services.history.rows import hourly as hourly_series
 from shared import wire
 from shared.bus import Bus
 from shared.events import FileEvent, FlightClosed, decode
@@ -27,7 +29,6 @@ from shared.names import name_of_key
 from shared.queries import FilesHourlyQuery, FlightsQuery, RefusedQuery, UploadsQuery
 
 log = logging.getLogger("cropcron.history")
-Route = tuple[str, type[BaseModel], Callable[[Any], Awaitable[Any]]]
 
 INSERT_FILE = """
 INSERT INTO files (id, watch, rel_path, size, mtime_ns, detected_at, source, sha256)
@@ -42,17 +43,13 @@ FROM unnest($2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY AS f(file_id, 
 ON CONFLICT DO NOTHING"""
 
 
-def _text(value: str) -> str:
-    return value.replace("\x00", "\ufffd")  # Postgres text cannot hold NUL
-
-
 async def store_flights(conn: asyncpg.Connection, flights: Sequence[FlightClosed]) -> None:
     """In the caller's transaction (the run events' one): a flight and its files land together."""
     for f in flights:
         b = f.batch
-        await conn.execute(INSERT_FLIGHT, b.id, f.job, b.watch, _text(b.folder), b.partial, b.reason, b.opened_at,
+        await conn.execute(INSERT_FLIGHT, b.id, f.job, b.watch, text(b.folder), b.partial, b.reason, b.opened_at,
                            b.closed_at, len(b.files), sum(x.size for x in b.files))
-        await conn.execute(INSERT_FLIGHT_FILES, b.id, [x.id for x in b.files], [_text(x.rel_path) for x in b.files],
+        await conn.execute(INSERT_FLIGHT_FILES, b.id, [x.id for x in b.files], [text(x.rel_path) for x in b.files],
                            [x.size for x in b.files])
 
 
@@ -72,7 +69,7 @@ async def _store(pool: asyncpg.Pool, msgs: list[Msg]) -> None:
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
             if files:
                 await conn.executemany(INSERT_FILE, [
-                    (e.id, e.watch, _text(e.rel_path), e.size, e.mtime_ns, e.detected_at, _text(e.source), e.sha256)
+                    (e.id, e.watch, text(e.rel_path), e.size, e.mtime_ns, e.detected_at, text(e.source), e.sha256)
                     for e in files])
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         log.error("history: cannot write %d file events (%r); they will be redelivered", len(msgs), exc)
@@ -82,10 +79,6 @@ async def _store(pool: asyncpg.Pool, msgs: list[Msg]) -> None:
         return
     for msg in msgs:
         await msg.ack()
-
-
-def _jsonable(row: asyncpg.Record) -> dict[str, Any]:
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
 # a flight's first and last arrival come from the files history holds (a file announced by a
@@ -118,13 +111,13 @@ async def query_flights(pool: asyncpg.Pool, q: FlightsQuery) -> dict[str, Any]:
             args += [q.limit, q.offset]
             rows = await conn.fetch(sql + f" ORDER BY f.closed_at DESC, f.id LIMIT ${len(args) - 1} "
                                           f"OFFSET ${len(args)}", *args)
-            return {"flights": [_jsonable(r) for r in rows]}
+            return {"flights": [jsonable(r) for r in rows]}
         rows = await conn.fetch(sql, *args)
         files = await conn.fetch(
             "SELECT ff.position, ff.file_id AS id, ff.rel_path, ff.size, x.detected_at FROM flight_files ff "
             "LEFT JOIN files x ON x.id = ff.file_id WHERE ff.flight_id = $1 ORDER BY ff.position LIMIT $2 OFFSET $3",
             q.id, q.limit, q.offset)
-    return {"flights": [_jsonable(r) for r in rows], "files": [_jsonable(r) for r in files],
+    return {"flights": [jsonable(r) for r in rows], "files": [jsonable(r) for r in files],
             "total_files": rows[0]["files"] if rows else 0}
 
 
@@ -163,23 +156,11 @@ def _watch_name(key: str) -> str:
 
 async def files_hourly(pool: asyncpg.Pool, q: FilesHourlyQuery) -> dict[str, Any]:
     """{"hours": [ISO hour, ...], "series": {watch: [files per hour]}}, every hour present."""
-    now = datetime.now(UTC)
-    first = (now - timedelta(days=q.days)).replace(minute=0, second=0, microsecond=0)
+    first, now, hours = hour_axis(q.days)
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT date_trunc('hour', detected_at) AS hour, watch, count(*) AS n FROM files "
                                 "WHERE detected_at >= $1 AND detected_at <= $2 GROUP BY 1, 2", first, now)
-    hours: list[datetime] = []
-    at = first
-    while at <= now:
-        hours.append(at)
-        at += timedelta(hours=1)
-    index = {h: i for i, h in enumerate(hours)}
-    series: dict[str, list[int]] = {}
-    for r in rows:
-        i = index.get(r["hour"].astimezone(UTC))
-        if i is not None:
-            series.setdefault(r["watch"], [0] * len(hours))[i] = int(r["n"])
-    return {"since": first.isoformat(), "hours": [h.isoformat() for h in hours], "series": series}
+    return hourly_series(rows, hours, "watch")
 
 
 async def uploads(pool: asyncpg.Pool, q: UploadsQuery) -> dict[str, Any]:
@@ -200,7 +181,7 @@ async def uploads(pool: asyncpg.Pool, q: UploadsQuery) -> dict[str, Any]:
         out[r["watch"]].update(files=int(r["files"]), unbatched=int(r["unbatched"]),
                                last_file_at=r["last_file_at"].isoformat())
     for r in flights:
-        out[r["watch"]]["flights"].append(_jsonable(r))
+        out[r["watch"]]["flights"].append(jsonable(r))
     return out
 
 
