@@ -72,3 +72,39 @@ def test_up_on_the_example_shows_runs_within_30s(tmp_path: Path, up_data_dir: Pa
             up.kill()
         log.close()
         taken.close()
+
+
+def test_up_runs_as_many_runner_processes_as_asked_and_stops_them(tmp_path: Path, up_data_dir: Path) -> None:
+    """CROPCRON_RUNNER_PROCESSES=3 (issue 12): up runs its own runner and two `serve runner`
+    processes, which log in as the runner user and share the work; all stop with Ctrl-C."""
+    config = tmp_path / "tick.yaml"
+    config.write_text('jobs:\n  - {name: tick, type: folder_monitoring, interval: 1s, overlap: allow,\n'
+                      '     max_retries: 0, run: ["{python}", "-c", "import time; time.sleep(0.4)"]}\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    env.update(CROPCRON_DATA_DIR=str(up_data_dir), CROPCRON_HTTP_PORT="0", CROPCRON_RUNNER_PROCESSES="3",
+               CROPCRON_CONCURRENCY="1")
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen([sys.executable, "-m", "cropcron", "up", "--config", str(config)], env=env,
+                          stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        runners: set[str] = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(runners) < 2:
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            out = _cli(["history", "--job", "tick", "--state", "succeeded", "--limit", "100", "--json"], env)
+            if out.returncode == 0:
+                runners = {str(r["runner"]) for r in json.loads(out.stdout)}
+            time.sleep(0.5)
+        assert len(runners) >= 2, f"runs by {runners} only:\n" + (tmp_path / "up.log").read_text()[-3000:]
+        extra = [p for p in psutil.Process(up.pid).children() if p.cmdline()[-2:] == ["serve", "runner"]]
+        assert len(extra) == 2, [p.cmdline() for p in psutil.Process(up.pid).children()]
+        assert "starting it again" not in (tmp_path / "up.log").read_text(), "an extra runner died"
+        os.killpg(up.pid, signal.SIGINT)
+        assert up.wait(30) == 0
+        _, alive = psutil.wait_procs(extra, timeout=15)
+        assert not alive, "a runner process outlived `cropcron up`"
+        assert "Traceback" not in (tmp_path / "up.log").read_text()
+    finally:
+        if up.poll() is None:
+            up.kill()
+        log.close()
