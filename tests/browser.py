@@ -117,6 +117,18 @@ async def chromium() -> AsyncIterator[Any]:
         await browser.close()
 
 
+async def watched_page(browser: Any, timeout_ms: float, **context: Any) -> tuple[Any, Any, list[str]]:
+    """A new context and page whose script errors (uncaught, or console.error) land in the list
+    returned, for a test to assert empty at the end."""
+    ctx = await browser.new_context(**context)
+    page = await ctx.new_page()
+    page.set_default_timeout(timeout_ms)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    return ctx, page, errors
+
+
 def save_screenshot(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dest)

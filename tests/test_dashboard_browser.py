@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import TOKEN, Dashboard, chromium, save_screenshot, start_dashboard  # noqa: F401  (fixtures)
+from browser import TOKEN, Dashboard, chromium, save_screenshot, start_dashboard, watched_page  # noqa: F401  (fixtures)
 from conftest import ROOT, Spawner, System, wait_for
 
 EXAMPLE = (ROOT / "examples" / "farm.yaml").read_text()
@@ -34,12 +34,7 @@ async def farm(system: System, monkeypatch: pytest.MonkeyPatch) -> Any:
 async def test_browser_live_run_now_and_pause(farm: Dashboard, chromium: Any, tmp_path: Path) -> None:  # noqa: F811
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    context = await chromium.new_context(viewport={"width": 1280, "height": 900})
-    page = await context.new_page()
-    page.set_default_timeout(30 * MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    context, page, errors = await watched_page(chromium, 30 * MS, viewport={"width": 1280, "height": 900})
 
     # -- log in: an unauthenticated visit lands on the login page ---------------------
     await page.goto(f"{farm.url}/runs")
@@ -85,11 +80,17 @@ async def test_browser_live_run_now_and_pause(farm: Dashboard, chromium: Any, tm
     await page.click("#queued-run")
     await page.wait_for_url(f"{farm.url}/runs/{run_id}")
     # the run page is history's record, which may trail the live event that finished the row by a
-    # batch: reload until history has it (on a loaded machine that took over a second)
+    # batch: until history has the run the page is a 404 with no #run, then it shows the run started;
+    # reload until it shows it finished (on a loaded machine that took over a second)
+    async def recorded_finished() -> bool:
+        facts = page.locator("#run")
+        return await facts.count() > 0 and "✓ succeeded" in await facts.inner_text()
+
     deadline = time.monotonic() + 20
-    while "✓ succeeded" not in await page.inner_text("#run") and time.monotonic() < deadline:
+    while not await recorded_finished() and time.monotonic() < deadline:
         await asyncio.sleep(0.3)
         await page.reload()
+    assert await recorded_finished(), f"history had not recorded run {run_id} finished 20 s after it did"
     facts = await page.inner_text("#run")
     assert "✓ succeeded" in facts and "manual" in facts and "Exit code\n0" in facts.replace("\t", "\n")
     assert "disk free" in await page.inner_text("pre.output")

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from browser import TOKEN, Dashboard, chromium, save_screenshot, start_dashboard  # noqa: F401  (fixtures)
+from browser import TOKEN, Dashboard, chromium, save_screenshot, start_dashboard, watched_page  # noqa: F401  (fixtures)
 from conftest import ROOT, System, apply_yaml, wait_for
 from watch_helpers import write_file
 
@@ -187,12 +187,7 @@ async def _pages(dash: Dashboard, north: Path, south: Path, one: dict[str, Any],
     # -- the pages in Chromium -----------------------------------------------------------------
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    context = await chromium.new_context(viewport={"width": 1280, "height": 800})
-    page = await context.new_page()
-    page.set_default_timeout(20 * MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    context, page, errors = await watched_page(chromium, 20 * MS, viewport={"width": 1280, "height": 800})
     await page.goto(f"{dash.url}/login?next=/flights")
     await page.fill("#token", TOKEN)
     await page.click("button[type=submit]")

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import pytest
 import yaml
-from browser import TOKEN, Dashboard, chromium, start_dashboard  # noqa: F401  (fixtures)
+from browser import TOKEN, Dashboard, chromium, start_dashboard, watched_page  # noqa: F401  (fixtures)
 from conftest import ROOT, System, apply_yaml, wait_for
 from notify_helpers import fast_notify, notifications
 from peers_mail import MailServer
@@ -223,12 +223,8 @@ async def test_dashboard_in_korean_in_chromium(system: System, monkeypatch: pyte
     shots.mkdir()
     try:
         for label, viewport in (("desktop", {"width": 1280, "height": 900}), ("phone", {"width": 390, "height": 844})):
-            context = await chromium.new_context(viewport=viewport, is_mobile=label == "phone")
-            page = await context.new_page()
-            page.set_default_timeout(30 * MS)
-            errors: list[str] = []
-            page.on("pageerror", lambda exc, errors=errors: errors.append(str(exc)))
-            page.on("console", lambda msg, errors=errors: errors.append(msg.text) if msg.type == "error" else None)
+            context, page, errors = await watched_page(chromium, 30 * MS, viewport=viewport,
+                                                       is_mobile=label == "phone")
             await page.goto(f"{dash.url}/login")
             assert await page.inner_text("h1") == "로그인"
             await page.fill("#token", TOKEN)
