@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from services.history.ingest import ACQUIRE_TIMEOUT
 from services.history.ingest import ingest as consume
-from services.history.rows import jsonable, text
+from services.history.rows import Where, jsonable, text
 from shared import wire
 from shared.bus import Bus
 from shared.events import Alert, DeliveryRecord, Rejected, decode
@@ -103,22 +103,13 @@ async def cleanup(pool: asyncpg.Pool, older_than_days: float) -> dict[str, int]:
 
 async def query_alerts(pool: asyncpg.Pool, q: AlertsQuery) -> list[dict[str, Any]]:
     """Newest first, each with its delivery attempts (oldest first)."""
-    where: list[str] = []
-    args: list[Any] = []
-    if q.level is not None:
-        args.append(LEVEL_RANK[q.level])
-        where.append(f"level_rank >= ${len(args)}")
-    if q.job is not None:
-        args.append(q.job)
-        where.append(f"job = ${len(args)}")
-    if q.since is not None:
-        args.append(q.since)
-        where.append(f"at >= ${len(args)}")
-    args += [q.limit, q.offset]
-    sql = ("SELECT * FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
-           + f" ORDER BY at DESC, id LIMIT ${len(args) - 1} OFFSET ${len(args)}")
+    where = Where()
+    where.add("level_rank >= {}", LEVEL_RANK[q.level] if q.level is not None else None)
+    where.add("job = {}", q.job)
+    where.add("at >= {}", q.since)
+    sql = f"SELECT * FROM alerts{where.sql()} ORDER BY at DESC, id{where.page(q.limit, q.offset)}"
     async with pool.acquire() as conn:
-        rows = [jsonable(r) for r in await conn.fetch(sql, *args)]
+        rows = [jsonable(r) for r in await conn.fetch(sql, *where.args)]
         if rows:
             deliveries = await conn.fetch(
                 "SELECT * FROM alert_deliveries WHERE alert_ids && $1::text[] ORDER BY at", [r["id"] for r in rows])

@@ -13,6 +13,29 @@ from pydantic import BaseModel
 Route = tuple[str, type[BaseModel], Callable[[Any], Awaitable[Any]]]
 
 
+class Where:
+    """A WHERE clause from optional filters and its $n arguments, for the list queries: a filter
+    whose value is None is left out."""
+
+    def __init__(self, *fixed: str) -> None:
+        self.parts = list(fixed)
+        self.args: list[Any] = []
+
+    def add(self, condition: str, value: Any) -> None:
+        """`condition` with {} where the argument goes, e.g. "job = {}"."""
+        if value is not None:
+            self.args.append(value)
+            self.parts.append(condition.format(f"${len(self.args)}"))
+
+    def sql(self) -> str:
+        return " WHERE " + " AND ".join(self.parts) if self.parts else ""
+
+    def page(self, limit: int, offset: int) -> str:
+        """LIMIT/OFFSET with their arguments added after the filters'."""
+        self.args += [limit, offset]
+        return f" LIMIT ${len(self.args) - 1} OFFSET ${len(self.args)}"
+
+
 def text(value: Any) -> Any:
     """Postgres text cannot hold NUL: a job printing one must not make its row unstorable."""
     return value.replace("\x00", "\ufffd") if isinstance(value, str) else value

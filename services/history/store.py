@@ -12,7 +12,7 @@ import asyncpg
 
 from services.history import uploads
 from services.history.ingest import ACQUIRE_TIMEOUT
-from services.history.rows import jsonable, text
+from services.history.rows import Where, jsonable, text
 from shared.events import STATE_RANK, FlightClosed, Rejected, RunEvent
 from shared.queries import RunsQuery
 
@@ -190,23 +190,14 @@ WHEN = "coalesce(scheduled_at, started_at, updated_at)"
 
 
 async def query_runs(pool: asyncpg.Pool, q: RunsQuery) -> list[dict[str, Any]]:
-    where: list[str] = []
-    args: list[Any] = []
+    where = Where()
     for col, value in (("run_id", q.run_id), ("job", q.job), ("state", q.state.value if q.state else None)):
-        if value is not None:
-            args.append(value)
-            where.append(f"{col} = ${len(args)}")
-    if q.since is not None:
-        args.append(q.since)
-        where.append(f"{WHEN} >= ${len(args)}")
-    if q.until is not None:
-        args.append(q.until)
-        where.append(f"{WHEN} < ${len(args)}")
-    sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
-    args += [q.limit, q.offset]
-    sql += f" ORDER BY {WHEN} DESC, run_id LIMIT ${len(args) - 1} OFFSET ${len(args)}"
+        where.add(f"{col} = {{}}", value)
+    where.add(f"{WHEN} >= {{}}", q.since)
+    where.add(f"{WHEN} < {{}}", q.until)
+    sql = f"SELECT * FROM runs{where.sql()} ORDER BY {WHEN} DESC, run_id{where.page(q.limit, q.offset)}"
     async with pool.acquire() as conn:
-        rows = [jsonable(r) for r in await conn.fetch(sql, *args)]
+        rows = [jsonable(r) for r in await conn.fetch(sql, *where.args)]
         if q.with_attempts and rows:
             attempts = await conn.fetch(
                 "SELECT * FROM run_attempts WHERE run_id = ANY($1::text[]) ORDER BY run_id, attempt",

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from services.history.ingest import ACQUIRE_TIMEOUT
 from services.history.ingest import ingest as consume
-from services.history.rows import Route, hour_axis, jsonable, text
+from services.history.rows import Route, Where, hour_axis, jsonable, text
 from services.history.rows import hourly as hourly_series
 from shared import wire
 from shared.bus import Bus
@@ -86,33 +86,26 @@ async def _store(pool: asyncpg.Pool, msgs: list[Msg]) -> None:
 FLIGHT_SELECT = """
 SELECT f.*, CASE WHEN f.partial THEN 'partial' ELSE 'closed' END AS state,
        r.state AS run_state, r.attempt AS run_attempt, r.finished_at AS run_finished_at,
-       (SELECT min(x.detected_at) FROM flight_files ff JOIN files x ON x.id = ff.file_id
-        WHERE ff.flight_id = f.id) AS first_arrival,
-       (SELECT max(x.detected_at) FROM flight_files ff JOIN files x ON x.id = ff.file_id
-        WHERE ff.flight_id = f.id) AS last_arrival
-FROM flights f LEFT JOIN runs r ON r.run_id = f.id"""
+       a.first_arrival, a.last_arrival
+FROM flights f LEFT JOIN runs r ON r.run_id = f.id
+LEFT JOIN LATERAL (SELECT min(x.detected_at) AS first_arrival, max(x.detected_at) AS last_arrival
+                   FROM flight_files ff JOIN files x ON x.id = ff.file_id WHERE ff.flight_id = f.id) a ON true"""
 
 
 async def query_flights(pool: asyncpg.Pool, q: FlightsQuery) -> dict[str, Any]:
     """{"flights": [...]} newest first; with `id`: that flight and a page of its files
     ({"flights": [flight] or [], "files": [...], "total_files": n})."""
-    where: list[str] = []
-    args: list[Any] = []
+    where = Where()
     for col, value in (("f.id", q.id), ("f.watch", q.watch), ("f.job", q.job)):
-        if value is not None:
-            args.append(value)
-            where.append(f"{col} = ${len(args)}")
-    if q.since is not None:
-        args.append(q.since)
-        where.append(f"f.closed_at >= ${len(args)}")
-    sql = FLIGHT_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        where.add(f"{col} = {{}}", value)
+    where.add("f.closed_at >= {}", q.since)
+    sql = FLIGHT_SELECT + where.sql()
     async with pool.acquire() as conn:
         if q.id is None:
-            args += [q.limit, q.offset]
-            rows = await conn.fetch(sql + f" ORDER BY f.closed_at DESC, f.id LIMIT ${len(args) - 1} "
-                                          f"OFFSET ${len(args)}", *args)
+            page = where.page(q.limit, q.offset)
+            rows = await conn.fetch(f"{sql} ORDER BY f.closed_at DESC, f.id{page}", *where.args)
             return {"flights": [jsonable(r) for r in rows]}
-        rows = await conn.fetch(sql, *args)
+        rows = await conn.fetch(sql, *where.args)
         files = await conn.fetch(
             "SELECT ff.position, ff.file_id AS id, ff.rel_path, ff.size, x.detected_at FROM flight_files ff "
             "LEFT JOIN files x ON x.id = ff.file_id WHERE ff.flight_id = $1 ORDER BY ff.position LIMIT $2 OFFSET $3",
@@ -125,19 +118,13 @@ async def query_refused(pool: asyncpg.Pool, q: RefusedQuery) -> list[dict[str, A
     """Files the watcher refused, newest first: {watch, path, reason, at}. The watcher records each
     as a Rejected (source "watcher") on the file subject of its watch, reason "<path>: <why>"."""
     # a watch-wide note (inotify fell back to polling) has no path: it is not a refused file
-    where = ["source = 'watcher'", "payload_excerpt <> ''"]
-    args: list[Any] = []
-    if q.watch is not None:
-        args.append(wire.file_subject(q.watch))
-        where.append(f"subject = ${len(args)}")
-    if q.since is not None:
-        args.append(q.since)
-        where.append(f"at >= ${len(args)}")
-    args += [q.limit, q.offset]
-    sql = (f"SELECT subject, reason, payload_excerpt, at FROM rejections WHERE {' AND '.join(where)} "
-           f"ORDER BY at DESC, id DESC LIMIT ${len(args) - 1} OFFSET ${len(args)}")
+    where = Where("source = 'watcher'", "payload_excerpt <> ''")
+    where.add("subject = {}", wire.file_subject(q.watch) if q.watch is not None else None)
+    where.add("at >= {}", q.since)
+    sql = (f"SELECT subject, reason, payload_excerpt, at FROM rejections{where.sql()} "
+           f"ORDER BY at DESC, id DESC{where.page(q.limit, q.offset)}")
     async with pool.acquire() as conn:
-        rows = await conn.fetch(sql, *args)
+        rows = await conn.fetch(sql, *where.args)
     out = []
     prefix = wire.file_subject("x")[:-1]
     for r in rows:
