@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -42,21 +43,32 @@ from common import BENCH_DIR, CHILDREN_TIMEOUT, RESULTS_DIR, ROOT, exit_on_signa
 from cropcron.embedded import nats_server_binary  # noqa: E402
 
 
-def run_prototype(jobs: int, args: argparse.Namespace) -> dict[str, Any]:
-    argv = [sys.executable, str(BENCH_DIR / "prototype.py"), "--jobs", str(jobs), "--seconds", str(args.seconds),
-            "--warmup", str(args.proto_warmup), "--json"]
+def _run_json(argv: list[str], grace: float) -> dict[str, Any]:
+    """Run a measuring script and return the last JSON line it printed. Timed out or interrupted,
+    it is ended by its PID: SIGTERM and `grace` seconds to stop its own children, then SIGKILL."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=CHILDREN_TIMEOUT)
     finally:
-        if proc.poll() is None:  # timed out or interrupted: end it by its PID
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            if grace > 0:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(grace)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     lines = [line for line in out.decode().splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"prototype.py failed ({proc.returncode}): {err.decode()[-2000:]}")
+        raise RuntimeError(f"{Path(argv[1]).name} failed ({proc.returncode}): {err.decode()[-2000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
     return result
+
+
+def run_prototype(jobs: int, args: argparse.Namespace) -> dict[str, Any]:
+    argv = [sys.executable, str(BENCH_DIR / "prototype.py"), "--jobs", str(jobs), "--seconds", str(args.seconds),
+            "--warmup", str(args.proto_warmup), "--json"]
+    return _run_json(argv, grace=0)
 
 
 def run_celery(jobs: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -67,22 +79,7 @@ def run_celery(jobs: int, args: argparse.Namespace) -> dict[str, Any]:
             "--redis-db", str(args.redis_db), "--json"]
     if args.database_url:
         argv += ["--database-url", args.database_url]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out, err = proc.communicate(timeout=CHILDREN_TIMEOUT)
-    finally:
-        if proc.poll() is None:  # timed out or interrupted: let it stop its own children first
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"celery_peer.py failed ({proc.returncode}): {err.decode()[-2000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return _run_json(argv, grace=30)  # time for it to stop its own children
 
 
 def _median(values: list[Any]) -> Any:
