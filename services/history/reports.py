@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from services.history.rows import Route, hour_axis
+from services.history.rows import Route, Where, hour_axis
 from services.history.rows import hourly as hourly_series
 from services.history.store import WHEN
 from shared import wire
@@ -30,29 +30,24 @@ async def hourly(pool: asyncpg.Pool, q: HourlyQuery) -> dict[str, Any]:
 
 
 async def durations(pool: asyncpg.Pool, q: DurationsQuery) -> list[dict[str, Any]]:
-    args: list[Any] = [q.job]
-    where = "job = $1 AND duration_s IS NOT NULL"
-    if q.since is not None:
-        args.append(q.since)
-        where += f" AND {WHEN} >= $2"
-    args.append(q.limit)
+    where = Where("duration_s IS NOT NULL")
+    where.add("job = {}", q.job)
+    where.add(f"{WHEN} >= {{}}", q.since)
     # the newest `limit` runs, returned oldest first for plotting
-    sql = (f"SELECT run_id, state, attempt, coalesce(started_at, {WHEN}) AS at, duration_s FROM runs "
-           f"WHERE {where} ORDER BY {WHEN} DESC LIMIT ${len(args)}")
+    sql = (f"SELECT run_id, state, attempt, coalesce(started_at, {WHEN}) AS at, duration_s FROM runs"
+           f"{where.sql()} ORDER BY {WHEN} DESC LIMIT {where.bind(q.limit)}")
     async with pool.acquire() as conn:
-        rows = await conn.fetch(sql, *args)
+        rows = await conn.fetch(sql, *where.args)
     return [{"run_id": r["run_id"], "state": r["state"], "attempt": r["attempt"], "at": r["at"].isoformat(),
              "duration_s": r["duration_s"]} for r in reversed(rows)]
 
 
 async def counts(pool: asyncpg.Pool, q: CountsQuery) -> dict[str, int]:
-    args: list[Any] = [q.since]
-    where = f"{WHEN} >= $1"
-    if q.until is not None:
-        args.append(q.until)
-        where += f" AND {WHEN} < $2"
+    where = Where()
+    where.add(f"{WHEN} >= {{}}", q.since)
+    where.add(f"{WHEN} < {{}}", q.until)
     async with pool.acquire() as conn:
-        rows = await conn.fetch(f"SELECT state, count(*) AS n FROM runs WHERE {where} GROUP BY state", *args)
+        rows = await conn.fetch(f"SELECT state, count(*) AS n FROM runs{where.sql()} GROUP BY state", *where.args)
     return {r["state"]: int(r["n"]) for r in rows}
 
 

@@ -21,19 +21,22 @@ class Where:
         self.parts = list(fixed)
         self.args: list[Any] = []
 
+    def bind(self, value: Any) -> str:
+        """`value` as the next argument; its placeholder ($n)."""
+        self.args.append(value)
+        return f"${len(self.args)}"
+
     def add(self, condition: str, value: Any) -> None:
         """`condition` with {} where the argument goes, e.g. "job = {}"."""
         if value is not None:
-            self.args.append(value)
-            self.parts.append(condition.format(f"${len(self.args)}"))
+            self.parts.append(condition.format(self.bind(value)))
 
     def sql(self) -> str:
         return " WHERE " + " AND ".join(self.parts) if self.parts else ""
 
     def page(self, limit: int, offset: int) -> str:
         """LIMIT/OFFSET with their arguments added after the filters'."""
-        self.args += [limit, offset]
-        return f" LIMIT ${len(self.args) - 1} OFFSET ${len(self.args)}"
+        return f" LIMIT {self.bind(limit)} OFFSET {self.bind(offset)}"
 
 
 def text(value: Any) -> Any:
