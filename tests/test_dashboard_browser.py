@@ -6,9 +6,7 @@ also replaces docs/img/dashboard-overview.png, the README's picture)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -77,20 +75,17 @@ async def test_browser_live_run_now_and_pause(farm: Dashboard, chromium: Any, tm
     await page.wait_for_selector("#durations canvas")  # the uPlot chart, redrawn as runs finish
     await page.screenshot(path=str(shots / "job.png"), full_page=True)
 
+    # the run page is history's record, which may trail the live event that finished the row by a
+    # batch (on a loaded machine over a second); until history has the run its page is a 404, which
+    # the browser would log as a console error. So wait on the API (no page load) for the record
+    # to say finished, then follow the link.
+    async def recorded_finished() -> bool:
+        reply = await page.request.get(f"{farm.url}/api/runs/{run_id}")
+        return reply.ok and (await reply.json())["state"] == "succeeded"
+
+    await wait_for(recorded_finished, 20, f"history to record run {run_id} finished")
     await page.click("#queued-run")
     await page.wait_for_url(f"{farm.url}/runs/{run_id}")
-    # the run page is history's record, which may trail the live event that finished the row by a
-    # batch: until history has the run the page is a 404 with no #run, then it shows the run started;
-    # reload until it shows it finished (on a loaded machine that took over a second)
-    async def recorded_finished() -> bool:
-        facts = page.locator("#run")
-        return await facts.count() > 0 and "✓ succeeded" in await facts.inner_text()
-
-    deadline = time.monotonic() + 20
-    while not await recorded_finished() and time.monotonic() < deadline:
-        await asyncio.sleep(0.3)
-        await page.reload()
-    assert await recorded_finished(), f"history had not recorded run {run_id} finished 20 s after it did"
     facts = await page.inner_text("#run")
     assert "✓ succeeded" in facts and "manual" in facts and "Exit code\n0" in facts.replace("\t", "\n")
     assert "disk free" in await page.inner_text("pre.output")
