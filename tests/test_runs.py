@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import ledger
 from conftest import System, apply_yaml, fetch, wait_for
@@ -250,3 +252,38 @@ async def test_long_job_heartbeats_keep_it_on_one_runner(system: System, bus: Bu
     row = await _terminal(db_url, run["run_id"], 40)
     assert row["state"] == "succeeded" and row["attempt"] == 1
     assert len([e for e in ledger.read(path) if e.kind == "start"]) == 1
+
+
+async def test_a_short_run_stores_only_its_outcome_and_a_long_one_announces_itself_while_running(
+        system: System, bus: Bus, db_url: str, tmp_path: Path) -> None:
+    # CROPCRON_STARTED_AFTER (0.25 s): the runner's announcer publishes `started` for a run still
+    # going then (within 1.5 times that), and nothing but the outcome for a shorter one
+    path = tmp_path / "ledger"
+    await apply_yaml(bus, "jobs:" + _job("short", path, 0, 0) + _job("long", path, 1.5, 0))
+    seen: list[tuple[str, str, float]] = []  # (run_id, state, time it arrived)
+
+    async def on_event(msg: Any) -> None:
+        body = json.loads(msg.data)
+        seen.append((body["run_id"], body["state"], time.time()))
+
+    sub = await bus.nc.subscribe(wire.RUN_EVENT_SUBJECTS, cb=on_event)
+    await system.start("history", "runner")
+    short = await commands.run_now(bus, "short", wait=None)
+    long = await commands.run_now(bus, "long", wait=None)
+    for run in (short, long):
+        assert (await _terminal(db_url, run["run_id"], 30))["state"] == "succeeded"
+    await wait_for(lambda: _settled(seen, long["run_id"]), 10, "the long run's outcome on the bus")
+    await sub.unsubscribe()
+    assert [state for rid, state, _ in seen if rid == short["run_id"]] == ["succeeded"]
+    row = await _run(db_url, short["run_id"])
+    assert row is not None and row["started_at"] is not None  # from the outcome
+    events = [(state, at) for rid, state, at in seen if rid == long["run_id"]]
+    assert [state for state, _ in events] == ["started", "succeeded"]
+    started = (await _run(db_url, long["run_id"]) or {})["started_at"].timestamp()
+    end = next(e.at for e in ledger.read(path) if e.kind == "end" and e.run_id == long["run_id"])
+    announced = events[0][1]
+    assert started + 0.25 <= announced < end, (started, announced, end)  # while it ran, not at once
+
+
+async def _settled(seen: list[tuple[str, str, float]], run_id: str) -> bool:
+    return any(rid == run_id and state == "succeeded" for rid, state, _ in seen)

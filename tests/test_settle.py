@@ -1,0 +1,92 @@
+"""The runner's Settler (services/runner/settle.py) on a real nats-server: runs ending together are
+stored and settled in shared rounds; every trigger is settled only after its events are stored;
+a run whose event cannot be stored leaves the round without holding up the others."""
+
+from __future__ import annotations
+
+import asyncio
+
+from conftest import wait_for
+from nats.aio.msg import Msg
+from nats.js.api import StreamInfo
+
+from services.runner.settle import Action, Settler
+from shared import wire
+from shared.bus import Bus
+
+JOB = "settle-job"
+
+
+async def _triggers(bus: Bus, count: int) -> list[Msg]:
+    for i in range(count):
+        await bus.js.publish(wire.trigger_subject("normal", JOB), f"t{i}".encode())
+    psub = await bus.js.pull_subscribe_bind(durable=wire.runner_consumer("normal"), stream=wire.STREAM_TRIGGERS)
+    msgs: list[Msg] = []
+    while len(msgs) < count:
+        msgs += await psub.fetch(count - len(msgs), timeout=5)
+    return msgs
+
+
+def _event(i: int) -> tuple[str, bytes, str]:
+    return wire.run_event_subject(JOB, "succeeded"), f'{{"i": {i}}}'.encode(), f"settle-test.{i}"
+
+
+async def _runs_stored(bus: Bus) -> int:
+    info: StreamInfo = await bus.js.stream_info(wire.STREAM_RUNS, subjects_filter=wire.run_event_subject(JOB, ">"))
+    return info.state.messages
+
+
+async def test_runs_ending_together_share_rounds_and_each_trigger_is_settled_once_stored(bus: Bus) -> None:
+    stop = asyncio.Event()
+    settler = Settler(bus, ack_wait=3, stop=stop)
+    await settler.start()
+    rounds = asyncio.create_task(settler.run())
+    msgs = await _triggers(bus, 60)
+    actions: list[Action] = ["ack"] * 58 + ["nak", "term"]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(
+            settler.settle(msg, [_event(i)], action, 0.3, f"run {i}")
+            for i, (msg, action) in enumerate(zip(msgs, actions, strict=True)))), 10)
+        # every event stored before its trigger was settled, and the 60 came in a few rounds
+        assert await _runs_stored(bus) == 60
+        assert settler.settled == 60
+        assert settler.rounds < 10, f"60 runs ending together took {settler.rounds} rounds"
+        info = await bus.js.consumer_info(wire.STREAM_TRIGGERS, wire.runner_consumer("normal"))
+        assert info.num_ack_pending == 1  # the nak'd one, waiting out its 0.3 s
+        # the nak'd trigger comes back (a retry), the acked and termed ones never do
+        psub = await bus.js.pull_subscribe_bind(durable=wire.runner_consumer("normal"), stream=wire.STREAM_TRIGGERS)
+        again = await psub.fetch(5, timeout=3)
+        assert [(m.data, m.metadata.num_delivered) for m in again] == [(b"t58", 2)]
+        await again[0].ack_sync()
+    finally:
+        rounds.cancel()
+        await settler.close()
+
+
+async def test_a_run_whose_event_cannot_be_stored_does_not_hold_up_the_others(bus: Bus) -> None:
+    stop = asyncio.Event()
+    settler = Settler(bus, ack_wait=3, stop=stop)
+    await settler.start()
+    rounds = asyncio.create_task(settler.run())
+    msgs = await _triggers(bus, 4)
+    # no stream takes this subject: its publish is never acknowledged (a broker refusing it)
+    unstorable = ("cropcron.nowhere.x", b"{}", "settle-test.nowhere")
+    try:
+        stuck = asyncio.create_task(settler.settle(msgs[0], [_event(0), unstorable], "ack", 0, "run 0"))
+        await asyncio.wait_for(asyncio.gather(*(
+            settler.settle(msg, [_event(i)], "ack", 0, f"run {i}") for i, msg in enumerate(msgs[1:], 1))), 10)
+        assert not stuck.done()  # still retrying its event, alone
+        info = await bus.js.consumer_info(wire.STREAM_TRIGGERS, wire.runner_consumer("normal"))
+        assert info.num_ack_pending == 1  # the other three acked; run 0's trigger is not
+        # stopping gives it up unsettled: its trigger comes back to a runner after ack_wait
+        stop.set()
+        await asyncio.wait_for(stuck, 10)
+        await wait_for(lambda: _ack_pending(bus), 5, "run 0's trigger still unacknowledged")
+    finally:
+        rounds.cancel()
+        await settler.close()
+
+
+async def _ack_pending(bus: Bus) -> bool:
+    info = await bus.js.consumer_info(wire.STREAM_TRIGGERS, wire.runner_consumer("normal"))
+    return info.num_ack_pending == 1
