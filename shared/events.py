@@ -69,6 +69,10 @@ class Trigger(_Message):
     # an instant run late by the job's catch-up policy: at the job's concurrency limit it waits
     # its turn instead of being skipped (catchup: all promises each caught-up instant runs)
     catchup: bool = False
+    # a tick published ahead of its instant (CROPCRON_TICK_LEAD): the runner hands its first
+    # delivery back to the broker until just before the instant and starts it at the instant on its
+    # own clock; its attempt is the delivery count minus that first delivery (docs/events.md)
+    early: bool = False
     # reserved for the watcher/batches (later issues): file and batch details
     data: dict[str, JsonValue] = Field(default_factory=dict)
 

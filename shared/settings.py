@@ -60,6 +60,10 @@ class ServiceSettings(BaseSettings):
     # timer
     leader_ttl: float = 10.0  # a standby timer takes over this long after the leader stopped
     max_catchup_instants: int = 1000  # per job; beyond, one summary `missed` event
+    # seconds a tick is published ahead of its instant, for runners to start it at the instant
+    # itself (not after the timer's and the broker's path); 0: at the instant. Costs one more
+    # delivery per tick (docs/architecture.md, "Exact starts")
+    tick_lead: float = Field(0.0, ge=0, le=30)
     # history
     history_batch: int = 1000
     heartbeat_interval: float = 5.0

@@ -6,6 +6,11 @@ shared by every runner process. Per-job policy (pause, retries, overlap, concurr
 here from the KV-backed catalog, so a job costs the broker nothing (DESIGN.md: one consumer per
 job stops at 1,000). Retries are JetStream redelivery: `nak(delay)`; the attempt number is the
 message's delivery count, which also counts a delivery lost with a dead runner.
+
+Early ticks (published ahead of their instant, settings.tick_lead): the first delivery is handed
+back with nak(delay) until HOLD_MARGIN before the instant, so the broker, not this process, keeps
+it through the lead (a runner dying meanwhile loses nothing); the second is held here to the
+instant on this machine's clock and run as attempt 1.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ log = logging.getLogger("cropcron.runner")
 IDLE_POLL = 1.0  # seconds a fetcher waits on an empty band before releasing its slot
 PENDING_CHECK = 0.5  # how often a waiting idle band asks whether work arrived for it
 IDLE_AGING = 2.0  # an idle band waiting this long is promoted anyway (retries are not "pending")
+# an early tick comes back this long before its instant: the broker redelivers a nak(delay) 2 ms
+# late at the median and 11 ms at worst here (bench/results.md), and the rest is slept here
+HOLD_MARGIN = 0.025
+MAX_HOLD = 60.0  # seconds; a tick further ahead than this (a clock far off) is held no longer
 
 
 class RunnerService:
@@ -65,7 +74,8 @@ class RunnerService:
         self.reaper = Reaper(settings.kill_grace)  # kills our jobs if this process dies under them
         self.ready = asyncio.Event()
         self.settler: Settler | None = None  # run()'s: outcomes and acks of many runs in one round
-        self.stats = {"started": 0, "succeeded": 0, "failed": 0, "dead": 0, "skipped": 0, "rejected": 0}
+        self.stats = {"started": 0, "succeeded": 0, "failed": 0, "dead": 0, "skipped": 0, "rejected": 0,
+                      "held": 0}
 
     def status(self) -> dict[str, Any]:
         settled = {"settle_rounds": self.settler.rounds, "settled": self.settler.settled} if self.settler else {}
@@ -210,20 +220,31 @@ class RunnerService:
             log.exception("runner: unexpected error handling %s", msg.subject)
 
     # -- one trigger ---------------------------------------------------------------------
-    async def _handle(self, msg: Msg, slot: _Slot) -> None:
+    async def _read(self, msg: Msg) -> tuple[Trigger, JobSpec] | None:
+        """The trigger and its job, or None when it was rejected (malformed, misrouted, unknown job)."""
         try:
             trigger: Trigger = decode(Trigger, msg.data)
         except Exception as exc:
             await self._reject(msg, f"malformed trigger: {_short(exc)}")
-            return
+            return None
         if msg.subject.rsplit(".", 1)[-1] != subject_key(trigger.job):
             await self._reject(msg, f"trigger for job {trigger.job!r} arrived on subject {msg.subject!r}")
-            return
+            return None
         spec = self.catalog.specs.get(trigger.job) or await self.catalog.lookup(trigger.job)
         if spec is None:
             await self._reject(msg, f"unknown job {trigger.job!r} (not in the applied config)")
+            return None
+        return trigger, spec
+
+    async def _handle(self, msg: Msg, slot: _Slot) -> None:
+        read = await self._read(msg)
+        if read is None:
             return
-        attempt = msg.metadata.num_delivered or 1
+        trigger, spec = read
+        attempt = await self._attempt_number(msg, trigger)
+        if attempt is None:
+            return  # an early tick handed back to the broker until its instant
+        # checked after an early tick's hold: a job paused in the lead window is skipped at its instant
         if self.catalog.paused(spec.name) and trigger.kind != "manual":
             await self._finish(msg, self._event(spec, trigger, RunState.SKIPPED, attempt, reason="job is paused"),
                                "ack")
@@ -261,6 +282,32 @@ class RunnerService:
         finally:
             if inputs is not None:
                 inputs.close()
+
+    async def _attempt_number(self, msg: Msg, trigger: Trigger) -> int | None:
+        """The delivery count; for an early tick one less, after holding it to its instant, or None
+        for its first delivery, handed back."""
+        delivery = msg.metadata.num_delivered or 1
+        if not trigger.early:
+            return delivery
+        if delivery == 1:
+            await self._hand_back(msg, trigger)
+            return None
+        await _hold_until(trigger.scheduled_at)
+        return delivery - 1
+
+    async def _hand_back(self, msg: Msg, trigger: Trigger) -> None:
+        """An early tick's first delivery: back to the broker until just before its instant. Always,
+        even when the instant has passed, so that the attempt number (deliveries minus one) does not
+        depend on when it arrived. A nak that is lost comes back after ack_wait instead."""
+        wait = 0.0
+        if trigger.scheduled_at is not None:
+            wait = (trigger.scheduled_at - utcnow()).total_seconds() - HOLD_MARGIN
+        self.stats["held"] += 1
+        try:
+            await msg.nak(delay=min(max(wait, 0.0), MAX_HOLD))
+        except Exception as exc:
+            log.warning("runner: handing back early tick %s failed (%r); it returns after ack_wait",
+                        trigger.run_id, exc)
 
     async def _take_lease(self, msg: Msg, spec: JobSpec, trigger: Trigger, attempt: int, slot: _Slot) -> bool:
         """A place under the job's concurrency limit. At the limit: `skip` records `skipped`; `queue`
@@ -519,6 +566,18 @@ class _InFlight:
     since: float = 0.0  # loop time the job started
     unannounced: RunEvent | None = None  # its `started` event, until published or the job ends
     announcing: asyncio.Task[None] | None = None  # publishing it
+
+
+async def _hold_until(instant: datetime | None) -> None:
+    """Sleep to `instant` on this machine's wall clock, never waking before it (the loop may run a
+    timer a little early), at most MAX_HOLD."""
+    if instant is None:
+        return
+    for _ in range(3):  # a wall clock slewed meanwhile may leave a little more to wait
+        left = (instant - utcnow()).total_seconds()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(left, MAX_HOLD))
 
 
 async def _drop(psub: JetStreamContext.PullSubscription | None) -> None:

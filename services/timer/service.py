@@ -6,6 +6,10 @@ records `fired_through = T`. After a crash, instants in (fired_through, firing_t
 may not have been published, so they are republished under the same Nats-Msg-Id (the broker
 drops the duplicates); instants after that follow each job's catch-up policy. One record instead
 of one per job keeps 10,000 jobs/s at two KV writes per batch (docs/architecture.md).
+
+With a tick lead (settings.tick_lead), instants up to the lead ahead of the clock are published
+now, marked `early`, and `fired_through` may be that far ahead of the clock: recovery and edits
+start after it, so no instant is published twice under different decisions.
 """
 
 from __future__ import annotations
@@ -222,7 +226,9 @@ class TimerService:
         heapq.heappush(self.heap, (instant, job))
 
     def _refresh_dirty(self) -> None:
-        """Apply catalog edits: new and edited jobs start from now (no catch-up for an edit)."""
+        """Apply catalog edits: new and edited jobs start from now (no catch-up for an edit), or
+        with a tick lead from what was already published, which may be up to the lead ahead of now:
+        the progress record says every instant up to it went out, so none may be added behind it."""
         if not self.dirty:
             return
         now = self.clock.now()
@@ -248,7 +254,9 @@ class TimerService:
         triggers: list[Trigger] = []
         missed: list[RunEvent] = []
         mode = "fire"
-        while self.heap and self.heap[0][0] <= now:
+        # instants up to `lead` ahead go out now, marked early: runners start them at the instant
+        horizon = now + timedelta(seconds=self.settings.tick_lead)
+        while self.heap and self.heap[0][0] <= horizon:
             instant, name = heapq.heappop(self.heap)
             if self.due.get(name) != instant:
                 continue  # stale entry (job edited, paused or removed)
@@ -271,7 +279,7 @@ class TimerService:
         loop = asyncio.get_running_loop()
         delay = renew_at - loop.time()
         if self.heap:
-            delay = min(delay, (self.heap[0][0] - self.clock.now()).total_seconds())
+            delay = min(delay, (self.heap[0][0] - self.clock.now()).total_seconds() - self.settings.tick_lead)
         if delay <= 0:
             return
         self.wake.clear()
@@ -295,7 +303,7 @@ class TimerService:
 
     def _trigger(self, spec: JobSpec, instant: datetime, now: datetime, catchup: bool = False) -> Trigger:
         return Trigger(run_id=tick_run_id(spec.name, instant), job=spec.name, kind="tick",
-                       scheduled_at=instant, created_at=now, catchup=catchup)
+                       scheduled_at=instant, created_at=now, catchup=catchup, early=instant > now)
 
     def _missed(self, spec: JobSpec, instant: datetime, reason: str, now: datetime) -> RunEvent:
         return RunEvent(run_id=tick_run_id(spec.name, instant), job=spec.name, job_type=spec.job.type,
