@@ -343,7 +343,7 @@ async def measure(jobs: int, args: argparse.Namespace, pg: Postgres) -> dict[str
         await wait_heartbeat(bus, services, "history", "history")
         for i in range(args.runners):
             await wait_heartbeat(bus, services, "runner", f"runner{i}")
-        services.start("timer", "timer")
+        services.start("timer", "timer", CROPCRON_TICK_LEAD=str(args.tick_lead))
         await wait_heartbeat(bus, services, "timer", "timer", role="leader")
         names = job_names(jobs)
         probe = TriggerProbe()
@@ -390,6 +390,7 @@ async def measure(jobs: int, args: argparse.Namespace, pg: Postgres) -> dict[str
         first, last = probe.delays_ms("first", t0, t1), probe.delays_ms("last", t0, t1)
         return {
             "system": "backbone",
+            "tick_lead": args.tick_lead,
             "jobs": jobs,
             "seconds": args.seconds,
             "expected": expected,
@@ -633,6 +634,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nats-sync", default="always",
                         help="the broker's sync_interval: always (shipped default: fsync every stored message), "
                              "an interval such as 1s, or 'default' (nats-server's own, 2 min)")
+    parser.add_argument("--tick-lead", type=float, default=0.0,
+                        help="the timer's CROPCRON_TICK_LEAD: ticks published this many seconds early, started "
+                             "at their instant by the runner (0: published at the instant)")
     parser.add_argument("--drain-max", type=float, default=60.0,
                         help="after the window, wait at most this long for its runs to reach history")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),

@@ -155,7 +155,7 @@ def describe_setup(args: argparse.Namespace) -> str:
     nats = out([nats_server_binary(), "--version"])
     return (f"code {commit}{dirty}; {os.cpu_count()} x {cpu}; Python {sys.version.split()[0]}; {nats}; "
             f"Postgres {'DATABASE_URL' if args.database_url else 'embedded'}; window {args.seconds} s after "
-            f"{args.warmup} s warm-up; broker sync_interval {args.nats_sync}; "
+            f"{args.warmup} s warm-up; broker sync_interval {args.nats_sync}; tick lead {args.tick_lead:g} s; "
             f"{args.runners} runner process(es); {time.strftime('%Y-%m-%d %H:%M %Z')}")
 
 
