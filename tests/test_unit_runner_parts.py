@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import psutil
 import pytest
 
 from cropcron.jobs import RunContext
@@ -451,6 +452,26 @@ async def test_background_child_holding_stdout_does_not_hang(tmp_path: Path) -> 
         assert elapsed < 3.2
     finally:
         assert _wait_gone(int(pidfile.read_text())), "the background child was left running"
+
+
+async def test_cancelled_while_its_pipes_connect_the_group_is_killed(tmp_path: Path) -> None:
+    """The runner stopping just as a job starts: the process is forked, asyncio has not yet
+    connected its pipes, and the cancellation lands there (it made the test below flaky under
+    load: asyncio killed the leader alone and its child lived on)."""
+    pidfile = tmp_path / "c.pid"
+    argv = ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"]
+    task = asyncio.create_task(run_command(argv, str(tmp_path), ENV, 120, 1, 5))
+    deadline = time.monotonic() + 10
+    while not psutil.Process().children():  # until the task has forked the job
+        assert time.monotonic() < deadline, "the command was never forked"
+        await asyncio.sleep(0)
+    while not (pidfile.exists() and pidfile.read_text().strip()):  # the loop blocked: pipes not connected
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.01)  # noqa: ASYNC251 - blocking on purpose, so the cancel lands mid-spawn
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)  # before the fix: stuck until the child closed the pipe
+    assert _wait_gone(int(pidfile.read_text()), 10), "the job's child outlived the cancelled spawn"
 
 
 async def test_cancelling_a_command_kills_its_group(tmp_path: Path) -> None:

@@ -58,15 +58,7 @@ async def run_command(
     with the runner even when the runner is killed outright (services/runner/reaper.py)."""
     tail: deque[str] = deque(maxlen=max(output_lines, 1))
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # own process group: a timeout kills the whole tree
-        )
+        proc = await _spawn(argv, cwd, env)
     except FileNotFoundError as exc:
         if exc.filename == cwd:  # the child's chdir failed, not the exec
             return Outcome(ok=False, error=f"working directory not found: {cwd}")
@@ -92,6 +84,21 @@ async def run_command(
         return Outcome(ok=True, exit_code=0, output_tail=text)
     error = f"exited with code {code}" if code and code > 0 else f"killed by signal {-(code or 0)}"
     return Outcome(ok=False, exit_code=code, output_tail=text, error=error)
+
+
+async def _spawn(argv: list[str], cwd: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """The job's process, in its own process group (a timeout kills the whole tree). Cancelled
+    while asyncio is still connecting its pipes, the process may already be running and have
+    started children: asyncio would kill the leader alone, so its group is killed here."""
+    spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
+        *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True))
+    try:
+        return await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await _kill_group(await spawn, 0)
+        raise
 
 
 async def _supervise(proc: asyncio.subprocess.Process, tail: deque[str], timeout: float, kill_grace: float) -> bool:
