@@ -56,6 +56,7 @@ IDLE_AGING = 2.0  # an idle band waiting this long is promoted anyway (retries a
 # an early tick comes back this long before its instant: the broker redelivers a nak(delay) 2 ms
 # late at the median and 11 ms at worst here (bench/results.md), and the rest is slept here
 HOLD_MARGIN = 0.025
+HOLD_SPIN = 0.002  # seconds: the end of a hold is yielded away rather than slept (_hold_until)
 MAX_HOLD = 60.0  # seconds; a tick further ahead than this (a clock far off) is held no longer
 
 
@@ -154,23 +155,29 @@ class RunnerService:
             delay = 0.2
             # ... then whatever else is waiting, as a batch (DESIGN.md: batching is the lever), but
             # only when the broker says more is waiting: an empty batch fetch would wait out its
-            # whole timeout and delay this run. Messages in hand are started whatever happens.
-            pending = msgs[0].metadata.num_pending or 0
+            # whole timeout. num_pending leaves out redeliveries, and early ticks handed back come
+            # back together at their instant: after a redelivery, ask too (no_wait answers at once
+            # when there are some). The message in hand starts first, before that fetch can wait.
+            first = msgs[0]
+            pending = first.metadata.num_pending or 0
+            if not pending and (first.metadata.num_delivered or 1) > 1:
+                pending = self.settings.fetch_batch - 1
             extra = self.slots.take_more(min(self.settings.fetch_batch - 1, pending)) if pending else 0
-            held += extra
+            self._spawn(first, band)
+            more: list[Msg] = []
             if extra:
                 try:
-                    msgs += await psub.fetch(extra, timeout=0.05)
+                    more = await psub.fetch(extra, timeout=0.05)
                 except TimeoutError:
                     pass
                 except Exception as exc:
                     log.warning("runner: batch fetch from %s failed (%r); re-subscribing", band, exc)
                     await _drop(psub)
                     psub = None
-            idle = msgs[-1].metadata.num_pending == 0
-            if len(msgs) < held:
-                self.slots.release(held - len(msgs))
-            for msg in msgs:
+            idle = (more or msgs)[-1].metadata.num_pending == 0
+            if len(more) < extra:
+                self.slots.release(extra - len(more))
+            for msg in more:
                 self._spawn(msg, band)
 
     async def _acquire(self, band: wire.Band, idle: bool) -> None:
@@ -346,7 +353,6 @@ class RunnerService:
         # `started` only for a run still going after started_after (the announcer loop's, below):
         # most runs are short, and their outcome (with started_at) is then the one message stored
         # for them (issue 12)
-        started_ev = self._event(spec, trigger, RunState.STARTED, attempt, started_at=started)
         loop = asyncio.get_running_loop()
         key = object()
         # heartbeats keep the trigger ours until it is settled, not only while the job runs: when
@@ -354,7 +360,7 @@ class RunnerService:
         # the job again, and again, and finally record a success as dead "runner lost"
         now = loop.time()
         inflight = self.inflight[key] = _InFlight(msg, spec, trigger, now, leased=release is not None,
-                                                  since=now, unannounced=started_ev)
+                                                  since=now, started=started, attempt=attempt, unannounced=True)
         if self.settings.started_after <= 0:
             self._announce_started(inflight)
         try:
@@ -366,7 +372,7 @@ class RunnerService:
                     await asyncio.shield(msg.nak())
                 raise
             finally:
-                inflight.unannounced = None  # ended: its outcome says it started
+                inflight.unannounced = False  # ended: its outcome says it started
             if release is not None:
                 inflight.leased = False  # the heartbeat must not renew (re-create) the lease now
                 await release()
@@ -379,9 +385,13 @@ class RunnerService:
             del self.inflight[key]
 
     def _announce_started(self, job: _InFlight) -> None:
-        if job.unannounced is not None:
-            job.announcing = asyncio.create_task(self._announce(job.unannounced))
-            job.unannounced = None
+        if job.unannounced:
+            # made only now: most runs end before, and one model less per run is a real share of
+            # a short run's cost (and of the time between holding an early tick and starting it)
+            ev = self._event(job.spec, job.trigger, RunState.STARTED, job.attempt, started_at=job.started,
+                             at=job.started)
+            job.announcing = asyncio.create_task(self._announce(ev))
+            job.unannounced = False
 
     async def _announcer(self) -> None:
         """`started` events for the runs still going started_after (up to 1.5 times that) after
@@ -393,7 +403,7 @@ class RunnerService:
             await asyncio.sleep(max(after / 2, 0.01))
             now = loop.time()
             for job in list(self.inflight.values()):
-                if job.unannounced is not None and now - job.since >= after:
+                if job.unannounced and now - job.since >= after:
                     self._announce_started(job)
 
     async def _announce(self, ev: RunEvent) -> None:
@@ -477,9 +487,10 @@ class RunnerService:
                     log.warning("runner: heartbeat for run %s failed: %r", job.trigger.run_id, exc)
 
     # -- results -------------------------------------------------------------------------
-    def _event(self, spec: JobSpec, trigger: Trigger, state: RunState, attempt: int, **fields: Any) -> RunEvent:
+    def _event(self, spec: JobSpec, trigger: Trigger, state: RunState, attempt: int, at: datetime | None = None,
+               **fields: Any) -> RunEvent:
         return RunEvent(run_id=trigger.run_id, job=spec.name, job_type=spec.job.type, state=state, attempt=attempt,
-                        at=utcnow(), trigger_kind=trigger.kind, scheduled_at=trigger.scheduled_at,
+                        at=at or utcnow(), trigger_kind=trigger.kind, scheduled_at=trigger.scheduled_at,
                         runner=self.settings.instance, file=file_of(trigger), **fields)
 
     async def _finish(self, msg: Msg, events: RunEvent | list[RunEvent], action: Action, delay: float = 0) -> None:
@@ -564,20 +575,23 @@ class _InFlight:
     last_beat: float  # loop time of the last in_progress (or of the start)
     leased: bool = False  # it holds the job's overlap lease, which the heartbeat renews
     since: float = 0.0  # loop time the job started
-    unannounced: RunEvent | None = None  # its `started` event, until published or the job ends
+    started: datetime | None = None  # wall clock time the job started
+    attempt: int = 1
+    unannounced: bool = False  # its `started` event is still to be published (if it runs long enough)
     announcing: asyncio.Task[None] | None = None  # publishing it
 
 
 async def _hold_until(instant: datetime | None) -> None:
-    """Sleep to `instant` on this machine's wall clock, never waking before it (the loop may run a
-    timer a little early), at most MAX_HOLD."""
+    """Wait for `instant` on this machine's wall clock, never returning before it."""
     if instant is None:
         return
-    for _ in range(3):  # a wall clock slewed meanwhile may leave a little more to wait
+    for _ in range(100_000):  # bounded: a wall clock stepped back mid-hold cannot keep it forever
         left = (instant - utcnow()).total_seconds()
         if left <= 0:
             return
-        await asyncio.sleep(min(left, MAX_HOLD))
+        # the loop's timers wake up to a millisecond late (epoll counts in ms): the last of the
+        # hold is spent yielding to the other tasks instead of asleep
+        await asyncio.sleep(min(left - HOLD_SPIN, MAX_HOLD) if left > HOLD_SPIN else 0)
 
 
 async def _drop(psub: JetStreamContext.PullSubscription | None) -> None:
