@@ -290,6 +290,16 @@ FROM runs WHERE scheduled_at >= $1 AND scheduled_at < $2
 """
 
 
+# each instant of the window: its runs' median and worst lateness, to tell a slow instant (a
+# stall) from a steady tail
+INSTANT_SQL = """
+SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - scheduled_at)) AS p50,
+       max(extract(epoch FROM started_at - scheduled_at)) AS max
+FROM runs WHERE state = 'succeeded' AND scheduled_at >= $1 AND scheduled_at < $2
+GROUP BY scheduled_at ORDER BY scheduled_at
+"""
+
+
 async def window_counts(db: asyncpg.Connection, t0: float, t1: float) -> int:
     return int(await db.fetchval(
         "SELECT count(*) FROM runs WHERE state = 'succeeded' AND scheduled_at >= $1 AND scheduled_at < $2",
@@ -375,6 +385,8 @@ async def measure(jobs: int, args: argparse.Namespace, pg: Postgres) -> dict[str
         drain_s = await drain(db, t0, t1, expected, args)
         await poller.sample()
         stats = await db.fetchrow(WINDOW_SQL, datetime.fromtimestamp(t0, UTC), datetime.fromtimestamp(t1, UTC))
+        by_instant = [[round(float(r["p50"]) * 1000, 2), round(float(r["max"]) * 1000, 2)] for r in await db.fetch(
+            INSTANT_SQL, datetime.fromtimestamp(t0, UTC), datetime.fromtimestamp(t1, UTC))]
         heart = await wait_heartbeat(bus, services, "timer", "timer")
         consumers = await consumer_states(bus)
         reasons = {f"{r['state']}: {r['reason']}": r["n"] for r in await db.fetch(
@@ -398,6 +410,7 @@ async def measure(jobs: int, args: argparse.Namespace, pg: Postgres) -> dict[str
             "run_pct": 100.0 * stats["succeeded"] / expected,
             "late_p50_ms": _ms(late[0]),
             "late_p99_ms": _ms(late[1]),
+            "late_by_instant_ms": by_instant,  # [p50, max] per instant of the window
             "late_max_ms": _ms(stats["late_max"]),
             "recorded_per_s": poller.rate(t0, t1),
             "row_lag_p50_ms": _ms(row_lag[0]),
