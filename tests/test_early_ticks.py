@@ -117,3 +117,34 @@ async def test_paused_or_edited_in_the_lead_window(system: System, bus: Bus, db_
     assert all(r["started_at"] >= r["scheduled_at"] for r in (edited_at, edited_later))
     assert not before.exists(), "the old command ran"
     assert len([e for e in ledger.read(after) if e.kind == "start"]) == 2
+
+
+async def test_timer_killed_after_publishing_early_restarts_without_a_second_run(
+        spawn: Spawner, bus: Bus, db_url: str, tmp_path: Path) -> None:
+    """The progress record is ahead of the clock by the lead when the timer dies: the next timer
+    neither publishes the instant again under another decision nor skips the instants after it."""
+    path = tmp_path / "ledger"
+    spawn.start("history", "runner", instance="hr")
+    t1 = spawn.start("timer", instance="t1", tick_lead=4)
+    await wait_service(bus, "runner", "hr")
+    await wait_service(bus, "timer", "t1", check=lambda s: s.get("role") == "leader", what="leading")
+    at = _instant(6)
+    after = at + timedelta(seconds=2)
+    job = _ledger_job("restarted", at, path).replace(_cron(at), f"{at.second},{after.second} * * * * *")
+    await apply_yaml(bus, "jobs:\n" + job)
+    await _held(bus, "hr", 1, 15)
+    assert datetime.now(UTC) < at, "the tick came too late to kill the timer in the lead window"
+    t1.send_signal(signal.SIGKILL)
+    t1.wait(5)
+    spawn.start("timer", instance="t2", tick_lead=4)
+
+    async def both() -> list:
+        rows = await fetch(db_url, "SELECT scheduled_at, attempt, state FROM runs WHERE job = 'restarted' "
+                                   "ORDER BY scheduled_at")
+        return rows if len(rows) >= 2 and all(r["state"] == "succeeded" for r in rows) else []
+
+    rows = await wait_for(both, 30, "both instants run after the timer's restart")
+    assert [(r["scheduled_at"], r["attempt"]) for r in rows[:2]] == [(at, 1), (after, 1)]
+    starts = [e for e in ledger.read(path) if e.kind == "start"]
+    instants = [r["scheduled_at"] for r in rows]
+    assert len(starts) == len(rows) and len(instants) == len(set(instants)), "an instant ran twice"
