@@ -5,6 +5,8 @@ a run whose event cannot be stored leaves the round without holding up the other
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from conftest import wait_for
 from nats.aio.msg import Msg
@@ -27,6 +29,19 @@ async def _triggers(bus: Bus, count: int) -> list[Msg]:
     return msgs
 
 
+@contextlib.asynccontextmanager
+async def _settling(bus: Bus, stop: asyncio.Event) -> AsyncIterator[Settler]:
+    """A started Settler with its rounds running, closed afterwards."""
+    settler = Settler(bus, ack_wait=3, stop=stop)
+    await settler.start()
+    rounds = asyncio.create_task(settler.run())
+    try:
+        yield settler
+    finally:
+        rounds.cancel()
+        await settler.close()
+
+
 def _event(i: int) -> tuple[str, bytes, str]:
     return wire.run_event_subject(JOB, "succeeded"), f'{{"i": {i}}}'.encode(), f"settle-test.{i}"
 
@@ -37,13 +52,9 @@ async def _runs_stored(bus: Bus) -> int:
 
 
 async def test_runs_ending_together_share_rounds_and_each_trigger_is_settled_once_stored(bus: Bus) -> None:
-    stop = asyncio.Event()
-    settler = Settler(bus, ack_wait=3, stop=stop)
-    await settler.start()
-    rounds = asyncio.create_task(settler.run())
     msgs = await _triggers(bus, 60)
     actions: list[Action] = ["ack"] * 58 + ["nak", "term"]
-    try:
+    async with _settling(bus, asyncio.Event()) as settler:
         await asyncio.wait_for(asyncio.gather(*(
             settler.settle(msg, [_event(i)], action, 0.3, f"run {i}")
             for i, (msg, action) in enumerate(zip(msgs, actions, strict=True)))), 10)
@@ -58,20 +69,14 @@ async def test_runs_ending_together_share_rounds_and_each_trigger_is_settled_onc
         again = await psub.fetch(5, timeout=3)
         assert [(m.data, m.metadata.num_delivered) for m in again] == [(b"t58", 2)]
         await again[0].ack_sync()
-    finally:
-        rounds.cancel()
-        await settler.close()
 
 
 async def test_a_run_whose_event_cannot_be_stored_does_not_hold_up_the_others(bus: Bus) -> None:
     stop = asyncio.Event()
-    settler = Settler(bus, ack_wait=3, stop=stop)
-    await settler.start()
-    rounds = asyncio.create_task(settler.run())
     msgs = await _triggers(bus, 4)
     # no stream takes this subject: its publish is never acknowledged (a broker refusing it)
     unstorable = ("cropcron.nowhere.x", b"{}", "settle-test.nowhere")
-    try:
+    async with _settling(bus, stop) as settler:
         stuck = asyncio.create_task(settler.settle(msgs[0], [_event(0), unstorable], "ack", 0, "run 0"))
         await asyncio.wait_for(asyncio.gather(*(
             settler.settle(msg, [_event(i)], "ack", 0, f"run {i}") for i, msg in enumerate(msgs[1:], 1))), 10)
@@ -82,9 +87,6 @@ async def test_a_run_whose_event_cannot_be_stored_does_not_hold_up_the_others(bu
         stop.set()
         await asyncio.wait_for(stuck, 10)
         await wait_for(lambda: _ack_pending(bus), 5, "run 0's trigger still unacknowledged")
-    finally:
-        rounds.cancel()
-        await settler.close()
 
 
 async def _ack_pending(bus: Bus) -> bool:

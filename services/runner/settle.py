@@ -113,7 +113,7 @@ class Settler:
                 acks.append((job, await self._ack_requested(job.msg)))
                 continue
             try:
-                await (job.msg.nak(delay=job.delay) if job.action == "nak" else job.msg.term())
+                await _nak_or_term(job)
             except Exception as exc:  # unacked, the trigger comes back after ack_wait: as before
                 log.warning("%s: %s not sent: %r", job.what, job.action, exc)
             self._finish(job)
@@ -165,11 +165,14 @@ class Settler:
                 return  # stopping with events unstored: the trigger stays unacked and comes back
             if job.action == "ack":
                 await ack_confirmed(job.msg, self.ack_wait, job.what, self.stop)
-            elif job.action == "nak":
-                await job.msg.nak(delay=job.delay)
             else:
-                await job.msg.term()
+                await _nak_or_term(job)
         except Exception as exc:
             log.warning("%s: not settled: %r", job.what, exc)
         finally:
             self._finish(job)
+
+
+async def _nak_or_term(job: _Settlement) -> None:
+    """A settlement other than an ack: a retry after the delay, or the end of the trigger."""
+    await (job.msg.nak(delay=job.delay) if job.action == "nak" else job.msg.term())
