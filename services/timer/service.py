@@ -47,6 +47,9 @@ CLOCK_FLOOR = datetime(2025, 1, 1, tzinfo=UTC)
 STALL_SECONDS = 30.0
 DOWN = "timer was not running"
 BEHIND = f"timer fell more than {STALL_SECONDS:g}s behind (overloaded or suspended)"
+# ticks (and missed records) in one published batch, beyond which the next instant waits for
+# the next batch; the instant being added is always completed
+BATCH_LIMIT = 5000
 
 
 @dataclass
@@ -256,8 +259,18 @@ class TimerService:
         mode = "fire"
         # instants up to `lead` ahead go out now, marked early: runners start them at the instant
         horizon = now + timedelta(seconds=self.settings.tick_lead)
+        last: datetime | None = None
+        cut = False
         while self.heap and self.heap[0][0] <= horizon:
+            if len(triggers) + len(missed) >= BATCH_LIMIT and self.heap[0][0] != last:
+                # a timer behind (say 20 s at 10,000 jobs) publishes a batch per instant, not one
+                # of 200,000: its memory stays bounded, and it records progress and renews its
+                # lease between batches. Cut only between instants: the progress record says
+                # every instant up to the batch's last went out, so none may be cut in two.
+                cut = True
+                break
             instant, name = heapq.heappop(self.heap)
+            last = instant
             if self.due.get(name) != instant:
                 continue  # stale entry (job edited, paused or removed)
             spec = self.catalog.specs.get(name)
@@ -273,7 +286,8 @@ class TimerService:
                 self._due(spec, schedule, instant, now, triggers, missed)
                 self._push(name, schedule.next_after(instant))
         if triggers or missed:
-            await self._publish(triggers, missed, now, mode)
+            # a cut batch covers its instants only, not everything up to now
+            await self._publish(triggers, missed, last if cut and last else now, mode)
 
     async def _sleep_until_next(self, stop: asyncio.Event, renew_at: float) -> None:
         loop = asyncio.get_running_loop()
@@ -310,12 +324,13 @@ class TimerService:
                         state=RunState.MISSED, attempt=0, at=now, trigger_kind="tick",
                         scheduled_at=instant, reason=reason, runner=f"timer:{self.settings.instance}")
 
-    async def _publish(self, triggers: list[Trigger], missed: list[RunEvent], now: datetime,
+    async def _publish(self, triggers: list[Trigger], missed: list[RunEvent], through: datetime,
                        mode: str = "fire") -> None:
-        """Publish until every PubAck arrives; the broker may be restarting, so keep trying."""
-        fired = self.progress.fired_through if self.progress else now
+        """Publish until every PubAck arrives; the broker may be restarting, so keep trying.
+        `through`: the batch holds every instant up to it (now, or a cut batch's last instant)."""
+        fired = self.progress.fired_through if self.progress else through
         # max(): a wall clock stepped backwards must not move the record of what was fired back
-        horizon = max([now, fired, *(t.scheduled_at for t in triggers if t.scheduled_at)])
+        horizon = max([through, fired, *(t.scheduled_at for t in triggers if t.scheduled_at)])
         # subjects are fixed now: the catalog may change (a job removed) while we await below
         pending = [(_subject(self.catalog, tr), tr.to_bytes(), tr.run_id) for tr in triggers]
         pending = [p for p in pending if p[0]]
