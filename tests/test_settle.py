@@ -1,20 +1,27 @@
 """The runner's Settler (services/runner/settle.py) on a real nats-server: runs ending together are
 stored and settled in shared rounds; every trigger is settled only after its events are stored;
-a run whose event cannot be stored leaves the round without holding up the others."""
+a run whose event cannot be stored leaves the round without holding up the others. And the
+runner's side: a run gives its slot on when its job ends, with unsettled runs bounded."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
-from conftest import wait_for
+from conftest import apply_yaml, wait_for
 from nats.aio.msg import Msg
-from nats.js.api import StreamInfo
+from nats.js.api import DiscardPolicy, StreamInfo
 
+from services.runner.service import RunnerService
 from services.runner.settle import Action, Settler
 from shared import wire
 from shared.bus import Bus
+from shared.catalog import Catalog
+from shared.events import Trigger
+from shared.settings import ServiceSettings
 
 JOB = "settle-job"
 
@@ -92,3 +99,55 @@ async def test_a_run_whose_event_cannot_be_stored_does_not_hold_up_the_others(bu
 async def _ack_pending(bus: Bus) -> bool:
     info = await bus.js.consumer_info(wire.STREAM_TRIGGERS, wire.runner_consumer("normal"))
     return info.num_ack_pending == 1
+
+
+async def test_runs_give_their_slot_on_when_they_end_and_unsettled_runs_stay_bounded(bus: Bus) -> None:
+    """A run gives its slot to the next trigger as soon as its job ends, not when its outcome is
+    stored; and a broker that cannot store outcomes (here: the runs stream refusing new
+    messages, as on a full disk) stops the runner at twice `concurrency` unsettled runs."""
+    await apply_yaml(bus, f"""
+jobs:
+  - {{name: {JOB}, type: data_cleanup, overlap: allow, max_retries: 0, call: tests.jobs.calls:noop}}
+""")
+    # max_msgs 0 would mean no limit: one message first, of another job
+    await bus.js.publish(wire.run_event_subject("settle-filler", "succeeded"), b"{}")
+    info = await bus.js.stream_info(wire.STREAM_RUNS)
+    full = copy.copy(info.config)
+    full.max_msgs, full.discard = info.state.messages, DiscardPolicy.NEW
+    await bus.js.update_stream(full)
+    catalog = Catalog(bus.js)
+    await catalog.start()
+    runner = RunnerService(bus, catalog, ServiceSettings(concurrency=2))  # type: ignore[call-arg]
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        now = datetime.now(UTC)
+        for i in range(10):
+            tr = Trigger(run_id=f"bounded-{i}", job=JOB, kind="manual", created_at=now)
+            await bus.js.publish(wire.trigger_subject("normal", JOB), tr.to_bytes())
+        await wait_for(lambda: _started(runner, 4), 10, "four runs started")
+        # two runs wait for their outcomes to be stored, two more ended and wait for a place to
+        # settle, each on its run slot: no fifth run starts, however long the broker refuses
+        deadline = asyncio.get_running_loop().time() + 1.5
+        while asyncio.get_running_loop().time() < deadline:
+            assert runner.stats["started"] == 4, runner.stats
+            await asyncio.sleep(0.05)
+        consumer = await bus.js.consumer_info(wire.STREAM_TRIGGERS, wire.runner_consumer("normal"))
+        assert consumer.num_ack_pending == 4
+        await bus.js.update_stream(info.config)  # room again: everything is stored and settled
+        await wait_for(lambda: _started(runner, 10), 20, "all ten runs")
+        await wait_for(lambda: _succeeded_stored(bus, 10), 20, "ten outcomes stored")
+        assert runner.stats["started"] == runner.stats["succeeded"] == 10
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await catalog.stop()
+
+
+async def _started(runner: RunnerService, n: int) -> bool:
+    return runner.stats["started"] >= n
+
+
+async def _succeeded_stored(bus: Bus, n: int) -> bool:
+    info = await bus.js.stream_info(wire.STREAM_RUNS, subjects_filter=wire.run_event_subject(JOB, "succeeded"))
+    return info.state.messages >= n
