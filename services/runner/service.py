@@ -127,15 +127,23 @@ class RunnerService:
     async def _fetch_loop(self, band: wire.Band, stop: asyncio.Event) -> None:
         psub: JetStreamContext.PullSubscription | None = None
         delay = 0.2
-        idle = False  # was the band empty at the last fetch?
+        idle = True  # was the band empty at the last fetch? (nothing known yet: as if it were)
         while not stop.is_set():
-            await self._acquire(band, idle)
+            idle = await self._acquire(band, idle)
             held = 1
+            if idle:
+                # An idle band waits for a free slot (a runner full of runs does not take triggers
+                # another runner could start), then polls without it: held through the poll, the
+                # slot would keep out another band's triggers, or an instant's early ticks coming
+                # back together (the 100-jobs tail, bench/results.md). What the poll brings waits
+                # for a slot as a band with work (_slot_for).
+                self.slots.release()
+                held = 0
             try:
                 if psub is None:
                     psub = await self.bus.js.pull_subscribe_bind(durable=wire.runner_consumer(band),
                                                                  stream=wire.STREAM_TRIGGERS)
-                # one message by long poll (so an idle band holds one slot, not a batch); the
+                # one message by long poll (so an idle band holds one trigger, not a batch); the
                 # poll is short so that, when slots are scarce, an idle band hands its slot on
                 # within a second to a band that has work ...
                 msgs = await psub.fetch(1, timeout=IDLE_POLL)
@@ -156,41 +164,55 @@ class RunnerService:
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.2
-            # ... then whatever else is waiting, as a batch (DESIGN.md: batching is the lever), but
-            # only when the broker says more is waiting: an empty batch fetch would wait out its
-            # whole timeout. num_pending leaves out redeliveries, and early ticks handed back come
-            # back together at their instant: after a redelivery, ask too (no_wait answers at once
-            # when there are some). The message in hand starts first, before that fetch can wait.
-            first = msgs[0]
-            pending = first.metadata.num_pending or 0
-            if not pending and (first.metadata.num_delivered or 1) > 1:
-                pending = self.settings.fetch_batch - 1
-            extra = self.slots.take_more(min(self.settings.fetch_batch - 1, pending)) if pending else 0
-            self._spawn(first, band)
-            more: list[Msg] = []
-            if extra:
-                try:
-                    more = await psub.fetch(extra, timeout=0.05)
-                except TimeoutError:
-                    pass
-                except Exception as exc:
-                    log.warning("runner: batch fetch from %s failed (%r); re-subscribing", band, exc)
-                    await _drop(psub)
-                    psub = None
-            idle = (more or msgs)[-1].metadata.num_pending == 0
-            if len(more) < extra:
-                self.slots.release(extra - len(more))
+            waited = not held and await self._slot_for(msgs[0], band)
+            self._spawn(msgs[0], band)
+            more, broken = await self._fetch_more(psub, band, msgs[0])
+            if broken:
+                await _drop(psub)
+                psub = None
+            # a trigger that waited for its slot says nothing of what arrived meanwhile: the band
+            # asks again in its place, as a band with work, not behind others as idle
+            idle = not waited and (more or msgs)[-1].metadata.num_pending == 0
             for msg in more:
                 self._spawn(msg, band)
 
-    async def _acquire(self, band: wire.Band, idle: bool) -> None:
-        """A slot for this band's next fetch. While an idle band waits behind busier ones it
-        checks whether work has arrived for it, and if so claims its priority back."""
+    async def _fetch_more(self, psub: JetStreamContext.PullSubscription, band: wire.Band,
+                          first: Msg) -> tuple[list[Msg], bool]:
+        """After one message, whatever else is waiting, as a batch (DESIGN.md: batching is the
+        lever), with a slot each; and whether the subscription broke. Only when the broker says
+        more is waiting: an empty batch fetch would wait out its whole timeout. num_pending leaves
+        out redeliveries, and early ticks handed back come back together at their instant: after a
+        redelivery, ask too (no_wait answers at once when there are some). The first message is
+        already started, before this fetch can wait."""
+        pending = first.metadata.num_pending or 0
+        if not pending and (first.metadata.num_delivered or 1) > 1:
+            pending = self.settings.fetch_batch - 1
+        extra = self.slots.take_more(min(self.settings.fetch_batch - 1, pending)) if pending else 0
+        if not extra:
+            return [], False
+        more: list[Msg] = []
+        broken = False
+        try:
+            more = await psub.fetch(extra, timeout=0.05)
+        except TimeoutError:
+            pass
+        except Exception as exc:
+            log.warning("runner: batch fetch from %s failed (%r); re-subscribing", band, exc)
+            broken = True
+        if len(more) < extra:
+            self.slots.release(extra - len(more))
+        return more, broken
+
+    async def _acquire(self, band: wire.Band, idle: bool) -> bool:
+        """A slot for this band's next fetch; whether the band is still idle. While an idle band
+        waits behind busier ones it checks whether work has arrived for it, and if so claims its
+        priority back (and is idle no more)."""
         if not idle:
             await self.slots.acquire(band)
-            return
+            return False
         waiter = asyncio.ensure_future(self.slots.acquire(band, idle=True))
         since = asyncio.get_running_loop().time()
+        promoted = False
         try:
             while not waiter.done():
                 done, _ = await asyncio.wait([waiter], timeout=PENDING_CHECK)
@@ -205,9 +227,34 @@ class RunnerService:
                 # band is also promoted after IDLE_AGING: it cannot starve behind a busy one
                 if info.num_pending or asyncio.get_running_loop().time() - since > IDLE_AGING:
                     self.slots.promote(band)
+                    promoted = True
             waiter.result()
         except asyncio.CancelledError:
             waiter.cancel()
+            raise
+        return not promoted
+
+    async def _slot_for(self, msg: Msg, band: wire.Band) -> bool:
+        """A run slot for a trigger an idle band's slotless poll brought: at once while slots are
+        free; else (they filled up during the poll) it waits in its band's place, the delivery
+        kept ours (in_progress every ack_wait/3) so the broker does not give it out again, and
+        handed back at once if the runner stops meanwhile. True if it had to wait."""
+        if self.slots.free > 0 and not self.slots.waiting():
+            await self.slots.acquire(band)  # free and nobody ahead: returns without waiting
+            return False
+        waiter = asyncio.ensure_future(self.slots.acquire(band))
+        try:
+            while True:
+                done, _ = await asyncio.wait([waiter], timeout=self.ack_wait / 3)
+                if done:
+                    waiter.result()
+                    return True
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+        except asyncio.CancelledError:
+            waiter.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(msg.nak())
             raise
 
     def _spawn(self, msg: Msg, band: wire.Band) -> None:

@@ -21,3 +21,8 @@ def busy(ctx: RunContext) -> int:
 
 def noop(ctx: RunContext) -> None:
     return None
+
+
+def nap(ctx: RunContext) -> None:
+    """Holds its run slot for half a second, sleeping."""
+    time.sleep(0.5)
