@@ -237,7 +237,8 @@ class Poller:
         return count
 
     def rate(self, t0: float, t1: float) -> float | None:
-        inside = [s for s in self.samples if t0 - 0.3 <= s[0] <= t1 + 0.3]
+        # the samples at t0 - 0.25 and t1 - 0.25: the window's ten instants, over ten seconds
+        inside = [s for s in self.samples if t0 - 0.3 <= s[0] <= t1 - 0.2]
         if len(inside) < 2:
             return None
         (ta, ca), (tb, cb) = inside[0], inside[-1]
@@ -271,6 +272,14 @@ def system_busy() -> float:
 
 async def sleep_until(t: float) -> None:
     await asyncio.sleep(max(t - time.time(), 0.0))
+
+
+def next_sample(now: float) -> float:
+    """The next x.25 or x.75 s: between the instants (whole seconds), so the bench's own queries
+    and /proc reads never land on a burst. (Sampling on the half-seconds, x.0 included, put a
+    Postgres query and the CPU reads on every instant, and the 100-jobs tail showed it.)"""
+    base = math.floor(now)
+    return next(base + off for off in (0.25, 0.75, 1.25) if base + off > now)
 
 
 WINDOW_SQL = """
@@ -362,7 +371,7 @@ async def measure(jobs: int, args: argparse.Namespace, pg: Postgres) -> dict[str
         poller = Poller(db)
         t0 = float(math.ceil(time.time()) + args.warmup)
         t1 = t0 + args.seconds
-        await sleep_until(t0 - 0.05)
+        await sleep_until(t0 - 0.25)
         pids = services.pids()
         pg_pids = await postgres_pids(db, dbname)
         groups = {**{k: [v] for k, v in pids.items()}, "nats-server": [nats.proc.pid], "postgres": pg_pids,
@@ -371,14 +380,16 @@ async def measure(jobs: int, args: argparse.Namespace, pg: Postgres) -> dict[str
         busy0 = system_busy()
         if args.profile:
             profiler = start_profile(args.profile, pids, jobs, args.seconds)
-        # sample on the instants' half-seconds, away from the bursts at whole seconds
-        await sleep_until(t0 - 0.5)
+        # sample between the instants; CPU over [t0 - 0.25, t1 - 0.25), the window's length
+        cpu1: dict[str, float] = {}
+        busy1 = busy0
         while time.time() < t1 + 0.5:
             services.check_alive()
+            if not cpu1 and time.time() >= t1 - 0.25:
+                cpu1 = {k: cpu_seconds(v) for k, v in groups.items()}
+                busy1 = system_busy()
             await poller.sample()
-            await sleep_until(time.time() + 0.5 - (time.time() % 0.5))
-        cpu1 = {k: cpu_seconds(v) for k, v in groups.items()}
-        busy1 = system_busy()
+            await sleep_until(next_sample(time.time()))
         rss = {k: rss_mb(v) for k, v in pids.items()}
         rss["nats-server"] = rss_mb(nats.proc.pid)
         expected = jobs * args.seconds

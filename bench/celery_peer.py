@@ -234,21 +234,24 @@ class Run:
         startup_s = await self.start()
         t0 = float(math.ceil(time.time()) + args.warmup)
         t1 = t0 + args.seconds
-        await bb.sleep_until(t0 - 0.05)
+        await bb.sleep_until(t0 - 0.25)
         pool_pids = [p.pid for p in psutil.Process(self.procs["worker"].pid).children(recursive=True)]
         groups = self.groups(pool_pids, await bb.postgres_pids(self.db, self.dbname))
         cpu0 = {k: common.cpu_seconds(v) for k, v in groups.items()}
         busy0 = bb.system_busy()
         samples: list[tuple[float, int]] = []  # (time, rows committed): every row is a run
-        await bb.sleep_until(t0 - 0.5)
+        # as the backbone's: samples between whole seconds, CPU over [t0 - 0.25, t1 - 0.25)
+        cpu1: dict[str, float] = {}
+        busy1 = busy0
         while time.time() < t1 + 0.5:
             self.check_alive()
+            if not cpu1 and time.time() >= t1 - 0.25:
+                cpu1 = {k: common.cpu_seconds(v) for k, v in groups.items()}
+                busy1 = bb.system_busy()
             before = time.time()
             rows = await self.count()
             samples.append(((before + time.time()) / 2, rows))
-            await bb.sleep_until(time.time() + 0.5 - (time.time() % 0.5))
-        cpu1 = {k: common.cpu_seconds(v) for k, v in groups.items()}
-        busy1 = bb.system_busy()
+            await bb.sleep_until(bb.next_sample(time.time()))
         queued_at_end = int(self.rds.llen(KEY_PREFIX + QUEUE))
         rss = {"beat": common.rss_mb(self.procs["beat"].pid), "worker": common.rss_mb(self.procs["worker"].pid),
                "pool": sum(common.rss_mb(p) or 0.0 for p in pool_pids)}
