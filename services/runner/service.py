@@ -145,8 +145,8 @@ class RunnerService:
                     psub = await self.bus.js.pull_subscribe_bind(durable=wire.runner_consumer(band),
                                                                  stream=wire.STREAM_TRIGGERS)
                 # one message by long poll (so an idle band holds one trigger, not a batch); the
-                # poll is short so that, when slots are scarce, an idle band hands its slot on
-                # within a second to a band that has work ...
+                # poll is short so that a band with work that finds none gives back the slot it
+                # polled with within a second ...
                 msgs = await psub.fetch(1, timeout=IDLE_POLL)
             except TimeoutError:  # nats' own TimeoutError subclasses it; both mean "nothing yet"
                 self.slots.release(held)
