@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 import ledger
@@ -71,6 +72,7 @@ async def test_idle_bands_poll_without_a_slot_and_what_they_bring_waits_its_turn
     task = asyncio.create_task(runner.run(stop))
     try:
         await asyncio.wait_for(runner.ready.wait(), 10)
+        assert gc.get_freeze_count() > 0  # start-up's objects are out of the collector's way
         # every band polls (IDLE_POLL, 1 s at a time) and finds nothing; the one slot stays free
         # through more than a poll (the old fetch loop kept it in one band's poll after another)
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,8 +23,10 @@ import pytest
 from cropcron.jobs import RunContext
 from services.runner.backoff import retry_delay
 from services.runner.execute import MAX_LINE, render_argv, run_callable, run_command
+from services.runner.hold import InstantGates
 from services.runner.slots import PrioritySlots
 from shared.config import JobConfig
+from shared.events import utcnow
 
 ENV = dict(os.environ)
 
@@ -462,7 +465,7 @@ async def test_cancelled_while_its_pipes_connect_the_group_is_killed(tmp_path: P
     argv = ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"]
     task = asyncio.create_task(run_command(argv, str(tmp_path), ENV, 120, 1, 5))
     deadline = time.monotonic() + 10
-    while not psutil.Process().children():  # until the task has forked the job
+    while not _forked(str(pidfile)):  # until the task has forked the job (not any other child)
         assert time.monotonic() < deadline, "the command was never forked"
         await asyncio.sleep(0)
     while not (pidfile.exists() and pidfile.read_text().strip()):  # the loop blocked: pipes not connected
@@ -472,6 +475,18 @@ async def test_cancelled_while_its_pipes_connect_the_group_is_killed(tmp_path: P
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)  # before the fix: stuck until the child closed the pipe
     assert _wait_gone(int(pidfile.read_text()), 10), "the job's child outlived the cancelled spawn"
+
+
+def _forked(marker: str) -> bool:
+    """A child of this process whose command line names `marker`: other tests in this process
+    (or their fixtures) may leave children of their own."""
+    for child in psutil.Process().children():
+        try:
+            if any(marker in arg for arg in child.cmdline()):
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 async def test_cancelling_a_command_kills_its_group(tmp_path: Path) -> None:
@@ -655,3 +670,37 @@ async def test_callable_calling_sys_exit_is_a_failed_run(jobs_module: tuple[str,
     except SystemExit:
         pytest.fail("SystemExit escaped run_callable")
     assert not outcome.ok and outcome.error is not None and "SystemExit" in outcome.error
+
+
+# -- holding early ticks: one gate per instant -------------------------------------------
+
+
+async def test_every_run_held_for_an_instant_is_released_at_it_and_never_before() -> None:
+    gates = InstantGates()
+    instant = utcnow() + timedelta(milliseconds=80)
+    released: list[Any] = []
+
+    async def held() -> None:
+        await gates.wait(instant)
+        released.append(utcnow())
+
+    waiters = [asyncio.create_task(held()) for _ in range(50)]
+    quitter = asyncio.create_task(held())
+    await asyncio.sleep(0.01)
+    assert len(gates) == 1 and len(gates._openers) == 1  # one gate, one task watching the clock
+    quitter.cancel()  # a run cancelled while held leaves the gate to the others
+    await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    assert len(released) == 50 and min(released) >= instant
+    assert len(gates) == 0  # opened gates are dropped
+    await gates.wait(instant)  # an instant already past: no gate, no wait
+    assert len(gates) == 0
+
+
+async def test_closing_the_gates_never_releases_a_run_early() -> None:
+    gates = InstantGates()
+    waiter = asyncio.create_task(gates.wait(utcnow() + timedelta(seconds=30)))
+    await asyncio.sleep(0.01)
+    await gates.close()
+    await asyncio.sleep(0.01)
+    assert not waiter.done() and len(gates) == 0  # stopped watching, but not opened
+    waiter.cancel()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from nats.js import JetStreamContext
 from services.runner.backoff import retry_delay
 from services.runner.chores import ChoreRun, run_builtin
 from services.runner.execute import Outcome, render_argv, run_callable, run_command
+from services.runner.hold import MAX_HOLD, InstantGates
 from services.runner.inputs import RunInputs, file_of, prepare, watches_for
 from services.runner.job_env import job_environ
 from services.runner.leases import Leases
@@ -57,8 +59,6 @@ IDLE_AGING = 2.0  # an idle band waiting this long is promoted anyway (retries a
 # late at the median and 11 ms at worst alone, but with 100 ticks an instant some came back up to
 # 70 ms late (a whole instant started late then, bench/results.md); the rest is slept here
 HOLD_MARGIN = 0.1
-HOLD_SPIN = 0.002  # seconds: the end of a hold is yielded away rather than slept (_hold_until)
-MAX_HOLD = 60.0  # seconds; a tick further ahead than this (a clock far off) is held no longer
 
 
 class RunnerService:
@@ -78,6 +78,7 @@ class RunnerService:
         self.queue: LeaseQueue | None = None  # triggers waiting for a place under their job's limit
         self.reaper = Reaper(settings.kill_grace)  # kills our jobs if this process dies under them
         self.ready = asyncio.Event()
+        self.gates = InstantGates()  # early ticks held to their instant, one gate per instant
         self.settler: Settler | None = None  # run()'s: outcomes and acks of many runs in one round
         self.stats = {"started": 0, "succeeded": 0, "failed": 0, "dead": 0, "skipped": 0, "rejected": 0,
                       "held": 0}
@@ -101,6 +102,10 @@ class RunnerService:
         beats = asyncio.create_task(self._heartbeats(), name="heartbeats")
         announcer = asyncio.create_task(self._announcer(), name="announcer")
         self.ready.set()
+        # what start-up made (modules, the catalog, the clients) lives as long as the process:
+        # left to the collector, each full collection walked all of it while the loop stood
+        # still, every 10-20 s a whole instant of runs 40-70 ms late (bench/results.md)
+        gc.freeze()
         try:
             await stop.wait()
         finally:
@@ -112,6 +117,7 @@ class RunnerService:
                 task.cancel()
             await asyncio.gather(beats, settling, announcer, return_exceptions=True)
             await self.settler.close()
+            await self.gates.close()
             self.reaper.stop()
 
     async def _drain(self) -> None:
@@ -350,7 +356,7 @@ class RunnerService:
         if delivery == 1:
             await self._hand_back(msg, trigger)
             return None
-        await _hold_until(trigger.scheduled_at)
+        await self.gates.wait(trigger.scheduled_at)
         return delivery - 1
 
     async def _hand_back(self, msg: Msg, trigger: Trigger) -> None:
@@ -645,19 +651,6 @@ class _InFlight:
     attempt: int = 1
     unannounced: bool = False  # its `started` event is still to be published (if it runs long enough)
     announcing: asyncio.Task[None] | None = None  # publishing it
-
-
-async def _hold_until(instant: datetime | None) -> None:
-    """Wait for `instant` on this machine's wall clock, never returning before it."""
-    if instant is None:
-        return
-    for _ in range(100_000):  # bounded: a wall clock stepped back mid-hold cannot keep it forever
-        left = (instant - utcnow()).total_seconds()
-        if left <= 0:
-            return
-        # the loop's timers wake up to a millisecond late (epoll counts in ms): the last of the
-        # hold is spent yielding to the other tasks instead of asleep
-        await asyncio.sleep(min(left - HOLD_SPIN, MAX_HOLD) if left > HOLD_SPIN else 0)
 
 
 async def _drop(psub: JetStreamContext.PullSubscription | None) -> None:
