@@ -259,15 +259,15 @@ class TimerService:
         mode = "fire"
         # instants up to `lead` ahead go out now, marked early: runners start them at the instant
         horizon = now + timedelta(seconds=self.settings.tick_lead)
+        through = now  # what the batch holds: every instant up to now, or up to where it is cut
         last: datetime | None = None
-        cut = False
         while self.heap and self.heap[0][0] <= horizon:
-            if len(triggers) + len(missed) >= BATCH_LIMIT and self.heap[0][0] != last:
+            if len(triggers) + len(missed) >= BATCH_LIMIT and last is not None and self.heap[0][0] != last:
                 # a timer behind (say 20 s at 10,000 jobs) publishes a batch per instant, not one
                 # of 200,000: its memory stays bounded, and it records progress and renews its
                 # lease between batches. Cut only between instants: the progress record says
                 # every instant up to the batch's last went out, so none may be cut in two.
-                cut = True
+                through = last
                 break
             instant, name = heapq.heappop(self.heap)
             last = instant
@@ -286,8 +286,7 @@ class TimerService:
                 self._due(spec, schedule, instant, now, triggers, missed)
                 self._push(name, schedule.next_after(instant))
         if triggers or missed:
-            # a cut batch covers its instants only, not everything up to now
-            await self._publish(triggers, missed, last if cut and last else now, mode)
+            await self._publish(triggers, missed, through, mode)
 
     async def _sleep_until_next(self, stop: asyncio.Event, renew_at: float) -> None:
         loop = asyncio.get_running_loop()
