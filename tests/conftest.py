@@ -30,7 +30,9 @@ import yaml
 from cropcron import commands
 from cropcron.embedded import free_port, nats_server_binary, wait_port, write_nats_config
 from cropcron.services import run_services
+from services.runner.service import RunnerService
 from shared.bus import Bus, connect
+from shared.catalog import Catalog
 from shared.config import parse_config
 from shared.settings import BusSettings, ServiceSettings
 from shared.topology import ensure_topology
@@ -211,6 +213,23 @@ async def bus(nats_server: NatsProcess, fast_env: dict[str, str]) -> AsyncIterat
 async def apply_yaml(bus: Bus, text: str, base_dir: Path | None = None) -> None:
     config = parse_config(yaml.safe_load(text))
     await commands.apply(bus, config, base_dir or ROOT)
+
+
+@contextlib.asynccontextmanager
+async def in_process_runner(bus: Bus, concurrency: int) -> AsyncIterator[RunnerService]:
+    """A RunnerService running in this process on `bus` (for tests that look at its slots and
+    stats), with its catalog; stopped and awaited on the way out."""
+    catalog = Catalog(bus.js)
+    await catalog.start()
+    runner = RunnerService(bus, catalog, ServiceSettings(concurrency=concurrency))  # type: ignore[call-arg]
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        yield runner
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await catalog.stop()
 
 
 async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float, what: str, every: float = 0.1) -> Any:

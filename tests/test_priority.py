@@ -7,16 +7,14 @@ import gc
 from pathlib import Path
 
 import ledger
-from conftest import System, apply_yaml, fetch, wait_for
+from conftest import System, apply_yaml, fetch, in_process_runner, wait_for
 from nats.aio.msg import Msg
 
 from cropcron import commands
-from services.runner.service import IDLE_POLL, RunnerService
+from services.runner.service import IDLE_POLL
 from shared import wire
 from shared.bus import Bus
-from shared.catalog import Catalog
 from shared.events import RunEvent, RunState, decode
-from shared.settings import ServiceSettings
 
 
 async def test_saturated_runner_prefers_higher_priority(system: System, bus: Bus, db_url: str,
@@ -65,31 +63,24 @@ async def test_idle_bands_poll_without_a_slot_and_what_they_bring_waits_its_turn
             runs.setdefault(ev.run_id, []).append(ev)
 
     sub = await bus.nc.subscribe(f"{wire.PREFIX}.run.*.succeeded", cb=on_event)
-    catalog = Catalog(bus.js)
-    await catalog.start()
-    runner = RunnerService(bus, catalog, ServiceSettings(concurrency=1))  # type: ignore[call-arg]
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
     try:
-        await asyncio.wait_for(runner.ready.wait(), 10)
-        assert gc.get_freeze_count() > 0  # start-up's objects are out of the collector's way
-        # every band polls (IDLE_POLL, 1 s at a time) and finds nothing; the one slot stays free
-        # through more than a poll (the old fetch loop kept it in one band's poll after another)
-        loop = asyncio.get_running_loop()
-        idle_from = loop.time() + 0.3
-        until = idle_from + IDLE_POLL + 0.5
-        while loop.time() < until:
-            if loop.time() >= idle_from:
-                assert runner.slots.free == 1 and not runner.slots.waiting(), "an idle poll holds the slot"
-            await asyncio.sleep(0.02)
-        for name in ("nap-lo", "nap-mid", "nap-hi") * 2:
-            await commands.run_now(bus, name, wait=None)
-        await wait_for(lambda: _succeeded(runs, 6), 30, "six runs")
+        async with in_process_runner(bus, concurrency=1) as runner:
+            await asyncio.wait_for(runner.ready.wait(), 10)
+            assert gc.get_freeze_count() > 0  # start-up's objects are out of the collector's way
+            # every band polls (IDLE_POLL, 1 s at a time) and finds nothing; the one slot stays free
+            # through more than a poll (the old fetch loop kept it in one band's poll after another)
+            loop = asyncio.get_running_loop()
+            idle_from = loop.time() + 0.3
+            until = idle_from + IDLE_POLL + 0.5
+            while loop.time() < until:
+                if loop.time() >= idle_from:
+                    assert runner.slots.free == 1 and not runner.slots.waiting(), "an idle poll holds the slot"
+                await asyncio.sleep(0.02)
+            for name in ("nap-lo", "nap-mid", "nap-hi") * 2:
+                await commands.run_now(bus, name, wait=None)
+            await wait_for(lambda: _succeeded(runs, 6), 30, "six runs")
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
         await sub.unsubscribe()
-        await catalog.stop()
     assert all(len(evs) == 1 and evs[0].attempt == 1 for evs in runs.values()), runs
     spans = sorted((ev.started_at, ev.finished_at) for evs in runs.values() for ev in evs
                    if ev.started_at and ev.finished_at)

@@ -11,7 +11,7 @@ import copy
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-from conftest import apply_yaml, wait_for
+from conftest import apply_yaml, in_process_runner, wait_for
 from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, StreamInfo
 
@@ -19,9 +19,7 @@ from services.runner.service import RunnerService
 from services.runner.settle import Action, Settler
 from shared import wire
 from shared.bus import Bus
-from shared.catalog import Catalog
 from shared.events import Trigger
-from shared.settings import ServiceSettings
 
 JOB = "settle-job"
 
@@ -115,12 +113,7 @@ jobs:
     full = copy.copy(info.config)
     full.max_msgs, full.discard = info.state.messages, DiscardPolicy.NEW
     await bus.js.update_stream(full)
-    catalog = Catalog(bus.js)
-    await catalog.start()
-    runner = RunnerService(bus, catalog, ServiceSettings(concurrency=2))  # type: ignore[call-arg]
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
+    async with in_process_runner(bus, concurrency=2) as runner:
         now = datetime.now(UTC)
         for i in range(10):
             tr = Trigger(run_id=f"bounded-{i}", job=JOB, kind="manual", created_at=now)
@@ -138,10 +131,6 @@ jobs:
         await wait_for(lambda: _started(runner, 10), 20, "all ten runs")
         await wait_for(lambda: _succeeded_stored(bus, 10), 20, "ten outcomes stored")
         assert runner.stats["started"] == runner.stats["succeeded"] == 10
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
-        await catalog.stop()
 
 
 async def _started(runner: RunnerService, n: int) -> bool:
